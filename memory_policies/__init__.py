@@ -1,0 +1,37 @@
+"""Pluggable memory policies for streaming video diffusion (pure torch, no Lightning)."""
+
+from memory_policies.base import POSITION_MODES, REGIONS, MemoryPolicy, MemoryState, MemoryView, PositionMode
+from memory_policies.full import Full
+from memory_policies.keyframe import Keyframe
+from memory_policies.registry import (
+    ENTRY_POINT_GROUP,
+    available_policies,
+    build_policy,
+    canonical_name,
+    get_policy_class,
+    load_plugins,
+    register_policy,
+)
+from memory_policies.sliding_window import SlidingWindow
+from memory_policies.slow_fast import SlowFast, calibrate_threshold
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "POSITION_MODES",
+    "REGIONS",
+    "Full",
+    "Keyframe",
+    "MemoryPolicy",
+    "MemoryState",
+    "MemoryView",
+    "PositionMode",
+    "SlidingWindow",
+    "SlowFast",
+    "available_policies",
+    "build_policy",
+    "calibrate_threshold",
+    "canonical_name",
+    "get_policy_class",
+    "load_plugins",
+    "register_policy",
+]

@@ -1,0 +1,213 @@
+"""What history a streaming video model keeps, and at which positions it sees it.
+
+A policy is stateless configuration. Everything that changes while a video streams lives in a
+:class:`MemoryState` the policy creates per video, so one policy object serves a whole batch, a
+rollout and a full-sequence mask alike. All quantities are in latent frames.
+
+The life of one chunk, as a caller drives it:
+
+1. ``view = policy.read(state)`` - the frames the next query chunk attends to and their positions;
+2. the caller runs its model on the chunk, then a clean refresh pass that yields per-frame summaries;
+3. ``policy.commit(state, summaries)`` - the policy decides which frames each region keeps.
+
+Because the frame decisions are plain Python over frame indices, the same code renders a
+full-sequence attention mask (:meth:`MemoryPolicy.frame_mask`) that agrees with streaming by
+construction, and tests can compare both paths.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+PositionMode = Literal["absolute", "bounded", "true_time"]
+POSITION_MODES: tuple[str, ...] = ("absolute", "bounded", "true_time")
+REGIONS: tuple[str, ...] = ("sink", "slow", "fast")
+
+
+@dataclass
+class MemoryState:
+    """Per-video memory bookkeeping: named regions of absolute frame indices.
+
+    ``regions`` maps ``sink`` / ``slow`` / ``fast`` to frame indices in insertion order. A frame may
+    sit in two regions at once (a slow frame still inside the fast window); :meth:`kept_frames`
+    deduplicates, so storage holds each frame once. ``extra`` is policy-private state (for example
+    the previous frame's summary for surprisal) that must travel with the video.
+    """
+
+    chunk_frames: int
+    regions: dict[str, list[int]] = field(default_factory=lambda: {name: [] for name in REGIONS})
+    frames_committed: int = 0
+    chunks_committed: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def kept_frames(self) -> list[int]:
+        """Distinct frames held, in temporal order (sink first, as it holds the first frames)."""
+        return sorted({frame for name in REGIONS for frame in self.regions[name]})
+
+    def clone(self) -> MemoryState:
+        return copy.deepcopy(self)
+
+
+@dataclass(frozen=True)
+class MemoryView:
+    """What the next query chunk sees: memory frames with their positions, then its own positions."""
+
+    frames: list[int]
+    positions: list[int]
+    query_frames: list[int]
+    query_positions: list[int]
+
+
+class MemoryPolicy(ABC):
+    """Base class of every memory policy (see ``docs/memory_policies.md``).
+
+    Subclasses implement :meth:`budget` and :meth:`_update_regions`; reading, positions, masks and
+    validation are shared so that every policy obeys the same contract.
+    """
+
+    def __init__(self, sink: int = 0, position_mode: PositionMode = "absolute", rope_length: int = 21) -> None:
+        if sink < 0:
+            raise ValueError(f"sink must be >= 0, got {sink}")
+        if position_mode not in POSITION_MODES:
+            raise ValueError(f"unknown position_mode {position_mode!r}; allowed: {', '.join(POSITION_MODES)}")
+        if rope_length < 1:
+            raise ValueError(f"rope_length must be >= 1, got {rope_length}")
+        self.sink = sink
+        self.position_mode: PositionMode = position_mode
+        self.rope_length = rope_length
+
+    # ----------------------------------------------------------------- policy-specific decisions
+    @abstractmethod
+    def budget(self, chunk_frames: int) -> int | None:
+        """Most frames the memory ever holds (query chunk excluded); ``None`` means unbounded."""
+
+    @abstractmethod
+    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+        """Decide region contents after ``new_frames`` (a clean chunk) were appended to the history."""
+
+    def needs_summaries(self) -> bool:
+        """Whether :meth:`commit` needs per-frame summaries (the caller can skip computing them)."""
+        return False
+
+    def ablation_hparams(self) -> dict[str, object]:
+        """Flat, primitive settings for TensorBoard's HParams tab; subclasses add their own."""
+        return {
+            "memory/policy": type(self).__name__,
+            "memory/sink": self.sink,
+            "memory/position_mode": self.position_mode,
+            "memory/rope_length": self.rope_length,
+        }
+
+    def span(self, chunk_frames: int) -> int | None:
+        """Most frames one query chunk attends to, itself included (the positional range it needs)."""
+        budget = self.budget(chunk_frames)
+        return None if budget is None else budget + chunk_frames
+
+    # ----------------------------------------------------------------- shared machinery
+    def new_state(self, chunk_frames: int) -> MemoryState:
+        """Fresh per-video state; validates that this policy can serve chunks of ``chunk_frames``."""
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        self.validate(chunk_frames)
+        return MemoryState(chunk_frames=chunk_frames)
+
+    def validate(self, chunk_frames: int) -> None:
+        """Raise a clear error when the budget cannot work with this chunk size and position range."""
+        span = self.span(chunk_frames)
+        if self.position_mode != "absolute":
+            if span is None:
+                raise ValueError(
+                    f"{type(self).__name__} is unbounded, so position_mode={self.position_mode!r} cannot keep "
+                    "positions in range; use position_mode='absolute'"
+                )
+            if span > self.rope_length:
+                raise ValueError(
+                    f"{type(self).__name__} attends to up to {span} frames (memory {span - chunk_frames} + chunk "
+                    f"{chunk_frames}) but rope_length is {self.rope_length}: positions would collide; "
+                    f"raise rope_length to >= {span} or shrink the budget"
+                )
+
+    def commit(self, state: MemoryState, summaries: torch.Tensor | None = None) -> None:
+        """Record one clean chunk (the next ``chunk_frames`` frames) and update the regions.
+
+        ``summaries`` is ``[chunk_frames, dim]``: one vector per new frame (e.g. its mean key).
+        """
+        chunk = state.chunk_frames
+        if summaries is not None and (summaries.ndim != 2 or summaries.shape[0] != chunk):
+            raise ValueError(f"summaries must have shape [chunk_frames={chunk}, dim], got {tuple(summaries.shape)}")
+        if summaries is None and self.needs_summaries():
+            raise ValueError(f"{type(self).__name__} needs per-frame summaries in commit(); got None")
+        new_frames = list(range(state.frames_committed, state.frames_committed + chunk))
+        sink = state.regions["sink"]
+        for frame in new_frames:
+            if len(sink) < self.sink:
+                sink.append(frame)
+        self._update_regions(state, new_frames, summaries)
+        state.frames_committed += chunk
+        state.chunks_committed += 1
+
+    def read(self, state: MemoryState) -> MemoryView:
+        """Frames and positions for the next query chunk (the ``chunk_frames`` frames after the history)."""
+        frames = state.kept_frames()
+        start = state.frames_committed
+        query = list(range(start, start + state.chunk_frames))
+        positions = self.positions(state, frames, query)
+        return MemoryView(frames, positions[: len(frames)], query, positions[len(frames):])
+
+    def positions(self, state: MemoryState, frames: list[int], query: list[int]) -> list[int]:
+        """Temporal RoPE positions for ``frames + query`` under this policy's position mode."""
+        everything = frames + query
+        if self.position_mode == "absolute":
+            return everything
+        sink_set = set(state.regions["sink"])
+        anchor = min(query[-1], self.rope_length - 1)
+        # Paper Eq. 8: sink frames keep their own indices; every other frame packs into a
+        # contiguous run that ends at the anchor, so positions never leave the trained range.
+        others = [f for f in everything if f not in sink_set]
+        first = anchor - (len(others) - 1)
+        packed = {f: first + j for j, f in enumerate(others)}
+        if self.position_mode == "true_time":
+            # Keep real distances to the query where they fit; older frames only move up as far
+            # as needed to stay distinct, ordered and above the packed (bounded) run.
+            ceiling = anchor + 1
+            for f in reversed(others):
+                ceiling = max(packed[f], min(anchor - (query[-1] - f), ceiling - 1))
+                packed[f] = ceiling
+        return [f if f in sink_set else packed[f] for f in everything]
+
+    def frame_mask(self, num_frames: int, chunk_frames: int, summaries: torch.Tensor | None = None) -> torch.Tensor:
+        """Boolean ``[num_frames, num_frames]``: query frame i may attend to key frame j.
+
+        Rendered by replaying the streaming decisions, so a masked full-sequence forward sees exactly
+        what the chunk-by-chunk path sees. ``summaries`` is ``[num_frames, dim]`` when the policy
+        needs them. ``num_frames`` must be a multiple of ``chunk_frames``.
+        """
+        if num_frames % chunk_frames:
+            raise ValueError(f"num_frames={num_frames} is not a multiple of chunk_frames={chunk_frames}")
+        if summaries is not None and summaries.shape[0] != num_frames:
+            raise ValueError(f"summaries must have {num_frames} rows, got {tuple(summaries.shape)}")
+        mask = torch.zeros(num_frames, num_frames, dtype=torch.bool)
+        state = self.new_state(chunk_frames)
+        for start in range(0, num_frames, chunk_frames):
+            view = self.read(state)
+            rows = slice(start, start + chunk_frames)
+            mask[rows, view.frames] = True
+            mask[rows, start:start + chunk_frames] = True
+            chunk_summaries = None if summaries is None else summaries[start:start + chunk_frames]
+            self.commit(state, chunk_summaries)
+        return mask
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({settings})"
+
+
+def recent_frames(new_frames: list[int], count: int) -> list[int]:
+    """The ``count`` most recent frames of the history once ``new_frames`` are appended."""
+    end = new_frames[-1] + 1
+    return list(range(max(0, end - count), end))

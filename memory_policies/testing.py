@@ -1,0 +1,104 @@
+"""A contract any memory policy should pass; subclass it in your own tests (see docs/memory_policies.md).
+
+Usage::
+
+    class TestMyPolicy(PolicyContract):
+        def make_policy(self):
+            return MyPolicy(sink=1, window=4)
+
+The checks replay random streams of chunks and assert the invariants the rest of the library
+relies on: the budget is never exceeded, sink frames stay, positions stay in range, the query
+chunk sees the most recent history, decisions are deterministic, and the rendered mask agrees with
+streaming frame by frame.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from memory_policies.base import MemoryPolicy
+
+CHUNK_SIZES = (1, 2, 3)
+NUM_CHUNKS = 24
+SUMMARY_DIM = 8
+
+
+class PolicyContract:
+    """Mixin of pytest checks; override :meth:`make_policy` (and ``recent`` if your policy is odd)."""
+
+    #: how many most recent committed frames the query chunk must always see (0 disables the check)
+    recent: int = 1
+
+    def make_policy(self) -> MemoryPolicy:
+        raise NotImplementedError
+
+    @staticmethod
+    def summaries(num_frames: int, seed: int = 0) -> torch.Tensor:
+        """Piecewise-constant frame summaries with random cuts, so surprisal has something to find."""
+        gen = torch.Generator().manual_seed(seed)
+        scenes = torch.randn(num_frames, SUMMARY_DIM, generator=gen)
+        keep = torch.rand(num_frames, generator=gen) < 0.7
+        out = scenes.clone()
+        for i in range(1, num_frames):
+            if keep[i]:
+                out[i] = out[i - 1] + 0.01 * scenes[i]
+        return out
+
+    def stream(self, policy: MemoryPolicy, chunk: int, seed: int = 0):
+        """Yield (state, view) for every chunk of a random stream."""
+        state = policy.new_state(chunk)
+        summaries = self.summaries(chunk * NUM_CHUNKS, seed)
+        for c in range(NUM_CHUNKS):
+            view = policy.read(state)
+            yield state, view
+            policy.commit(state, summaries[c * chunk:(c + 1) * chunk])
+
+    def test_budget_never_exceeded(self) -> None:
+        policy = self.make_policy()
+        for chunk in CHUNK_SIZES:
+            budget = policy.budget(chunk)
+            for state, view in self.stream(policy, chunk):
+                assert len(set(view.frames)) == len(view.frames), "a frame is attended twice"
+                if budget is not None:
+                    assert len(view.frames) <= budget, (chunk, view.frames, budget)
+
+    def test_sink_frames_never_evicted(self) -> None:
+        policy = self.make_policy()
+        for chunk in CHUNK_SIZES:
+            for state, view in self.stream(policy, chunk):
+                expected = list(range(min(policy.sink, state.frames_committed)))
+                assert view.frames[: len(expected)] == expected
+
+    def test_positions_in_range_and_distinct(self) -> None:
+        policy = self.make_policy()
+        for chunk in CHUNK_SIZES:
+            for _, view in self.stream(policy, chunk):
+                positions = view.positions + view.query_positions
+                assert len(set(positions)) == len(positions), positions
+                assert positions == sorted(positions), "positions must keep temporal order"
+                if policy.position_mode != "absolute":
+                    assert 0 <= min(positions) and max(positions) < policy.rope_length, positions
+
+    def test_recent_frames_visible(self) -> None:
+        policy = self.make_policy()
+        for chunk in CHUNK_SIZES:
+            for state, view in self.stream(policy, chunk):
+                end = state.frames_committed
+                recent = set(range(max(0, end - self.recent), end))
+                assert recent <= set(view.frames), (recent, view.frames)
+
+    def test_deterministic(self) -> None:
+        policy = self.make_policy()
+        first = [(list(v.frames), list(v.positions)) for _, v in self.stream(policy, 3, seed=1)]
+        again = [(list(v.frames), list(v.positions)) for _, v in self.stream(policy, 3, seed=1)]
+        assert first == again
+
+    def test_mask_matches_streaming(self) -> None:
+        policy = self.make_policy()
+        for chunk in CHUNK_SIZES:
+            num_frames = chunk * NUM_CHUNKS
+            mask = policy.frame_mask(num_frames, chunk, self.summaries(num_frames))
+            for c, (_, view) in enumerate(self.stream(policy, chunk)):
+                for i in range(c * chunk, (c + 1) * chunk):
+                    visible = mask[i].nonzero().flatten().tolist()
+                    assert visible == sorted(view.frames + view.query_frames), (i, visible, view.frames)
