@@ -1,0 +1,8 @@
+"""Networks (pure torch): the Wan2.1 DiT with its streaming memory, RoPE and attention backends."""
+
+from cf_lightning.models.config import CONFIGS, WanConfig
+from cf_lightning.models.kv_memory import KVMemory, MemoryRead
+from cf_lightning.models.masks import teacher_forcing_mask
+from cf_lightning.models.wan import WanModel, build_wan
+
+__all__ = ["CONFIGS", "KVMemory", "MemoryRead", "WanConfig", "WanModel", "build_wan", "teacher_forcing_mask"]
