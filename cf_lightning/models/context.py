@@ -1,0 +1,90 @@
+"""Assemble ``[clean context | noisy target]`` sequences for the context teacher and the critic.
+
+The context is a per-video list of history frames (chosen by a memory policy, or the last N
+frames), so videos of one batch may carry different numbers of context frames. They are
+left-padded to a common length and the padding is masked out as keys, so the target always sits at
+the end of the sequence at the same index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+ContextPositions = Literal["bounded", "absolute"]
+
+
+@dataclass(frozen=True)
+class ContextSequence:
+    x: torch.Tensor  # [B, C, n + T, H, W]: context (left-padded) then target
+    positions: torch.Tensor  # [B, n + T] temporal positions
+    frame_mask: torch.Tensor | None  # [B, n + T, n + T] True = may attend; None when nothing is padded
+    frame_cond: torch.Tensor | None  # [B, n + T, k] per-frame condition, when given
+    context_frames: int  # n: padded context length; the target is x[:, :, n:]
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        """``[B, n + T]``: True on the target frames (where losses apply)."""
+        batch, length = self.positions.shape
+        mask = torch.zeros(batch, length, dtype=torch.bool, device=self.positions.device)
+        mask[:, self.context_frames:] = True
+        return mask
+
+
+def last_frames(history_frames: int, count: int, batch: int) -> list[list[int]]:
+    """The reference context: the ``count`` frames right before the target, for every video."""
+    return [list(range(max(0, history_frames - count), history_frames))] * batch
+
+
+def build_context_sequence(history: torch.Tensor, frames: list[list[int]], target: torch.Tensor, *,
+                           history_cond: torch.Tensor | None = None, target_cond: torch.Tensor | None = None,
+                           positions: ContextPositions = "bounded") -> ContextSequence:
+    """Gather the chosen history frames of each video in front of its target.
+
+    ``history``: ``[B, C, Fh, H, W]`` clean frames; ``frames[b]``: sorted indices into it;
+    ``target``: ``[B, C, T, H, W]`` (noisy) target that follows frame ``Fh - 1``.
+    ``positions="bounded"`` numbers context frames 0..n_b-1 and the target right after, as in the
+    trained range (sink frames are the first history frames, so they keep positions 0..S-1);
+    ``"absolute"`` uses true frame indices.
+    """
+    batch, channels, history_len, height, width = history.shape
+    if len(frames) != batch:
+        raise ValueError(f"frames has {len(frames)} lists for a batch of {batch}")
+    if target.shape[:2] != history.shape[:2] or target.shape[3:] != history.shape[3:]:
+        raise ValueError(f"target {tuple(target.shape)} does not match history {tuple(history.shape)}")
+    for chosen in frames:
+        if chosen and (min(chosen) < 0 or max(chosen) >= history_len):
+            raise ValueError(f"context frames {chosen} outside a history of {history_len} frames")
+    target_len = target.shape[2]
+    width_ctx = max((len(chosen) for chosen in frames), default=0)
+    length = width_ctx + target_len
+    device = history.device
+    x = history.new_zeros(batch, channels, length, height, width)
+    x[:, :, width_ctx:] = target
+    pos = torch.zeros(batch, length, dtype=torch.long)
+    valid = torch.ones(batch, length, dtype=torch.bool)
+    cond = None
+    if history_cond is not None and target_cond is not None:
+        cond = history_cond.new_zeros(batch, length, history_cond.shape[-1])
+        cond[:, width_ctx:] = target_cond
+    for b, chosen in enumerate(frames):
+        pad = width_ctx - len(chosen)
+        valid[b, :pad] = False
+        index = torch.tensor(chosen, dtype=torch.long, device=device)
+        x[b, :, pad:width_ctx] = history[b, :, index]
+        if cond is not None and history_cond is not None:
+            cond[b, pad:width_ctx] = history_cond[b, index]
+        if positions == "absolute":
+            pos[b, pad:width_ctx] = torch.tensor(chosen, dtype=torch.long)
+            pos[b, width_ctx:] = history_len + torch.arange(target_len)
+        else:
+            pos[b, pad:width_ctx] = torch.arange(len(chosen))
+            pos[b, width_ctx:] = len(chosen) + torch.arange(target_len)
+    mask = None
+    if not bool(valid.all()):
+        keys = valid[:, None, :].expand(batch, length, length).clone()
+        keys |= torch.eye(length, dtype=torch.bool)[None]  # padded queries see themselves: no empty rows
+        mask = keys.to(device)
+    return ContextSequence(x, pos.to(device), mask, cond, width_ctx)

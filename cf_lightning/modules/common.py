@@ -1,0 +1,84 @@
+"""Pieces every stage shares: building the backbone from the data's shapes, batch conditioning,
+and loading backbone weights from an earlier stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cf_lightning.models import WanConfig, WanModel
+from cf_lightning.models.attention import Backend
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What the backbone is conditioned on, besides latents and timesteps."""
+
+    context: torch.Tensor  # [B, L, text_dim]
+    context_mask: torch.Tensor | None  # [B, L]
+    frame_cond: torch.Tensor | None  # [B, F, k]
+
+    def frames(self, part: slice) -> torch.Tensor | None:
+        return None if self.frame_cond is None else self.frame_cond[:, part]
+
+    def unconditional(self) -> Condition:
+        """The null text condition used for classifier-free guidance (zero embeddings)."""
+        return Condition(torch.zeros_like(self.context), self.context_mask, self.frame_cond)
+
+
+def build_backbone(backbone: str, latent_channels: int, text_dim: int, frame_cond_dim: int,
+                   overrides: dict[str, Any] | None, attention_backend: Backend,
+                   gradient_checkpointing: bool) -> WanModel:
+    """A named Wan config whose input/output/text/condition sizes come from the data, not constants."""
+    config = WanConfig.from_name(backbone, in_dim=latent_channels, out_dim=latent_channels, text_dim=text_dim,
+                                 frame_cond_dim=frame_cond_dim, **(overrides or {}))
+    model = WanModel(config, attention_backend=attention_backend)
+    model.gradient_checkpointing = gradient_checkpointing
+    return model
+
+
+def batch_condition(batch: dict[str, Any], drop_text: float = 0.0, generator: torch.Generator | None = None
+                    ) -> Condition:
+    """Condition from a data batch (``text_emb``, ``text_mask``, ``camera``); ``drop_text`` zeroes the
+    text of that fraction of samples, so the model also learns the unconditional score for CFG."""
+    if "text_emb" not in batch:
+        raise KeyError(f"batch has no 'text_emb' (keys: {sorted(batch)}); configure the data module with a "
+                       "text encoder or shards that carry prompt embeddings")
+    context = batch["text_emb"].float()
+    if drop_text > 0:
+        drop = torch.rand(context.shape[0], generator=generator) < drop_text
+        context = torch.where(drop.to(context.device)[:, None, None], torch.zeros_like(context), context)
+    camera = batch.get("camera")
+    return Condition(context, batch.get("text_mask"), None if camera is None else camera.float())
+
+
+def load_backbone_weights(model: WanModel, path: str, prefer_ema: bool = True) -> str:
+    """Load backbone weights from a Lightning checkpoint of an earlier stage or a Wan checkpoint.
+
+    From a ``.ckpt`` the EMA weights (``ema.*``) are preferred when present, else ``model.*``;
+    returns which prefix was used. Any missing or unexpected key is an error naming the keys.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist")
+    if file.suffix != ".ckpt":
+        from cf_lightning.models.checkpoint import load_wan
+
+        loaded = load_wan(path, config=model.config)
+        model.load_state_dict(loaded.state_dict())
+        return "wan"
+    state = torch.load(file, map_location="cpu", weights_only=True)["state_dict"]
+    prefixes = ["ema.", "model."] if prefer_ema else ["model.", "ema."]
+    for prefix in prefixes:
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if weights:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"checkpoint {path!r} ({prefix}*) does not fit this backbone: missing keys "
+                                 f"{missing[:10]} ({len(missing)}), unexpected keys {unexpected[:10]} "
+                                 f"({len(unexpected)})")
+            return prefix.rstrip(".")
+    raise ValueError(f"checkpoint {path!r} holds no backbone weights (no 'ema.*' or 'model.*' keys)")

@@ -1,0 +1,286 @@
+"""Stage 2 (and Self-Forcing stage 1): Contextual DMD on long student rollouts.
+
+Per step: the causal few-step student rolls out a video chunk by chunk through its memory policy
+(the rollout length follows a curriculum); only the last ``target_chunks`` keep the graph of one
+randomly chosen denoising step. The teacher (real score, with CFG) and the critic (fake score) see
+``[clean context | noisy target]``, where the context is what the student's memory held when the
+target began (``teacher_context: memory``), the last N frames (``last_n``), or nothing
+(``short_teacher``, the LongLive-style baseline). The critic learns the student's distribution by
+flow matching on the same samples. Manual optimization: two optimizers, accumulation by
+micro-batches, every random draw that shapes the graph made on rank 0 and broadcast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+
+from cf_lightning.diffusion import (
+    add_noise,
+    cfg_velocity,
+    denoising_sigmas,
+    dmd_loss,
+    sample_sigmas,
+    timestep_from_sigma,
+    velocity_target,
+    x0_from_velocity,
+)
+from cf_lightning.ema import EMA
+from cf_lightning.models import WanModel
+from cf_lightning.models.attention import Backend
+from cf_lightning.models.context import ContextPositions, ContextSequence, build_context_sequence, last_frames
+from cf_lightning.modules.common import Condition, batch_condition, build_backbone, load_backbone_weights
+from cf_lightning.rollout import randn, rollout
+from memory_policies import MemoryPolicy, SlowFast
+
+TeacherContext = Literal["memory", "last_n"]
+
+
+@dataclass(frozen=True)
+class StepDraws:
+    """Random choices that shape the graph; identical on every rank."""
+
+    num_chunks: int
+    exit_step: int
+    seeds: list[int]  # one per video of the global batch position, for noise independent of micro-batching
+
+
+def curriculum_max_chunks(step: int, min_chunks: int, max_chunks: int, ramp_steps: int) -> int:
+    """Longest rollout allowed at generator ``step``: grows linearly from min to max over ``ramp_steps``."""
+    if ramp_steps <= 0:
+        return max_chunks
+    return min_chunks + round((max_chunks - min_chunks) * min(1.0, step / ramp_steps))
+
+
+class ContextForcingModule(L.LightningModule):
+    """Contextual DMD distillation of a causal student (see module docstring).
+
+    Args:
+        student_init / teacher / critic_init: backbone checkpoints (Lightning ``.ckpt`` of an earlier
+            stage or a Wan checkpoint). The critic starts from the teacher unless told otherwise.
+        memory: the student's memory policy (also what ``teacher_context: memory`` shows the teacher).
+        min_rollout_chunks / max_rollout_chunks / curriculum_steps: rollout-length curriculum in chunks.
+        target_chunks: chunks at the end of the rollout that receive the DMD gradient.
+        generator_every: critic updates per generator update (paper: 5).
+        accumulate: micro-batches per optimizer step (the batch must divide evenly).
+    """
+
+    def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
+                 teacher_backbone: str | None = None, teacher_overrides: dict[str, Any] | None = None,
+                 latent_channels: int = 16, text_dim: int = 32, frame_cond_dim: int = 0,
+                 student_init: str | None = None, teacher: str | None = None, critic_init: str | None = None,
+                 memory: MemoryPolicy | None = None, chunk_frames: int = 2, denoising_steps: int = 4,
+                 shift: float = 5.0, min_rollout_chunks: int = 4, max_rollout_chunks: int = 8,
+                 curriculum_steps: int = 0, target_chunks: int = 2, teacher_context: TeacherContext = "memory",
+                 teacher_context_frames: int = 8, short_teacher: bool = False,
+                 context_positions: ContextPositions = "bounded", guidance_scale: float = 3.0,
+                 generator_every: int = 5, accumulate: int = 1, grad_clip: float = 2.0,
+                 generator_optimizer: OptimizerCallable = torch.optim.AdamW,
+                 critic_optimizer: OptimizerCallable = torch.optim.AdamW,
+                 ema_decay: float = 0.99, ema_start: int = 0, attention_backend: Backend = "sdpa",
+                 gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        if not 1 <= target_chunks <= min_rollout_chunks <= max_rollout_chunks:
+            raise ValueError(f"need 1 <= target_chunks <= min_rollout_chunks <= max_rollout_chunks, got "
+                             f"{target_chunks}, {min_rollout_chunks}, {max_rollout_chunks}")
+        if generator_every < 1 or accumulate < 1:
+            raise ValueError(f"generator_every and accumulate must be >= 1, got {generator_every}, {accumulate}")
+        self.memory: MemoryPolicy = memory if memory is not None else SlowFast()
+        self.memory.new_state(chunk_frames)  # fail now, with the policy's message, if the budget cannot work
+        shapes = (latent_channels, text_dim, frame_cond_dim)
+        self.student = build_backbone(backbone, *shapes, backbone_overrides, attention_backend,
+                                      gradient_checkpointing)
+        teacher_name = teacher_backbone or backbone
+        teacher_cfg = teacher_overrides if teacher_backbone else backbone_overrides
+        self.teacher = build_backbone(teacher_name, *shapes, teacher_cfg, attention_backend, False)
+        self.critic = build_backbone(teacher_name, *shapes, teacher_cfg, attention_backend, gradient_checkpointing)
+        if student_init:
+            load_backbone_weights(self.student, student_init)
+        if teacher:
+            load_backbone_weights(self.teacher, teacher)
+        if critic_init:
+            load_backbone_weights(self.critic, critic_init)
+        else:
+            self.critic.load_state_dict(self.teacher.state_dict())
+        self.teacher.requires_grad_(False).eval()
+        self.ema = copy.deepcopy(self.student).requires_grad_(False).eval()
+        self.ema_rule = EMA(ema_decay, ema_start)
+        self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("sigmas", denoising_sigmas(denoising_steps, shift), persistent=False)
+        self._draw_generator = torch.Generator()
+
+    # ------------------------------------------------------------------ randomness
+    def setup(self, stage: str) -> None:
+        self._draw_generator.manual_seed(torch.initial_seed())
+
+    def draw(self, batch_size: int) -> StepDraws:
+        """Rollout length, exit step and per-video seeds: drawn on rank 0, broadcast to all ranks."""
+        h = self.hparams
+        longest = curriculum_max_chunks(int(self.generator_steps), h.min_rollout_chunks, h.max_rollout_chunks,
+                                        h.curriculum_steps)
+        g = self._draw_generator
+        draws = StepDraws(
+            num_chunks=int(torch.randint(h.min_rollout_chunks, longest + 1, (1,), generator=g)),
+            exit_step=int(torch.randint(0, h.denoising_steps, (1,), generator=g)),
+            seeds=torch.randint(0, 2**62, (batch_size * self.trainer.world_size,), generator=g).tolist(),
+        )
+        return self.trainer.strategy.broadcast(draws, src=0)
+
+    # ------------------------------------------------------------------ scores
+    def velocity(self, model: WanModel, sequence: ContextSequence, noisy_target: torch.Tensor, sigma: torch.Tensor,
+                 context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
+        x = sequence.x.clone()
+        x[:, :, sequence.context_frames:] = noisy_target
+        steps = torch.zeros(x.shape[0], x.shape[2], device=x.device)
+        steps[:, sequence.context_frames:] = timestep_from_sigma(sigma)[:, None]
+        out = model(x, steps, context, context_mask=context_mask, frame_cond=sequence.frame_cond,
+                    positions=sequence.positions, frame_mask=sequence.frame_mask)
+        return out[:, :, sequence.context_frames:]
+
+    def context_frames(self, history_len: int, memory_frames: list[list[int]], batch: int) -> list[list[int]]:
+        h = self.hparams
+        if h.short_teacher or history_len == 0:
+            return [[] for _ in range(batch)]
+        if h.teacher_context == "last_n":
+            return last_frames(history_len, h.teacher_context_frames, batch)
+        return memory_frames
+
+    # ------------------------------------------------------------------ one micro-batch
+    def student_rollout(self, cond: Condition, shape: tuple[int, ...], draws: StepDraws, seeds: list[int],
+                        with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """History (no graph) then target chunks (graph of one step); returns history, target, memory frames."""
+        h = self.hparams
+        chunk = h.chunk_frames
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        frames = draws.num_chunks * chunk
+        noise = randn((shape[0], shape[1], frames, *shape[3:]), gens).to(self.device)
+        split = (draws.num_chunks - h.target_chunks) * chunk
+        history_run = rollout(self.student, self.memory, noise[:, :, :split], cond.context, self.sigmas,
+                              chunk_frames=chunk, context_mask=cond.context_mask, frame_cond=cond.frames(slice(0, split)),
+                              exit_step=None, generator=gens) if split else None
+        memory = history_run.memory if history_run is not None else None
+        memory_frames = [s.kept_frames() for s in memory.states] if memory is not None else [[]] * shape[0]
+        target_run = rollout(self.student, self.memory, noise[:, :, split:], cond.context, self.sigmas,
+                             chunk_frames=chunk, context_mask=cond.context_mask,
+                             frame_cond=cond.frames(slice(split, frames)), exit_step=draws.exit_step,
+                             grad_from_chunk=0 if with_grad else None, generator=gens, memory=memory)
+        history = history_run.video if history_run is not None else noise[:, :, :0]
+        return history, target_run.video, memory_frames
+
+    def micro_step(self, batch: dict[str, Any], draws: StepDraws, seeds: list[int], generator_step: bool,
+                   scale: float) -> dict[str, torch.Tensor]:
+        """Rollout, DMD loss (generator steps only) and critic loss for one micro-batch; backward both."""
+        h = self.hparams
+        cond = batch_condition(batch)
+        latents = batch["latents"]
+        needed = draws.num_chunks * h.chunk_frames
+        if cond.frame_cond is not None and cond.frame_cond.shape[1] < needed:
+            raise ValueError(f"rollout of {needed} frames needs a per-frame condition that long; the data gives "
+                             f"{cond.frame_cond.shape[1]} (raise the clip length or lower max_rollout_chunks)")
+        with torch.enable_grad() if generator_step else torch.no_grad():
+            history, target, memory_frames = self.student_rollout(cond, tuple(latents.shape), draws, seeds,
+                                                                  generator_step)
+        batch_size = target.shape[0]
+        frames = self.context_frames(history.shape[2], memory_frames, batch_size)
+        history_cond = cond.frames(slice(0, history.shape[2]))
+        target_cond = cond.frames(slice(history.shape[2], history.shape[2] + target.shape[2]))
+        sequence = build_context_sequence(history.detach(), frames, target.detach(), history_cond=history_cond,
+                                          target_cond=target_cond, positions=h.context_positions)
+        gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
+        logs: dict[str, torch.Tensor] = {}
+        if generator_step:
+            sigma = torch.stack([sample_sigmas(1, g, h.shift) [0] for g in gens]).to(self.device)
+            noisy = add_noise(target.detach(), randn(target.shape, gens).to(target), sigma)
+            with torch.no_grad():
+                real_v = cfg_velocity(self.velocity(self.teacher, sequence, noisy, sigma, cond.context, cond.context_mask),
+                                      self.velocity(self.teacher, sequence, noisy, sigma,
+                                                    torch.zeros_like(cond.context), cond.context_mask),
+                                      h.guidance_scale)
+                fake_v = self.velocity(self.critic, sequence, noisy, sigma, cond.context, cond.context_mask)
+            loss, diagnostics = dmd_loss(target, x0_from_velocity(noisy, real_v, sigma),
+                                         x0_from_velocity(noisy, fake_v, sigma))
+            self.manual_backward(loss * scale)
+            logs["train/dmd_loss"] = loss.detach().float()
+            logs["train/dmd_grad_norm"] = diagnostics["grad_norm"].float()
+        sigma_c = torch.stack([sample_sigmas(1, g, h.shift)[0] for g in gens]).to(self.device)
+        eps = randn(target.shape, gens).to(target)
+        pred = self.velocity(self.critic, sequence, add_noise(target.detach(), eps, sigma_c), sigma_c, cond.context,
+                             cond.context_mask)
+        critic_loss = (pred.float() - velocity_target(target.detach(), eps).float()).square().mean()
+        self.manual_backward(critic_loss * scale)
+        logs["train/critic_loss"] = critic_loss.detach()
+        return logs
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        h = self.hparams
+        opt_g, opt_c = self.optimizers()
+        batch_size = batch["latents"].shape[0]
+        if batch_size % h.accumulate:
+            raise ValueError(f"batch size {batch_size} is not divisible by accumulate={h.accumulate}")
+        draws = self.draw(batch_size)
+        generator_step = int(self.critic_steps) % h.generator_every == 0
+        opt_g.zero_grad(set_to_none=True)
+        opt_c.zero_grad(set_to_none=True)
+        micro = batch_size // h.accumulate
+        rank_seeds = draws.seeds[self.global_rank * batch_size:(self.global_rank + 1) * batch_size]
+        totals: dict[str, torch.Tensor] = {}
+        for i in range(h.accumulate):
+            rows = slice(i * micro, (i + 1) * micro)
+            part = {k: (v[rows] if isinstance(v, torch.Tensor) or isinstance(v, list) else v) for k, v in batch.items()}
+            last = i == h.accumulate - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.trainer.model, "no_sync") \
+                else self.trainer.model.no_sync()
+            with sync:
+                logs = self.micro_step(part, draws, rank_seeds[rows], generator_step, 1.0 / h.accumulate)
+            for key, value in logs.items():
+                totals[key] = totals.get(key, 0) + value / h.accumulate
+        if generator_step:
+            self.clip_gradients(opt_g, gradient_clip_val=h.grad_clip, gradient_clip_algorithm="norm")
+            opt_g.step()
+            self.generator_steps += 1
+            self.ema_rule.update(self.ema, self.student, int(self.generator_steps))
+        self.clip_gradients(opt_c, gradient_clip_val=h.grad_clip, gradient_clip_algorithm="norm")
+        opt_c.step()
+        self.critic_steps += 1
+        totals["train/rollout_chunks"] = torch.tensor(float(draws.num_chunks))
+        totals["train/exit_step"] = torch.tensor(float(draws.exit_step))
+        totals["train/generator_steps"] = self.generator_steps.float()
+        self.log_dict(totals, prog_bar=False, batch_size=batch_size)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.hparams.generator_optimizer(self.student.parameters()),
+                self.hparams.critic_optimizer(self.critic.parameters())]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["draw_generator"] = self._draw_generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "draw_generator" in checkpoint:
+            self._draw_generator.set_state(checkpoint["draw_generator"])
+
+    def ablation_hparams(self) -> dict[str, object]:
+        h = self.hparams
+        return {**self.memory.ablation_hparams(), "teacher/context": "none" if h.short_teacher else h.teacher_context,
+                "rollout/max_chunks": h.max_rollout_chunks, "rollout/target_chunks": h.target_chunks,
+                "dmd/guidance": h.guidance_scale}
+
+    @torch.no_grad()
+    def generate(self, cond: Condition, shape: tuple[int, ...], num_chunks: int, seed: int = 0,
+                 policy: MemoryPolicy | None = None, use_ema: bool = True) -> torch.Tensor:
+        """A long video from the (EMA) student: ``num_chunks`` chunks, all denoising steps."""
+        chunk = self.hparams.chunk_frames
+        gens = [torch.Generator().manual_seed(seed + b) for b in range(shape[0])]
+        noise = randn((shape[0], shape[1], num_chunks * chunk, *shape[3:]), gens).to(self.device)
+        return rollout(self.ema if use_ema else self.student, policy or self.memory, noise, cond.context, self.sigmas,
+                       chunk_frames=chunk, context_mask=cond.context_mask, frame_cond=cond.frame_cond,
+                       generator=gens).video

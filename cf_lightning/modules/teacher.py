@@ -1,0 +1,227 @@
+"""Stage 0: the flow-matching teacher, short or context-aware, with Error-Recycling Fine-Tuning.
+
+A short teacher learns clips on their own. A context teacher learns to continue a video: its input
+is ``[clean context | noisy target]``, the loss covers the target only, and the context is chosen
+the way the student's memory will choose it (a memory policy over the clip's history) or as the
+last N frames. ERFT banks the model's own prediction errors and re-injects them into the target and
+the recent context, so the teacher stays reliable when the history it is shown has drifted.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+
+from cf_lightning.diffusion import (
+    ErrorBank,
+    ErrorInjection,
+    add_noise,
+    eps_from_velocity,
+    flow_matching_loss,
+    inject_errors,
+    sample_sigmas,
+    timestep_from_sigma,
+    velocity_from_x0,
+    x0_from_velocity,
+)
+from cf_lightning.ema import EMA
+from cf_lightning.lora import inject_lora, lora_parameters, merge_lora
+from cf_lightning.models import WanModel
+from cf_lightning.models.attention import Backend
+from cf_lightning.models.context import ContextPositions, ContextSequence, build_context_sequence, last_frames
+from cf_lightning.modules.common import Condition, batch_condition, build_backbone, load_backbone_weights
+from memory_policies import MemoryPolicy
+
+ContextMode = Literal["none", "last_n", "policy"]
+
+
+def policy_context(policy: MemoryPolicy, history: torch.Tensor, chunk_frames: int) -> list[list[int]]:
+    """Frames each video's memory would hold after streaming ``history`` chunk by chunk.
+
+    Surprisal policies get per-frame mean latents as summaries (the teacher has no student keys
+    during its own training); at distillation time the student's real memory decides instead.
+    """
+    frames = history.shape[2] - history.shape[2] % chunk_frames
+    chosen = []
+    for video in history[:, :, :frames]:
+        state = policy.new_state(chunk_frames)
+        summaries = video.float().mean(dim=(2, 3)).T if policy.needs_summaries() else None
+        for start in range(0, frames, chunk_frames):
+            policy.commit(state, None if summaries is None else summaries[start:start + chunk_frames])
+        chosen.append(state.kept_frames())
+    return chosen
+
+
+class TeacherModule(L.LightningModule):
+    """Flow-matching training of the bidirectional Wan backbone, optionally in context mode.
+
+    Args:
+        backbone: named model config; ``latent_channels``/``text_dim``/``frame_cond_dim`` come from data.
+        target_frames: latent frames the loss covers (a clip of this length for a short teacher).
+        context_modes: per-sample context choice, drawn uniformly: ``none``, ``last_n``, ``policy``.
+        context_frames: N for ``last_n``. memory: the policy for ``policy`` contexts.
+        erft: Error-Recycling Fine-Tuning probabilities (``None`` disables it).
+        lora_rank: > 0 trains LoRA adapters on ``lora_targets`` only (fine-tuning a large teacher).
+        init_from: backbone weights to start from (Lightning ``.ckpt`` or a Wan checkpoint).
+    """
+
+    def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
+                 latent_channels: int = 16, text_dim: int = 32, frame_cond_dim: int = 0, chunk_frames: int = 2,
+                 target_frames: int = 8, context_modes: list[ContextMode] | None = None, context_frames: int = 8,
+                 memory: MemoryPolicy | None = None, context_positions: ContextPositions = "bounded",
+                 shift: float = 5.0, cfg_dropout: float = 0.1, erft: ErrorInjection | None = None,
+                 erft_bins: int = 50, erft_capacity: int = 500, lora_rank: int = 0, lora_alpha: float = 1.0,
+                 lora_targets: list[str] | None = None, init_from: str | None = None, ema_decay: float = 0.999,
+                 ema_start: int = 0, optimizer: OptimizerCallable = torch.optim.AdamW,
+                 attention_backend: Backend = "sdpa", gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        modes = context_modes or ["none"]
+        allowed = ("none", "last_n", "policy")
+        for mode in modes:
+            if mode not in allowed:
+                raise ValueError(f"unknown context mode {mode!r}; allowed: {', '.join(allowed)}")
+        if "policy" in modes and memory is None:
+            raise ValueError("context mode 'policy' needs a memory policy (model.memory)")
+        if target_frames % chunk_frames:
+            raise ValueError(f"target_frames={target_frames} must be a multiple of chunk_frames={chunk_frames}")
+        self.context_modes = modes
+        self.memory = memory
+        self.model = build_backbone(backbone, latent_channels, text_dim, frame_cond_dim, backbone_overrides,
+                                    attention_backend, gradient_checkpointing)
+        if init_from:
+            load_backbone_weights(self.model, init_from)
+        if lora_rank > 0:
+            self.model.requires_grad_(False)
+            inject_lora(self.model, lora_targets or ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+                                                     "ffn.0", "ffn.2"], rank=lora_rank, alpha=lora_alpha)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.ema_rule = EMA(ema_decay, ema_start)
+        self.x0_errors = ErrorBank(erft_bins, erft_capacity, shift) if erft else None
+        self.noise_errors = ErrorBank(erft_bins, erft_capacity, shift) if erft else None
+        self.erft = erft
+        self._generator = torch.Generator()
+
+    # ------------------------------------------------------------------ scoring
+    def velocity(self, model: WanModel, sequence: ContextSequence, noisy_target: torch.Tensor, sigma: torch.Tensor,
+                 cond: Condition) -> torch.Tensor:
+        """Velocity for the target part of ``[clean context | noisy target]`` at noise ``sigma [B]``."""
+        x = sequence.x.clone()
+        x[:, :, sequence.context_frames:] = noisy_target
+        steps = torch.zeros(x.shape[0], x.shape[2], device=x.device)
+        steps[:, sequence.context_frames:] = timestep_from_sigma(sigma)[:, None]
+        out = model(x, steps, cond.context, context_mask=cond.context_mask, frame_cond=sequence.frame_cond,
+                    positions=sequence.positions, frame_mask=sequence.frame_mask)
+        return out[:, :, sequence.context_frames:]
+
+    def sequence(self, history: torch.Tensor, target: torch.Tensor, frames: list[list[int]],
+                 cond: Condition) -> ContextSequence:
+        hist_len = history.shape[2]
+        return build_context_sequence(history, frames, target, history_cond=cond.frames(slice(0, hist_len)),
+                                      target_cond=cond.frames(slice(hist_len, hist_len + target.shape[2])),
+                                      positions=self.hparams.context_positions)
+
+    # ------------------------------------------------------------------ training
+    def _split(self, latents: torch.Tensor, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """Pick a target window in the clip and, per video, the context frames before it."""
+        chunk, target_len = self.hparams.chunk_frames, self.hparams.target_frames
+        total = latents.shape[2]
+        if total < target_len:
+            raise ValueError(f"clips have {total} latent frames, fewer than target_frames={target_len}")
+        starts = list(range(0, total - target_len + 1, chunk))
+        if self.context_modes != ["none"]:
+            starts = [s for s in starts if s > 0] or starts
+        start = starts[int(torch.randint(len(starts), (1,), generator=generator))]
+        history, target = latents[:, :, :start], latents[:, :, start:start + target_len]
+        frames = []
+        for b in range(latents.shape[0]):
+            mode = self.context_modes[int(torch.randint(len(self.context_modes), (1,), generator=generator))]
+            if mode == "none" or start == 0:
+                frames.append([])
+            elif mode == "last_n":
+                frames.append(last_frames(start, self.hparams.context_frames, 1)[0])
+            else:
+                assert self.memory is not None
+                frames.append(policy_context(self.memory, history[b:b + 1], chunk)[0])
+        return history, target, frames
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        latents = batch["latents"].float()
+        cond = batch_condition(batch, self.hparams.cfg_dropout, self._generator)
+        history, target, frames = self._split(latents, self._generator)
+        sigma = sample_sigmas(target.shape[0], self._generator, shift=self.hparams.shift, max_sigma=1.0).to(self.device)
+        noise = torch.randn(target.shape, generator=self._generator).to(target)
+        clean_target = target
+        if self.erft is not None:
+            assert self.x0_errors is not None and self.noise_errors is not None
+            motion_len = min(self.hparams.chunk_frames * 2, history.shape[2])
+            motion = history[:, :, history.shape[2] - motion_len:] if motion_len else None
+            injected = inject_errors(target, motion, noise, sigma.cpu(), self.x0_errors, self.noise_errors,
+                                     self.erft, self._generator)
+            target, noise = injected.x0, injected.noise
+            if motion is not None and injected.motion is not None:
+                history = torch.cat([history[:, :, :history.shape[2] - motion_len], injected.motion], dim=2)
+        sequence = self.sequence(history, target, frames, cond)
+        noisy = add_noise(target, noise, sigma)
+        pred = self.velocity(self.model, sequence, noisy, sigma, cond)
+        # The velocity towards the *clean* target: eps - x0 without ERFT, and still the way back to
+        # the clean target when ERFT perturbed the inputs (sigma >= 0.02 keeps the division tame).
+        loss = (pred.float() - velocity_from_x0(noisy, clean_target, sigma).float()).square().mean()
+        if self.erft is not None:
+            self._bank_errors(pred.detach(), noisy, clean_target, noise, sigma)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/context_frames", float(sequence.context_frames))
+        return loss
+
+    def _bank_errors(self, pred: torch.Tensor, noisy: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
+                     sigma: torch.Tensor) -> None:
+        assert self.x0_errors is not None and self.noise_errors is not None
+        self.x0_errors.add(sigma.cpu(), (x0_from_velocity(noisy, pred, sigma) - x0).cpu())
+        self.noise_errors.add(sigma.cpu(), (eps_from_velocity(noisy, pred, sigma) - noise).cpu())
+
+    def setup(self, stage: str) -> None:
+        # Seeded from seed_everything and the rank, so DDP ranks draw different noise; a resumed run
+        # overwrites this state in on_load_checkpoint.
+        self._generator.manual_seed(torch.initial_seed() + self.global_rank)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ema_rule.update(self.ema, self.model, self.global_step)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        latents = batch["latents"].float()
+        cond = batch_condition(batch)
+        generator = torch.Generator().manual_seed(batch_idx)
+        history, target, frames = self._split(latents, generator)
+        sigma = torch.full((target.shape[0],), 0.5, device=self.device)
+        noise = torch.randn(target.shape, generator=generator).to(target)
+        pred = self.velocity(self.ema, self.sequence(history, target, frames, cond), add_noise(target, noise, sigma),
+                             sigma, cond)
+        self.log("val/loss", flow_matching_loss(pred, target, noise), prog_bar=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = lora_parameters(self.model) if self.hparams.lora_rank > 0 else self.model.parameters()
+        return self.hparams.optimizer(params)
+
+    # ------------------------------------------------------------------ checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.x0_errors is not None and self.noise_errors is not None:
+            checkpoint["erft"] = {"x0": self.x0_errors.state_dict(), "noise": self.noise_errors.state_dict()}
+        checkpoint["teacher_generator"] = self._generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.x0_errors is not None and self.noise_errors is not None:
+            if "erft" not in checkpoint:
+                raise KeyError("checkpoint has no 'erft' error buffers but this teacher trains with ERFT")
+            self.x0_errors.load_state_dict(checkpoint["erft"]["x0"])
+            self.noise_errors.load_state_dict(checkpoint["erft"]["noise"])
+        if "teacher_generator" in checkpoint:
+            self._generator.set_state(checkpoint["teacher_generator"])
+
+    def merged_backbone(self, use_ema: bool = True) -> WanModel:
+        """A plain backbone with LoRA folded in, for distillation or export."""
+        return merge_lora(copy.deepcopy(self.ema if use_ema else self.model))
