@@ -3,6 +3,8 @@ and loading backbone weights from an earlier stage."""
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,13 @@ def load_backbone_weights(model: WanModel, path: str, prefer_ema: bool = True) -
         loaded = load_wan(path, config=model.config)
         model.load_state_dict(loaded.state_dict())
         return "wan"
-    state = torch.load(file, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)["state_dict"]
+    except pickle.UnpicklingError:
+        # Checkpoints of modules built in Python (not through cf-fit) pickle their config objects.
+        warnings.warn(f"{path} stores Python objects in its hyper-parameters; loading it with full unpickling, "
+                      "which runs code from the file: only do this for checkpoints you made", stacklevel=2)
+        state = torch.load(file, map_location="cpu", weights_only=False)["state_dict"]
     prefixes = ["ema.", "model."] if prefer_ema else ["model.", "ema."]
     for prefix in prefixes:
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

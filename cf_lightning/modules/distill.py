@@ -88,6 +88,8 @@ class ContextForcingModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
+        self.generator_optimizer = generator_optimizer
+        self.critic_optimizer = critic_optimizer
         if not 1 <= target_chunks <= min_rollout_chunks <= max_rollout_chunks:
             raise ValueError(f"need 1 <= target_chunks <= min_rollout_chunks <= max_rollout_chunks, got "
                              f"{target_chunks}, {min_rollout_chunks}, {max_rollout_chunks}")
@@ -236,7 +238,7 @@ class ContextForcingModule(L.LightningModule):
         totals: dict[str, torch.Tensor] = {}
         for i in range(h.accumulate):
             rows = slice(i * micro, (i + 1) * micro)
-            part = {k: (v[rows] if isinstance(v, torch.Tensor) or isinstance(v, list) else v) for k, v in batch.items()}
+            part = {k: (v[rows] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
             last = i == h.accumulate - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.trainer.model, "no_sync") \
                 else self.trainer.model.no_sync()
@@ -258,8 +260,7 @@ class ContextForcingModule(L.LightningModule):
         self.log_dict(totals, prog_bar=False, batch_size=batch_size)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.hparams.generator_optimizer(self.student.parameters()),
-                self.hparams.critic_optimizer(self.critic.parameters())]
+        return [self.generator_optimizer(self.student.parameters()), self.critic_optimizer(self.critic.parameters())]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["draw_generator"] = self._draw_generator.get_state()

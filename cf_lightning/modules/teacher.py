@@ -90,6 +90,7 @@ class TeacherModule(L.LightningModule):
         if target_frames % chunk_frames:
             raise ValueError(f"target_frames={target_frames} must be a multiple of chunk_frames={chunk_frames}")
         self.context_modes = modes
+        self.optimizer = optimizer
         self.memory = memory
         self.model = build_backbone(backbone, latent_channels, text_dim, frame_cond_dim, backbone_overrides,
                                     attention_backend, gradient_checkpointing)
@@ -205,7 +206,7 @@ class TeacherModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = lora_parameters(self.model) if self.hparams.lora_rank > 0 else self.model.parameters()
-        return self.hparams.optimizer(params)
+        return self.optimizer(params)
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

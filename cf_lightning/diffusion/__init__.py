@@ -1,0 +1,58 @@
+"""Flow-matching schedule, samplers, DMD loss and ERFT error banks (pure torch, no Lightning)."""
+
+from cf_lightning.diffusion.dmd import dmd_loss
+from cf_lightning.diffusion.error_buffer import ErrorBank, ErrorInjection, InjectedInputs, inject_errors
+from cf_lightning.diffusion.flow import (
+    NUM_TRAIN_TIMESTEPS,
+    add_noise,
+    denoising_sigmas,
+    eps_from_velocity,
+    expand_frame_mask,
+    expand_sigma,
+    flow_matching_loss,
+    sample_sigmas,
+    sampling_sigmas,
+    shift_sigma,
+    sigma_from_timestep,
+    timestep_from_sigma,
+    velocity_from_x0,
+    velocity_target,
+    warp_timesteps,
+    x0_from_velocity,
+)
+from cf_lightning.diffusion.samplers import (
+    VelocityFn,
+    ab2_sample,
+    cfg_velocity,
+    euler_sample,
+    few_step_sample,
+)
+
+__all__ = [
+    "NUM_TRAIN_TIMESTEPS",
+    "ErrorBank",
+    "ErrorInjection",
+    "InjectedInputs",
+    "VelocityFn",
+    "ab2_sample",
+    "add_noise",
+    "cfg_velocity",
+    "denoising_sigmas",
+    "dmd_loss",
+    "eps_from_velocity",
+    "euler_sample",
+    "expand_frame_mask",
+    "expand_sigma",
+    "few_step_sample",
+    "flow_matching_loss",
+    "inject_errors",
+    "sample_sigmas",
+    "sampling_sigmas",
+    "shift_sigma",
+    "sigma_from_timestep",
+    "timestep_from_sigma",
+    "velocity_from_x0",
+    "velocity_target",
+    "warp_timesteps",
+    "x0_from_velocity",
+]

@@ -1,0 +1,160 @@
+"""Stage 1: initialise the causal few-step student.
+
+Both objectives train the same thing: from a clean history the memory policy keeps, predict a
+chunk's clean latents from its noisy version at one of the student's few denoising levels. They
+differ in where the (noisy, clean) pairs come from:
+
+- ``teacher_forcing``: data latents, noised on the straight flow path (diffusion forcing);
+- ``ode``: the teacher's own ODE trajectories (CausVid-style ODE regression): noise is integrated by
+  the teacher with CFG, and the student regresses the trajectory's endpoint from its points at the
+  student's denoising levels, so its few steps follow the teacher's deterministic map.
+
+One masked full-sequence forward over ``[clean | noisy]`` covers every chunk at once and sees exactly
+what streaming will (``teacher_forcing_mask``). Short-window DMD (Self-Forcing) is the
+:class:`ContextForcingModule` with short rollouts and ``short_teacher: true``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+
+from cf_lightning.diffusion import (
+    add_noise,
+    cfg_velocity,
+    denoising_sigmas,
+    euler_sample,
+    sampling_sigmas,
+    timestep_from_sigma,
+    x0_from_velocity,
+)
+from cf_lightning.ema import EMA
+from cf_lightning.models import WanModel, teacher_forcing_mask
+from cf_lightning.models.attention import Backend
+from cf_lightning.modules.common import Condition, batch_condition, build_backbone, load_backbone_weights
+from memory_policies import MemoryPolicy, SlowFast
+
+Objective = Literal["teacher_forcing", "ode"]
+
+
+class StudentModule(L.LightningModule):
+    """Causal student init by teacher forcing or ODE regression (see module docstring)."""
+
+    def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
+                 teacher_backbone: str | None = None, teacher_overrides: dict[str, Any] | None = None,
+                 latent_channels: int = 16, text_dim: int = 32, frame_cond_dim: int = 0,
+                 objective: Objective = "teacher_forcing", teacher: str | None = None, init_from: str | None = None,
+                 memory: MemoryPolicy | None = None, chunk_frames: int = 2, clip_frames: int = 8,
+                 denoising_steps: int = 4, shift: float = 5.0, ode_steps: int = 20, guidance_scale: float = 3.0,
+                 cfg_dropout: float = 0.1, ema_decay: float = 0.999, ema_start: int = 0,
+                 optimizer: OptimizerCallable = torch.optim.AdamW, attention_backend: Backend = "sdpa",
+                 gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if objective not in ("teacher_forcing", "ode"):
+            raise ValueError(f"unknown objective {objective!r}; allowed: teacher_forcing, ode")
+        if objective == "ode" and teacher is None:
+            raise ValueError("objective 'ode' needs a teacher checkpoint (model.teacher)")
+        if clip_frames % chunk_frames:
+            raise ValueError(f"clip_frames={clip_frames} must be a multiple of chunk_frames={chunk_frames}")
+        self.memory: MemoryPolicy = memory if memory is not None else SlowFast()
+        if self.memory.needs_summaries():
+            raise ValueError(f"{type(self.memory).__name__} decides from key summaries, which a masked full-sequence "
+                             "forward cannot provide before it runs; train stage 1 with a summary-free policy of "
+                             "the same budget (e.g. slow_fast with admission: uniform)")
+        self.memory.new_state(chunk_frames)
+        self.optimizer = optimizer
+        shapes = (latent_channels, text_dim, frame_cond_dim)
+        self.model = build_backbone(backbone, *shapes, backbone_overrides, attention_backend, gradient_checkpointing)
+        if init_from:
+            load_backbone_weights(self.model, init_from)
+        self.teacher: WanModel | None = None
+        if objective == "ode":
+            assert teacher is not None
+            self.teacher = build_backbone(teacher_backbone or backbone, *shapes,
+                                          teacher_overrides if teacher_backbone else backbone_overrides,
+                                          attention_backend, False)
+            load_backbone_weights(self.teacher, teacher)
+            self.teacher.requires_grad_(False).eval()
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.ema_rule = EMA(ema_decay, ema_start)
+        self.register_buffer("sigmas", denoising_sigmas(denoising_steps, shift), persistent=False)
+        self._generator = torch.Generator()
+
+    def setup(self, stage: str) -> None:
+        self._generator.manual_seed(torch.initial_seed() + self.global_rank)
+
+    @torch.no_grad()
+    def ode_pairs(self, noise: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher trajectory: its endpoint x0 and its points at every student level ``[S, B, C, F, H, W]``."""
+        assert self.teacher is not None
+        teacher, h = self.teacher, self.hparams
+        uncond = cond.unconditional()
+
+        def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            t = timestep_from_sigma(sigma)
+            v_cond = teacher(x, t, cond.context, context_mask=cond.context_mask, frame_cond=cond.frame_cond)
+            v_uncond = teacher(x, t, uncond.context, context_mask=uncond.context_mask, frame_cond=cond.frame_cond)
+            return cfg_velocity(v_cond, v_uncond, h.guidance_scale)
+
+        schedule = sampling_sigmas(h.ode_steps, h.shift)
+        grid = torch.unique(torch.cat([schedule, self.sigmas.cpu()])).flip(0)
+        points, x = {}, noise
+        for current, following in zip(grid[:-1].tolist(), grid[1:].tolist()):
+            points[round(current, 6)] = x
+            x = euler_sample(velocity, x, [current, following])
+        trajectory = torch.stack([points[round(float(s), 6)] for s in self.sigmas])
+        return x, trajectory
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        h = self.hparams
+        latents = batch["latents"].float()[:, :, :h.clip_frames]
+        if latents.shape[2] < h.clip_frames:
+            raise ValueError(f"clips have {latents.shape[2]} latent frames, fewer than clip_frames={h.clip_frames}")
+        frames = h.clip_frames
+        cond = batch_condition(batch, h.cfg_dropout, self._generator)
+        cond = Condition(cond.context, cond.context_mask, cond.frames(slice(0, frames)))
+        batch_size, chunks = latents.shape[0], frames // h.chunk_frames
+        level = torch.randint(len(self.sigmas), (batch_size, chunks), generator=self._generator)
+        sigma = self.sigmas.cpu()[level].repeat_interleave(h.chunk_frames, dim=1).to(self.device)
+        noise = torch.randn(latents.shape, generator=self._generator).to(latents)
+        if h.objective == "ode":
+            clean, trajectory = self.ode_pairs(noise, cond)
+            per_frame = level.repeat_interleave(h.chunk_frames, dim=1).to(self.device)
+            noisy = torch.stack([trajectory[per_frame[b], b, :, torch.arange(frames)].transpose(0, 1)
+                                 for b in range(batch_size)])
+        else:
+            clean, noisy = latents, add_noise(latents, noise, sigma)
+        pred_x0 = self.causal_x0(self.model, clean, noisy, sigma, cond)
+        loss = (pred_x0.float() - clean.float()).square().mean()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def causal_x0(self, model: WanModel, clean: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor,
+                  cond: Condition) -> torch.Tensor:
+        """x0 of every noisy chunk given the clean history the memory keeps (one masked forward)."""
+        frames = clean.shape[2]
+        mask = teacher_forcing_mask(self.memory, frames, self.hparams.chunk_frames).to(clean.device)
+        steps = torch.cat([torch.zeros_like(sigma), timestep_from_sigma(sigma)], dim=1)
+        positions = torch.cat([torch.arange(frames)] * 2).to(clean.device)
+        frame_cond = None if cond.frame_cond is None else torch.cat([cond.frame_cond] * 2, dim=1)
+        out = model(torch.cat([clean, noisy], dim=2), steps, cond.context, context_mask=cond.context_mask,
+                    frame_cond=frame_cond, positions=positions, frame_mask=mask)
+        return x0_from_velocity(noisy, out[:, :, frames:], sigma)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ema_rule.update(self.ema, self.model, self.global_step)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer(self.model.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["student_generator"] = self._generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "student_generator" in checkpoint:
+            self._generator.set_state(checkpoint["student_generator"])
