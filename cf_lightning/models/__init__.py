@@ -6,3 +6,20 @@ from cf_lightning.models.masks import teacher_forcing_mask
 from cf_lightning.models.wan import WanModel, build_wan
 
 __all__ = ["CONFIGS", "KVMemory", "MemoryRead", "WanConfig", "WanModel", "build_wan", "teacher_forcing_mask"]
+
+from cf_lightning.models.checkpoint import (
+    WanCheckpoint,
+    config_from_diffusers,
+    config_to_diffusers,
+    diffusers_to_wan_state_dict,
+    load_wan,
+    read_checkpoint,
+    save_wan,
+    wan_from_state_dict,
+    wan_to_diffusers_state_dict,
+)
+
+__all__ += [
+    "WanCheckpoint", "config_from_diffusers", "config_to_diffusers", "diffusers_to_wan_state_dict", "load_wan",
+    "read_checkpoint", "save_wan", "wan_from_state_dict", "wan_to_diffusers_state_dict",
+]
