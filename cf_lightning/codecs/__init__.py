@@ -1,0 +1,25 @@
+"""Latent codecs: ``pixel`` (weight-free patchify, the CPU path) and ``wan`` (diffusers Wan VAE)."""
+
+from cf_lightning.codecs.base import (
+    CODECS,
+    LatentCodec,
+    build_codec,
+    register_codec,
+    resolve_dtype,
+    uint8_to_unit,
+    unit_to_uint8,
+)
+from cf_lightning.codecs.pixel import PixelCodec
+from cf_lightning.codecs.wan_vae import WanVAECodec
+
+__all__ = [
+    "CODECS",
+    "LatentCodec",
+    "PixelCodec",
+    "WanVAECodec",
+    "build_codec",
+    "register_codec",
+    "resolve_dtype",
+    "uint8_to_unit",
+    "unit_to_uint8",
+]

@@ -1,0 +1,51 @@
+"""Weight-free codec: space-to-depth patchify, so CPU recipes train on "latents" with no VAE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from cf_lightning.codecs.base import LatentCodec, register_codec
+
+__all__ = ["PixelCodec"]
+
+
+@register_codec("pixel")
+class PixelCodec(LatentCodec):
+    """Folds each ``patch x patch`` pixel block into channels: ``[B, 3, T, H, W] -> [B, 3*p*p, T, H/p, W/p]``.
+
+    Values stay in [-1, 1] (use :func:`~cf_lightning.codecs.uint8_to_unit` for uint8 frames); the
+    channel order is ``(rgb, row in patch, column in patch)``. ``decode`` is the exact inverse, so
+    revisit ground truth checked on decoded frames is as exact as on the pixels.
+    """
+
+    def __init__(self, patch: int = 8) -> None:
+        super().__init__()
+        if patch < 1:
+            raise ValueError(f"patch must be a positive integer, got {patch}")
+        self.patch = patch
+        self.spatial_factor = patch
+        self.latent_channels = 3 * patch * patch
+
+    def options(self) -> dict[str, Any]:
+        return {"patch": self.patch}
+
+    def encode(self, video: Tensor) -> Tensor:
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"expected video [B, 3, T, H, W], got shape {tuple(video.shape)}")
+        b, c, t, height, width = video.shape
+        h, w = self.latent_size(height, width)
+        p = self.patch
+        x = video.reshape(b, c, t, h, p, w, p).permute(0, 1, 4, 6, 2, 3, 5)
+        return x.reshape(b, c * p * p, t, h, w)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"expected latents [B, {self.latent_channels}, F, h, w], got shape {tuple(latents.shape)}"
+            )
+        b, _, t, h, w = latents.shape
+        p = self.patch
+        x = latents.reshape(b, 3, p, p, t, h, w).permute(0, 1, 4, 5, 2, 6, 3)
+        return x.reshape(b, 3, t, h * p, w * p)

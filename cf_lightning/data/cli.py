@@ -1,0 +1,248 @@
+"""``cf-data``: write revisit-world videos or real video files to latent shards, and check shards.
+
+Examples::
+
+    cf-data world --output data/world --num_videos 512 --world.num_frames 96
+    cf-data videos --input clips/ --output data/real --height 480 --width 832 --clip_frames 81 \\
+        --codec wan --codec_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers", "dtype": "bfloat16"}' \\
+        --text_encoder umt5 --text_encoder_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers"}'
+    cf-data check data/world
+
+Every command also takes ``--config file.yaml`` (jsonargparse), and ``--help`` lists all options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+from cf_lightning.codecs import LatentCodec, build_codec, uint8_to_unit
+from cf_lightning.data.revisit_world import RevisitWorldConfig, generate_video, latent_truth
+from cf_lightning.data.shards import (
+    SkipLog,
+    decode_samples,
+    encode_sample,
+    expand_shards,
+    open_shard_writer,
+    read_shards,
+)
+from cf_lightning.data.video_io import probe_size, read_video, resize_center_crop
+from cf_lightning.text import TextEncoder, build_text_encoder
+
+__all__ = ["build_parser", "main"]
+
+
+def _add_encoding_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
+    parser.add_argument("--output", type=str, required=True, help="folder for shard-000000.tar, ...")
+    parser.add_argument("--shard_size", type=int, default=64, help="samples per shard")
+    parser.add_argument("--codec", type=str, default="pixel", help="registered codec: pixel, wan")
+    parser.add_argument(
+        "--codec_options", type=dict[str, Any], default={}, help='codec arguments as JSON, e.g. {"patch": 8}'
+    )
+    parser.add_argument(
+        "--text_encoder", type=str | None, default=None, help="store prompt embeddings from: hash, umt5"
+    )
+    parser.add_argument(
+        "--text_encoder_options", type=dict[str, Any], default={}, help="text encoder arguments"
+    )
+    parser.add_argument("--device", type=str, default="cpu", help="device for the codec and text encoder")
+
+
+def build_parser() -> ArgumentParser:
+    """The ``cf-data`` parser with subcommands ``world``, ``videos`` and ``check``."""
+    parser = ArgumentParser(prog="cf-data", description="Write and check cf-lightning latent shards.")
+    commands = parser.add_subcommands()
+
+    world = ArgumentParser(description="Generate revisit-world videos and write them as latent shards.")
+    _add_encoding_arguments(world)
+    world.add_argument("--num_videos", type=int, default=64, help="videos to write")
+    world.add_argument("--seed", type=int, default=0, help="video i uses seed + i")
+    world.add_argument(
+        "--world", type=RevisitWorldConfig, default=RevisitWorldConfig(), help="world settings"
+    )
+    commands.add_subcommand("world", world, help="write revisit-world shards")
+
+    videos = ArgumentParser(description="Encode a folder of videos with same-stem .txt captions into shards.")
+    _add_encoding_arguments(videos)
+    videos.add_argument("--input", type=str, required=True, help="folder of videos and captions")
+    videos.add_argument("--extensions", type=list[str], default=["mp4"], help="video file extensions")
+    videos.add_argument("--height", type=int | None, default=None, help="resize (centre crop) to this height")
+    videos.add_argument("--width", type=int | None, default=None, help="resize (centre crop) to this width")
+    videos.add_argument(
+        "--clip_frames", type=int | None, default=None, help="split each video into clips of this many frames"
+    )
+    videos.add_argument("--max_frames", type=int | None, default=None, help="read at most this many frames")
+    commands.add_subcommand("videos", videos, help="encode real videos into shards")
+
+    check = ArgumentParser(description="Read shards and report unreadable shards and corrupt samples.")
+    check.add_argument("shards", type=str, nargs="+", help="shard paths, folders or brace patterns")
+    commands.add_subcommand("check", check, help="verify shards")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``cf-data``; returns the process exit code."""
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    command = cfg.subcommand
+    args = cfg[command]
+    if command == "check":
+        return _check(args.shards)
+    try:
+        args = parser.instantiate(cfg)[command]
+        codec = build_codec(args.codec, **args.codec_options).to(args.device)
+        text = (
+            build_text_encoder(args.text_encoder, **args.text_encoder_options).to(args.device)
+            if args.text_encoder
+            else None
+        )
+        jobs = _world_jobs(args, codec) if command == "world" else _video_jobs(args, codec)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(f"cf-data {command}: {exc}")
+    written = _write(jobs, args, codec, text)
+    print(f"wrote {written} samples to {args.output}")
+    return 0
+
+
+def _world_jobs(args: Namespace, codec: LatentCodec) -> Iterator[dict[str, Any]]:
+    """Revisit-world samples to encode (validated up front, generated lazily)."""
+    world: RevisitWorldConfig = args.world
+    if args.num_videos < 1 or args.seed < 0:
+        raise ValueError(f"need num_videos >= 1 and seed >= 0, got {args.num_videos} and {args.seed}")
+    groups = codec.frame_groups(world.num_frames)
+    codec.latent_size(world.frame_height, world.frame_width)
+    return _generate_world(world, args.seed, args.num_videos, groups)
+
+
+def _generate_world(
+    world: RevisitWorldConfig, seed: int, count: int, groups: list[range]
+) -> Iterator[dict[str, Any]]:
+    for video_seed in range(seed, seed + count):
+        video = generate_video(world, video_seed)
+        truth = latent_truth(video, groups)
+        yield {
+            "key": f"world-{video_seed:09d}",
+            "frames": video.frames,
+            "prompt": video.prompt,
+            "meta": {
+                "source": "revisit_world",
+                "seed": video_seed,
+                "trajectory": video.trajectory,
+                "world": dataclasses.asdict(world),
+                "segment_starts": video.segment_starts.tolist(),
+            },
+            "truth": {"camera": truth.camera, "view": truth.view, "place": truth.place},
+        }
+
+
+def _video_jobs(args: Namespace, codec: LatentCodec) -> Iterator[dict[str, Any]]:
+    """Check the input folder (files, captions, sizes) before anything is written."""
+    folder = Path(args.input)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--input {args.input!r} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lstrip(".").lower() in args.extensions)
+    if not files:
+        raise ValueError(f"no videos with extensions {args.extensions} in {args.input!r}")
+    missing = [p.name for p in files if not p.with_suffix(".txt").is_file()]
+    if missing:
+        raise FileNotFoundError(f"captions (same-stem .txt) missing for: {', '.join(missing)}")
+    if (args.height is None) != (args.width is None):
+        raise ValueError(f"give both --height and --width or neither, got {args.height} and {args.width}")
+    if args.height is not None:
+        codec.latent_size(args.height, args.width)
+    else:
+        for path in files:
+            height, width = probe_size(path)
+            try:
+                codec.latent_size(height, width)
+            except ValueError as exc:
+                raise ValueError(f"{path.name}: {exc}; pass --height and --width to resize") from exc
+    if args.clip_frames is not None:
+        codec.latent_frames(args.clip_frames)
+    return _read_videos(files, args, codec)
+
+
+def _read_videos(files: list[Path], args: Namespace, codec: LatentCodec) -> Iterator[dict[str, Any]]:
+    for path in files:
+        frames, fps = read_video(path, args.max_frames)
+        if args.height is not None:
+            frames = resize_center_crop(frames, args.height, args.width)
+        length = args.clip_frames or codec.usable_frames(len(frames))
+        if length < 1 or len(frames) < length:
+            print(
+                f"skipping {path.name}: {len(frames)} frames, need {length or 'a codec-valid count'}",
+                file=sys.stderr,
+            )
+            continue
+        caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        stem = path.stem.replace(".", "_")
+        clips = len(frames) // length if args.clip_frames else 1
+        for clip in range(clips):
+            yield {
+                "key": f"{stem}-{clip:04d}",
+                "frames": frames[clip * length : (clip + 1) * length],
+                "prompt": caption,
+                "meta": {
+                    "source": "video",
+                    "file": path.name,
+                    "clip": clip,
+                    "start_frame": clip * length,
+                    "fps": fps,
+                },
+                "truth": {},
+            }
+
+
+def _write(
+    jobs: Iterator[dict[str, Any]], args: Namespace, codec: LatentCodec, text: TextEncoder | None
+) -> int:
+    """Encode each job's frames (and prompt) and write the samples; returns the sample count."""
+    device = torch.device(args.device)
+    count = 0
+    with open_shard_writer(args.output, args.shard_size) as sink, torch.no_grad():
+        for job in jobs:
+            frames = job["frames"]
+            video = uint8_to_unit(frames).permute(1, 0, 2, 3).unsqueeze(0).to(device)
+            latents = codec.encode(video)[0].cpu()
+            meta = {
+                **job["meta"],
+                "num_frames": len(frames),
+                "height": frames.shape[2],
+                "width": frames.shape[3],
+                "latent_shape": list(latents.shape),
+                "codec": codec.describe(),
+                "text_encoder": text.describe() if text else None,
+            }
+            text_emb = None
+            if text is not None:
+                emb, mask = text.encode([job["prompt"]])
+                text_emb = emb[0, mask[0]].cpu()
+            sink.write(
+                encode_sample(job["key"], latents, job["prompt"], meta, text_emb=text_emb, **job["truth"])
+            )
+            count += 1
+    return count
+
+
+def _check(urls: list[str]) -> int:
+    """Read every sample of every shard; print per-shard counts; exit code 1 if anything was skipped."""
+    try:
+        shards = expand_shards(urls, "shards")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"cf-data check: {exc}", file=sys.stderr)
+        return 2
+    skips = SkipLog()
+    total = 0
+    for shard in shards:
+        count = sum(1 for _ in decode_samples(read_shards([{"url": shard}], skips), skips))
+        print(f"{shard}: {count} samples")
+        total += count
+    print(f"{total} samples in {len(shards)} shards, {skips.total} skipped")
+    return 1 if skips.total else 0
