@@ -1,5 +1,6 @@
-"""Lightning callbacks: TensorBoard ablation dashboards (HParams columns, GIF samples)."""
+"""Lightning callbacks: TensorBoard ablation dashboards and long-video writing."""
 
 from cf_lightning.callbacks.tensorboard import AblationDashboard, gif_summary, log_ablation_hparams, log_video
+from cf_lightning.callbacks.video import LongVideoWriter
 
-__all__ = ["AblationDashboard", "gif_summary", "log_ablation_hparams", "log_video"]
+__all__ = ["AblationDashboard", "LongVideoWriter", "gif_summary", "log_ablation_hparams", "log_video"]

@@ -5,7 +5,8 @@ Per step: the causal few-step student rolls out a video chunk by chunk through i
 randomly chosen denoising step. The teacher (real score, with CFG) and the critic (fake score) see
 ``[clean context | noisy target]``, where the context is what the student's memory held when the
 target began (``teacher_context: memory``), the last N frames (``last_n``), or nothing
-(``short_teacher``, the LongLive-style baseline). The critic learns the student's distribution by
+(``none``); ``short_teacher`` is the LongLive-style baseline whose teacher only sees its short
+window, the last ``teacher_context_frames`` frames. The critic learns the student's distribution by
 flow matching on the same samples. Manual optimization: two optimizers, accumulation by
 micro-batches, every random draw that shapes the graph made on rank 0 and broadcast.
 """
@@ -32,6 +33,7 @@ from cf_lightning.diffusion import (
     x0_from_velocity,
 )
 from cf_lightning.ema import EMA
+from cf_lightning.metrics import RevisitError
 from cf_lightning.models import WanModel
 from cf_lightning.models.attention import Backend
 from cf_lightning.models.context import ContextPositions, ContextSequence, build_context_sequence, last_frames
@@ -39,7 +41,7 @@ from cf_lightning.modules.common import Condition, batch_condition, build_backbo
 from cf_lightning.rollout import randn, rollout
 from memory_policies import MemoryPolicy, SlowFast
 
-TeacherContext = Literal["memory", "last_n"]
+TeacherContext = Literal["memory", "last_n", "none"]
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,8 @@ class ContextForcingModule(L.LightningModule):
                  generator_every: int = 5, accumulate: int = 1, grad_clip: float = 2.0,
                  generator_optimizer: OptimizerCallable = torch.optim.AdamW,
                  critic_optimizer: OptimizerCallable = torch.optim.AdamW,
-                 ema_decay: float = 0.99, ema_start: int = 0, attention_backend: Backend = "sdpa",
-                 gradient_checkpointing: bool = False) -> None:
+                 ema_decay: float = 0.99, ema_start: int = 0, eval_bucket_edges: list[int] | None = None,
+                 attention_backend: Backend = "sdpa", gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -119,6 +121,8 @@ class ContextForcingModule(L.LightningModule):
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("sigmas", denoising_sigmas(denoising_steps, shift), persistent=False)
         self._draw_generator = torch.Generator()
+        edges = eval_bucket_edges or [0, 8, 16, 32, 96]
+        self.revisit = RevisitError(max_gap=edges[-1], bucket_edges=edges)
 
     # ------------------------------------------------------------------ randomness
     def setup(self, stage: str) -> None:
@@ -150,9 +154,10 @@ class ContextForcingModule(L.LightningModule):
 
     def context_frames(self, history_len: int, memory_frames: list[list[int]], batch: int) -> list[list[int]]:
         h = self.hparams
-        if h.short_teacher or history_len == 0:
+        mode = "last_n" if h.short_teacher else h.teacher_context
+        if mode == "none" or history_len == 0:
             return [[] for _ in range(batch)]
-        if h.teacher_context == "last_n":
+        if mode == "last_n":
             return last_frames(history_len, h.teacher_context_frames, batch)
         return memory_frames
 
@@ -259,6 +264,34 @@ class ContextForcingModule(L.LightningModule):
         totals["train/generator_steps"] = self.generator_steps.float()
         self.log_dict(totals, prog_bar=False, batch_size=batch_size)
 
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Self-rollout of whole held-out videos; revisit error against the model's own first visits."""
+        video = self.generate_for(batch, seed=batch_idx)
+        if "first_visit" in batch:
+            self.revisit.update(video.float(), None, batch["first_visit"][:, :video.shape[2]])
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.revisit.update_count:
+            return
+        result = self.revisit.compute()
+        edges = self.revisit.bucket_edges
+        metrics = {"val/effective_context": float(result["effective_context"]), "val/revisit_auc": float(result["auc"])}
+        for lo, hi, error, control in zip(edges[:-1], edges[1:], result["error"].tolist(), result["control"].tolist()):
+            metrics[f"val/revisit_error/gap_{lo + 1}-{hi}"] = error
+            metrics[f"val/revisit_control/gap_{lo + 1}-{hi}"] = control
+        self.log_dict(metrics, sync_dist=False)
+        self.revisit.reset()
+
+    def generate_for(self, batch: dict[str, Any], seed: int = 0, policy: MemoryPolicy | None = None,
+                     num_frames: int | None = None) -> torch.Tensor:
+        """Generate as many whole chunks as the batch's conditions cover (its camera path and prompt)."""
+        cond = batch_condition(batch)
+        latents = batch["latents"]
+        frames = num_frames or latents.shape[2]
+        frames -= frames % self.hparams.chunk_frames
+        cond = Condition(cond.context, cond.context_mask, cond.frames(slice(0, frames)))
+        return self.generate(cond, tuple(latents.shape), frames // self.hparams.chunk_frames, seed=seed, policy=policy)
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.generator_optimizer(self.student.parameters()), self.critic_optimizer(self.critic.parameters())]
 
@@ -271,7 +304,7 @@ class ContextForcingModule(L.LightningModule):
 
     def ablation_hparams(self) -> dict[str, object]:
         h = self.hparams
-        return {**self.memory.ablation_hparams(), "teacher/context": "none" if h.short_teacher else h.teacher_context,
+        return {**self.memory.ablation_hparams(), "teacher/context": "short" if h.short_teacher else h.teacher_context,
                 "rollout/max_chunks": h.max_rollout_chunks, "rollout/target_chunks": h.target_chunks,
                 "dmd/guidance": h.guidance_scale}
 
