@@ -34,7 +34,7 @@ def load_variants(path: str | Path) -> dict[str, list[str]]:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
             raise ValueError(f"variant name {name!r} must use letters, digits, '_', '-' or '.' (it names a folder)")
         if not isinstance(overrides, list):
-            raise ValueError(f"variant {name!r} must be a list of cf-fit arguments, got {overrides!r}")
+            raise TypeError(f"variant {name!r} must be a list of cf-fit arguments, got {overrides!r}")
     return {str(k): [str(a) for a in v] for k, v in variants.items()}
 
 

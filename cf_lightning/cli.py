@@ -14,13 +14,13 @@ LINKED_SHAPES = ("latent_channels", "text_dim", "frame_cond_dim")
 class CFLightningCLI(LightningCLI):
     """LightningCLI with subclass mode, OmegaConf interpolation, explicit seeds and shape links."""
 
-    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse's parser type
+    def add_arguments_to_parser(self, parser) -> None:
         for name in LINKED_SHAPES:
             parser.link_arguments("data", f"model.init_args.{name}", compute_fn=_attribute(name),
                                   apply_on="instantiate")
 
 
-def _attribute(name: str):  # noqa: ANN202 - returns a jsonargparse compute_fn
+def _attribute(name: str):
     def read(data: LightningDataModule) -> int:
         if not hasattr(data, name):
             raise AttributeError(f"{type(data).__name__} does not expose {name!r}, which the model needs")
@@ -34,7 +34,7 @@ def main(args: list[str] | None = None) -> None:
     # Import third-party policies first so their class names and aliases resolve in YAML, and our
     # modules and data modules so recipes can name them by class name.
     load_plugins()
-    import cf_lightning.data.datamodules  # noqa: F401
+    import cf_lightning.data.datamodules
     import cf_lightning.modules  # noqa: F401
 
     CFLightningCLI(
