@@ -20,10 +20,10 @@ def sgd(lr: float):
 
 def make(**overrides) -> ContextForcingModule:
     torch.manual_seed(0)
-    settings = dict(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2,
-                    memory=SlowFast(sink=1, slow=2, fast=4, rope_length=7), min_rollout_chunks=3,
-                    max_rollout_chunks=3, target_chunks=1, generator_every=1, denoising_steps=2,
-                    generator_optimizer=sgd(1e-3), critic_optimizer=sgd(1e-3))
+    settings = {"latent_channels": CHANNELS, "text_dim": TEXT_DIM, "frame_cond_dim": 2,
+                    "memory": SlowFast(sink=1, slow=2, fast=4, rope_length=7), "min_rollout_chunks": 3,
+                    "max_rollout_chunks": 3, "target_chunks": 1, "generator_every": 1, "denoising_steps": 2,
+                    "generator_optimizer": sgd(1e-3), "critic_optimizer": sgd(1e-3)}
     settings.update(overrides)
     return ContextForcingModule(**settings)
 
@@ -114,10 +114,10 @@ def test_accumulation_equals_one_big_batch(loader):
 
 def base_settings() -> dict:
     torch.manual_seed(0)
-    return dict(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2,
-                memory=SlowFast(sink=1, slow=2, fast=4, rope_length=7), min_rollout_chunks=3, max_rollout_chunks=3,
-                target_chunks=1, generator_every=1, denoising_steps=2, guidance_scale=2.0,
-                generator_optimizer=sgd(1e-2), critic_optimizer=sgd(1e-2))
+    return {"latent_channels": CHANNELS, "text_dim": TEXT_DIM, "frame_cond_dim": 2,
+                "memory": SlowFast(sink=1, slow=2, fast=4, rope_length=7), "min_rollout_chunks": 3, "max_rollout_chunks": 3,
+                "target_chunks": 1, "generator_every": 1, "denoising_steps": 2, "guidance_scale": 2.0,
+                "generator_optimizer": sgd(1e-2), "critic_optimizer": sgd(1e-2)}
 
 
 def test_curriculum_grows_linearly():

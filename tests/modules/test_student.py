@@ -12,7 +12,7 @@ from cf_lightning.modules import StudentModule, TeacherModule
 from memory_policies import SlowFast
 from tests.modules.conftest import CHANNELS, TEXT_DIM
 
-POLICY = dict(sink=1, slow=2, fast=4, admission="uniform", rope_length=7)
+POLICY = {"sink": 1, "slow": 2, "fast": 4, "admission": "uniform", "rope_length": 7}
 
 
 def fit(module, loader, steps):
