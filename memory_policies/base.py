@@ -97,7 +97,7 @@ class MemoryPolicy(ABC):
     def ablation_hparams(self) -> dict[str, object]:
         """Flat, primitive settings for TensorBoard's HParams tab; subclasses add their own."""
         return {
-            "memory/policy": type(self).__name__,
+            "memory/policy": getattr(type(self), "_alias_of", type(self)).__name__,  # through short-name aliases
             "memory/sink": self.sink,
             "memory/position_mode": self.position_mode,
             "memory/rope_length": self.rope_length,

@@ -1,0 +1,71 @@
+"""End-to-end `cf-fit` runs on tiny configs: recipes parse, stages train, runs resume."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cf_lightning.cli import main
+from tests.cli_helpers import RECIPES, TINY_DATA, TINY_DISTILL, logged
+
+
+@pytest.fixture(autouse=True)
+def plain_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cf-fit"])
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
+def test_every_recipe_parses(recipe, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(RECIPES / recipe), "--print_config"])
+    assert done.value.code == 0
+    assert "class_path" in capsys.readouterr().out
+
+
+def test_teacher_recipe_trains_and_resumes(tmp_path):
+    args = ["fit", "--config", str(RECIPES / "teacher.yaml"), *TINY_DATA, *logged(tmp_path, "t"),
+            "--model.backbone", "tiny", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+            "--trainer.callbacks.init_args.every_n_train_steps", "2"]
+    main([*args, "--trainer.max_steps", "2", "--trainer.logger.init_args.version", "a"])
+    checkpoint = tmp_path / "t" / "a" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 2
+    main([*args, "--trainer.max_steps", "4", "--trainer.logger.init_args.version", "b", "--ckpt_path",
+          str(checkpoint)])
+    resumed = tmp_path / "t" / "b" / "checkpoints" / "last.ckpt"
+    assert torch.load(resumed, weights_only=True)["global_step"] == 4
+
+
+def test_slowfast_recipe_leaves_checkpoint_logs_and_video(tmp_path):
+    main(["fit", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf"),
+          "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.logger.init_args.version", "v"])
+    run = tmp_path / "cf" / "v"
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert int(state["state_dict"]["generator_steps"]) == 2 and int(state["state_dict"]["critic_steps"]) == 3
+    assert state["hyper_parameters"]["memory"]["class_path"].endswith("slow_fast")
+    assert list((run / "videos").glob("*.mp4")) and list((run / "videos").glob("*_latents.npy"))
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert {"train/dmd_loss", "train/critic_loss", "val/effective_context"} <= set(events.Tags()["scalars"])
+
+
+def test_policy_swapped_by_a_command_line_flag(tmp_path):
+    main(["fit", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf"),
+          "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",
+          "--model.memory", "sliding_window", "--model.memory.init_args.window", "6",
+          "--model.memory.init_args.rope_length", "8"])
+    config = next(tmp_path.rglob("config.yaml")).read_text()
+    assert "memory_policies.sliding_window.sliding_window" in config and "window: 6" in config
+
+
+def test_unknown_policy_and_unknown_key_fail_before_training(tmp_path, capsys):
+    base = ["fit", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf")]
+    with pytest.raises(SystemExit):
+        main([*base, "--model.memory", "no_such_policy"])
+    assert "no_such_policy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--model.memory.init_args.sinkk", "3"])
+    assert "sinkk" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.ckpt"))
