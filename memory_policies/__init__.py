@@ -1,6 +1,14 @@
 """Pluggable memory policies for streaming video diffusion (pure torch, no Lightning)."""
 
-from memory_policies.base import POSITION_MODES, REGIONS, MemoryPolicy, MemoryState, MemoryView, PositionMode
+from memory_policies.base import (
+    POSITION_MODES,
+    REGIONS,
+    MemoryPolicy,
+    MemoryState,
+    MemoryView,
+    PositionMode,
+    SummarySpec,
+)
 from memory_policies.full import Full
 from memory_policies.keyframe import Keyframe
 from memory_policies.registry import (
@@ -27,6 +35,7 @@ __all__ = [
     "PositionMode",
     "SlidingWindow",
     "SlowFast",
+    "SummarySpec",
     "available_policies",
     "build_policy",
     "calibrate_threshold",

@@ -29,6 +29,19 @@ POSITION_MODES: tuple[str, ...] = ("absolute", "bounded", "true_time")
 REGIONS: tuple[str, ...] = ("sink", "slow", "fast")
 
 
+SummaryReduce = Literal["mean_key", "token_keys"]
+
+
+@dataclass(frozen=True)
+class SummarySpec:
+    """Which keys summarise a frame: their mean over tokens (paper Eq. 7) or all tokens flattened
+    (keeps the spatial layout, which separates scenes better on small models), from one layer or
+    averaged over all (``layer=None``)."""
+
+    reduce: SummaryReduce = "mean_key"
+    layer: int | None = None
+
+
 @dataclass
 class MemoryState:
     """Per-video memory bookkeeping: named regions of absolute frame indices.
@@ -93,6 +106,10 @@ class MemoryPolicy(ABC):
     def needs_summaries(self) -> bool:
         """Whether :meth:`commit` needs per-frame summaries (the caller can skip computing them)."""
         return False
+
+    def summary_spec(self) -> SummarySpec:
+        """How the model should summarise a frame for :meth:`commit` (paper: mean key, all layers)."""
+        return SummarySpec()
 
     def ablation_hparams(self) -> dict[str, object]:
         """Flat, primitive settings for TensorBoard's HParams tab; subclasses add their own."""

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from memory_policies.base import MemoryPolicy, MemoryState, PositionMode, recent_frames
+from memory_policies.base import MemoryPolicy, MemoryState, PositionMode, SummaryReduce, SummarySpec, recent_frames
 from memory_policies.registry import register_policy
 
 Admission = Literal["surprisal", "uniform"]
@@ -35,11 +35,13 @@ class SlowFast(MemoryPolicy):
         admission: ``surprisal`` (paper) or ``uniform`` (every ``interval`` chunks, the ablation).
         interval: consolidate every this many chunks (paper: 2).
         compare_to: ``previous`` frame (paper Eq. 7) or the ``last_admitted`` slow frame.
+        summary / summary_layer: what the model hands as a frame summary (see :class:`SummarySpec`).
         position_mode: ``bounded`` keeps positions in ``[0, rope_length)`` (paper Eq. 8).
     """
 
     def __init__(self, sink: int = 3, slow: int = 12, fast: int = 6, threshold: float = 0.95,
                  admission: Admission = "surprisal", interval: int = 2, compare_to: Reference = "previous",
+                 summary: SummaryReduce = "mean_key", summary_layer: int | None = None,
                  position_mode: PositionMode = "bounded", rope_length: int = 21) -> None:
         super().__init__(sink=sink, position_mode=position_mode, rope_length=rope_length)
         if slow < 0 or fast < 1 or interval < 1:
@@ -48,6 +50,8 @@ class SlowFast(MemoryPolicy):
             raise ValueError(f"unknown admission {admission!r}; allowed: surprisal, uniform")
         if compare_to not in ("previous", "last_admitted"):
             raise ValueError(f"unknown compare_to {compare_to!r}; allowed: previous, last_admitted")
+        if summary not in ("mean_key", "token_keys"):
+            raise ValueError(f"unknown summary {summary!r}; allowed: mean_key, token_keys")
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
         self.slow = slow
@@ -56,12 +60,17 @@ class SlowFast(MemoryPolicy):
         self.admission: Admission = admission
         self.interval = interval
         self.compare_to: Reference = compare_to
+        self.summary: SummaryReduce = summary
+        self.summary_layer = summary_layer
 
     def budget(self, chunk_frames: int) -> int:
         return self.sink + self.slow + max(self.fast - chunk_frames, 0)
 
     def needs_summaries(self) -> bool:
         return self.admission == "surprisal"
+
+    def summary_spec(self) -> SummarySpec:
+        return SummarySpec(self.summary, self.summary_layer)
 
     def validate(self, chunk_frames: int) -> None:
         if self.fast < chunk_frames:
@@ -71,7 +80,8 @@ class SlowFast(MemoryPolicy):
     def ablation_hparams(self) -> dict[str, object]:
         return {**super().ablation_hparams(), "memory/slow": self.slow, "memory/fast": self.fast,
                 "memory/threshold": self.threshold, "memory/admission": self.admission,
-                "memory/interval": self.interval, "memory/compare_to": self.compare_to}
+                "memory/interval": self.interval, "memory/compare_to": self.compare_to,
+                "memory/summary": self.summary}
 
     def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
         state.regions["fast"] = recent_frames(new_frames, self.fast - state.chunk_frames)

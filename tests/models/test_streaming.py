@@ -105,7 +105,8 @@ def reference_stream(model, policy: MemoryPolicy, chunk: int, clean, noisy, cont
             per_video.append(_manual(model, noisy[b:b + 1, :, part], t, context[b:b + 1], positions, view, store))
             kvs = _manual(model, clean[b:b + 1, :, part], 0.0, context[b:b + 1], positions, view, store,
                           return_kv=True)
-            summaries = model.frame_summaries([k for k, _ in kvs], chunk)[0] if policy.needs_summaries() else None
+            keys = [k for k, _ in kvs]
+            summaries = model.frame_summaries(keys, chunk, policy.summary_spec())[0] if policy.needs_summaries() else None
             policy.commit(state, summaries)
             tokens = kvs[0][0].shape[1] // chunk
             for j, frame in enumerate(range(start, start + chunk)):
@@ -145,9 +146,11 @@ def _manual(model, x, t, context, positions, view, store, return_kv=False):
 @pytest.mark.parametrize("policy", [
     SlidingWindow(sink=1, window=4, rope_length=5),
     SlowFast(sink=1, slow=2, fast=4, threshold=0.99, interval=1, rope_length=7),
+    SlowFast(sink=1, slow=2, fast=4, threshold=0.5, interval=1, summary="token_keys", summary_layer=0,
+             compare_to="last_admitted", rope_length=7),
     SlowFast(sink=1, slow=2, fast=4, admission="uniform", position_mode="true_time", rope_length=7),
     Keyframe(sink=1, keyframes=2, window=4, rope_length=7),
-], ids=["sliding_window", "slow_fast", "slow_fast_true_time", "keyframe"])
+], ids=["sliding_window", "slow_fast", "slow_fast_token_keys", "slow_fast_true_time", "keyframe"])
 @torch.no_grad()
 def test_bounded_streaming_equals_cache_free_reference(model, policy):
     chunk, num_frames = 2, 14
