@@ -3,6 +3,7 @@ and loading backbone weights from an earlier stage."""
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -90,3 +91,16 @@ def load_backbone_weights(model: WanModel, path: str, prefer_ema: bool = True) -
                                  f"({len(unexpected)})")
             return prefix.rstrip(".")
     raise ValueError(f"checkpoint {path!r} holds no backbone weights (no 'ema.*' or 'model.*' keys)")
+
+
+def check_finite(step: int, **terms: torch.Tensor) -> None:
+    """Stop the run before an optimizer step would write NaN/inf into the weights.
+
+    Raising here leaves the last checkpoint as the last good one; the message names the step and
+    the offending loss term. Costs one host sync per training step.
+    """
+    values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+    if not bool(torch.isfinite(values).all()):
+        bad = {name: float(value) for name, value in zip(terms, values.tolist()) if not math.isfinite(value)}
+        raise FloatingPointError(f"non-finite loss at step {step}: {bad}; stopping before the optimizer step, "
+                                 "the last saved checkpoint is the last good one")

@@ -37,7 +37,13 @@ from cf_lightning.metrics import RevisitError
 from cf_lightning.models import WanModel
 from cf_lightning.models.attention import Backend
 from cf_lightning.models.context import ContextPositions, ContextSequence, build_context_sequence, last_frames
-from cf_lightning.modules.common import Condition, batch_condition, build_backbone, load_backbone_weights
+from cf_lightning.modules.common import (
+    Condition,
+    batch_condition,
+    build_backbone,
+    check_finite,
+    load_backbone_weights,
+)
 from cf_lightning.rollout import randn, rollout
 from memory_policies import MemoryPolicy, SlowFast
 
@@ -215,6 +221,7 @@ class ContextForcingModule(L.LightningModule):
                 fake_v = self.velocity(self.critic, sequence, noisy, sigma, cond.context, cond.context_mask)
             loss, diagnostics = dmd_loss(target, x0_from_velocity(noisy, real_v, sigma),
                                          x0_from_velocity(noisy, fake_v, sigma))
+            check_finite(self.global_step, dmd_loss=loss)
             self.manual_backward(loss * scale)
             logs["train/dmd_loss"] = loss.detach().float()
             logs["train/dmd_grad_norm"] = diagnostics["grad_norm"].float()
@@ -223,6 +230,7 @@ class ContextForcingModule(L.LightningModule):
         pred = self.velocity(self.critic, sequence, add_noise(target.detach(), eps, sigma_c), sigma_c, cond.context,
                              cond.context_mask)
         critic_loss = (pred.float() - velocity_target(target.detach(), eps).float()).square().mean()
+        check_finite(self.global_step, critic_loss=critic_loss)
         self.manual_backward(critic_loss * scale)
         logs["train/critic_loss"] = critic_loss.detach()
         return logs

@@ -35,7 +35,13 @@ from cf_lightning.diffusion import (
 from cf_lightning.ema import EMA
 from cf_lightning.models import WanModel, teacher_forcing_mask
 from cf_lightning.models.attention import Backend
-from cf_lightning.modules.common import Condition, batch_condition, build_backbone, load_backbone_weights
+from cf_lightning.modules.common import (
+    Condition,
+    batch_condition,
+    build_backbone,
+    check_finite,
+    load_backbone_weights,
+)
 from memory_policies import MemoryPolicy, SlowFast
 
 Objective = Literal["teacher_forcing", "ode"]
@@ -131,6 +137,7 @@ class StudentModule(L.LightningModule):
             clean, noisy = latents, add_noise(latents, noise, sigma)
         pred_x0 = self.causal_x0(self.model, clean, noisy, sigma, cond)
         loss = (pred_x0.float() - clean.float()).square().mean()
+        check_finite(self.global_step, loss=loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

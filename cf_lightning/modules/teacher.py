@@ -33,7 +33,13 @@ from cf_lightning.lora import inject_lora, lora_parameters, merge_lora
 from cf_lightning.models import WanModel
 from cf_lightning.models.attention import Backend
 from cf_lightning.models.context import ContextPositions, ContextSequence, build_context_sequence, last_frames
-from cf_lightning.modules.common import Condition, batch_condition, build_backbone, load_backbone_weights
+from cf_lightning.modules.common import (
+    Condition,
+    batch_condition,
+    build_backbone,
+    check_finite,
+    load_backbone_weights,
+)
 from memory_policies import MemoryPolicy
 
 ContextMode = Literal["none", "last_n", "policy"]
@@ -175,6 +181,7 @@ class TeacherModule(L.LightningModule):
         loss = (pred.float() - velocity_from_x0(noisy, clean_target, sigma).float()).square().mean()
         if self.erft is not None:
             self._bank_errors(pred.detach(), noisy, clean_target, noise, sigma)
+        check_finite(self.global_step, loss=loss)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/context_frames", float(sequence.context_frames))
         return loss
