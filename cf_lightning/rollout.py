@@ -5,6 +5,9 @@ refresh pass at t = 0 writes its keys/values into the memory. The refresh never 
 During training the chunk may stop at a randomly drawn *exit step* and only the chunks from
 ``grad_from_chunk`` on keep the graph of that one step, which is what makes long rollouts
 affordable (design.md section 1, stage 2).
+
+The text context is projected to cross-attention keys/values once per call and reused by every
+no-grad forward; the step that keeps a graph re-projects it, so gradients reach those weights.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def rollout(model: WanModel, policy: MemoryPolicy, noise: torch.Tensor, context:
         raise ValueError(f"exit_step={exit_step} outside the {steps}-step schedule")
     if memory is None:
         memory = model.new_memory(policy, batch, chunk_frames, (height, width), device=noise.device)
+    with torch.no_grad():  # the prompt is fixed for the whole rollout: project it once for the no-grad forwards
+        context_kv = model.project_context(context)
     chunks, exits = [], []
     for index, start in enumerate(range(0, frames, chunk_frames)):
         part = slice(start, start + chunk_frames)
@@ -63,18 +68,26 @@ def rollout(model: WanModel, policy: MemoryPolicy, noise: torch.Tensor, context:
             keep_graph = track and step == last_step
             with contextlib.nullcontext() if keep_graph else torch.no_grad():
                 t = torch.full((batch, chunk_frames), timestep_from_sigma(sigma), device=noise.device)
-                velocity = model.forward_chunk(x, t, context, memory, context_mask=context_mask, frame_cond=cond)
+                velocity = model.forward_chunk(x, t, context, memory, context_mask=context_mask, frame_cond=cond,
+                                               context_kv=None if keep_graph else context_kv)
                 x0 = x0_from_velocity(x, velocity, sigma)
             if step < last_step:
-                fresh = randn(x0.shape, generator).to(x0.device, x0.dtype)
+                fresh = _to_device(randn(x0.shape, generator), x0)
                 x = add_noise(x0.detach(), fresh, float(sigmas[step + 1]))
         with torch.no_grad():
             zero = torch.zeros(batch, chunk_frames, device=noise.device)
             model.forward_chunk(x0.detach(), zero, context, memory, context_mask=context_mask, frame_cond=cond,
-                                commit=True)
+                                commit=True, context_kv=context_kv)
         chunks.append(x0)
         exits.append(float(sigmas[last_step]))
     return RolloutResult(torch.cat(chunks, dim=2), memory, torch.tensor(exits))
+
+
+def _to_device(draws: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Noise drawn by CPU generators, moved without blocking the host (pinned, non-blocking on CUDA)."""
+    if like.device.type == "cuda" and draws.device.type == "cpu":
+        draws = draws.pin_memory()
+    return draws.to(like.device, like.dtype, non_blocking=True)
 
 
 def randn(shape: torch.Size | tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None

@@ -4,11 +4,23 @@ One :class:`KVMemory` per batch of videos is handed to the model and back; atten
 hold hidden cache state. Keys are stored un-rotated, so positions are chosen at read time by the
 policy. Storage is a fixed pool of slots per video (sized by the policy budget, grown only for
 unbounded policies), so per-chunk memory use is bounded by ``budget x tokens_per_frame``.
+
+Per-chunk cost: what a query chunk attends to only changes on :meth:`KVMemory.commit`, so
+:meth:`KVMemory.read` is computed once per chunk and reused by the chunk's denoising forwards and its
+refresh pass. The model keeps tensors derived from one read (RoPE tables, the gathered and rotated
+memory keys) in :attr:`MemoryRead.cache`; they are dropped at the next commit, so at most one such
+copy of the attended frames exists besides the slot pool. ``cache_reads=False`` turns all of this
+off (every forward re-reads and re-gathers), which is the plain path the tests compare against.
+
+Host syncs: index tensors are built from the policy's Python lists and sent to the device in one
+transfer per read and one per commit (pinned and non-blocking on CUDA), and no tensor is read back to
+the host. The one sync left is the policy's: surprisal admission (``SlowFast``) reads a cosine
+similarity on the host once per consolidation step and video.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,13 +29,21 @@ from memory_policies import MemoryPolicy, MemoryState, MemoryView
 
 @dataclass(frozen=True)
 class MemoryRead:
-    """What one query chunk attends to, as device tensors (``n`` = most memory frames in the batch)."""
+    """What one query chunk attends to, as device tensors (``n`` = most memory frames in the batch).
+
+    ``shared`` is True when every video of the batch attends to the same slots at the same positions
+    (always so for data-independent policies, and for surprisal when the decisions agree): the index
+    tensors are then one row expanded over the batch and nothing is padded.
+    ``cache`` holds tensors the model derives from this read (valid until the next commit).
+    """
 
     views: list[MemoryView]
     slots: torch.Tensor  # [B, n] storage slot of each attended memory frame
     valid: torch.Tensor | None  # [B, n] False where a shorter memory is padded; None when all valid
     positions: torch.Tensor  # [B, n] temporal RoPE positions of the memory frames
     query_positions: torch.Tensor  # [B, chunk_frames]
+    shared: bool = False
+    cache: dict[object, object] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_frames(self) -> int:
@@ -31,14 +51,19 @@ class MemoryRead:
 
 
 class KVMemory:
-    """Per-video memory states of one policy and a slot pool of per-layer keys and values."""
+    """Per-video memory states of one policy and a slot pool of per-layer keys and values.
+
+    ``states`` are changed by :meth:`commit` only; after editing one by hand, call
+    :meth:`invalidate` so that the next :meth:`read` sees the change.
+    """
 
     def __init__(self, policy: MemoryPolicy, batch_size: int, chunk_frames: int, tokens_per_frame: int,
                  num_layers: int, num_heads: int, head_dim: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, cache_reads: bool = True) -> None:
         self.policy = policy
         self.chunk_frames = chunk_frames
         self.tokens_per_frame = tokens_per_frame
+        self.cache_reads = cache_reads
         self.states: list[MemoryState] = [policy.new_state(chunk_frames) for _ in range(batch_size)]
         budget = policy.budget(chunk_frames)
         capacity = budget if budget is not None else 4 * chunk_frames
@@ -47,6 +72,7 @@ class KVMemory:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self._slot_of: list[dict[int, int]] = [{} for _ in range(batch_size)]
         self._free: list[list[int]] = [list(range(shape[2] - 1, -1, -1)) for _ in range(batch_size)]
+        self._read: MemoryRead | None = None
 
     @property
     def batch_size(self) -> int:
@@ -64,29 +90,52 @@ class KVMemory:
         """Most frames any video of the batch holds right now."""
         return max(len(slots) for slots in self._slot_of)
 
+    def pool_bytes(self) -> int:
+        """Bytes held by the K/V slot pool (bounded by the policy budget)."""
+        return 2 * self.keys.numel() * self.keys.element_size()
+
+    def invalidate(self) -> None:
+        """Forget the cached read (and what the model derived from it)."""
+        self._read = None
+
     def read(self) -> MemoryRead:
+        """What the next query chunk attends to; cached until the next :meth:`commit`."""
+        if self._read is not None and self.cache_reads:
+            return self._read
         views = [self.policy.read(state) for state in self.states]
-        longest = max(len(view.frames) for view in views)
-        slots = torch.zeros(self.batch_size, longest, dtype=torch.long)
-        positions = torch.zeros(self.batch_size, longest, dtype=torch.long)
-        valid = torch.zeros(self.batch_size, longest, dtype=torch.bool)
-        for b, view in enumerate(views):
-            count = len(view.frames)
-            slots[b, :count] = torch.tensor([self._slot_of[b][f] for f in view.frames], dtype=torch.long)
-            positions[b, :count] = torch.tensor(view.positions, dtype=torch.long)
-            valid[b, :count] = True
-        device = self.keys.device
-        query_positions = torch.tensor([view.query_positions for view in views], dtype=torch.long)
-        return MemoryRead(
+        slots = [[self._slot_of[b][f] for f in view.frames] for b, view in enumerate(views)]
+        rows = [(s, view.positions, view.query_positions) for s, view in zip(slots, views)]
+        shared = all(row == rows[0] for row in rows[1:])
+        longest = max(len(s) for s in slots)
+        chunk = self.chunk_frames
+        if shared:
+            rows = rows[:1]
+        # One packed [rows, 2n + chunk] index tensor, so one host-to-device transfer per read.
+        packed = torch.tensor([s + [0] * (longest - len(s)) + pos + [0] * (longest - len(pos)) + query
+                               for s, pos, query in rows], dtype=torch.long).reshape(len(rows), 2 * longest + chunk)
+        packed = _to_device(packed, self.keys.device).expand(self.batch_size, -1)
+        valid = None
+        if any(len(s) != longest for s in slots):
+            lengths = torch.tensor([len(s) for s in slots])
+            valid = _to_device(torch.arange(longest)[None] < lengths[:, None], self.keys.device)
+        read = MemoryRead(
             views=views,
-            slots=slots.to(device),
-            valid=None if bool(valid.all()) else valid.to(device),
-            positions=positions.to(device),
-            query_positions=query_positions.to(device),
+            slots=packed[:, :longest],
+            valid=valid,
+            positions=packed[:, longest:2 * longest],
+            query_positions=packed[:, 2 * longest:],
+            shared=shared,
         )
+        if self.cache_reads:
+            self._read = read
+        return read
 
     def gather(self, layer: int, read: MemoryRead) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-rotated keys and values ``[B, n * tokens_per_frame, H, D]`` of the attended frames."""
+        if read.shared:  # one index row for the whole batch: a plain index_select
+            index = read.slots[0]
+            return (self.keys[layer].index_select(1, index).flatten(1, 2),
+                    self.values[layer].index_select(1, index).flatten(1, 2))
         batch = torch.arange(self.batch_size, device=self.keys.device)[:, None]
         keys = self.keys[layer][batch, read.slots].flatten(1, 2)
         values = self.values[layer][batch, read.slots].flatten(1, 2)
@@ -98,6 +147,7 @@ class KVMemory:
         ``keys``/``values``: one ``[B, chunk_frames * tokens_per_frame, H, D]`` per layer, un-rotated.
         ``summaries``: ``[B, chunk_frames, dim]`` or ``None``.
         """
+        self._read = None
         first = self.frames_committed
         new_frames = range(first, first + self.chunk_frames)
         write_batch: list[int] = []
@@ -122,8 +172,7 @@ class KVMemory:
         shape = (self.batch_size, self.chunk_frames, self.tokens_per_frame, *self.keys.shape[-2:])
         stacked_k = torch.stack([k.reshape(shape) for k in keys])
         stacked_v = torch.stack([v.reshape(shape) for v in values])
-        device = self.keys.device
-        b_idx, s_idx, f_idx = (torch.tensor(i, device=device) for i in (write_batch, write_slot, write_frame))
+        b_idx, s_idx, f_idx = _to_device(torch.tensor([write_batch, write_slot, write_frame]), self.keys.device)
         self.keys[:, b_idx, s_idx] = stacked_k[:, b_idx, f_idx].to(self.keys.dtype)
         self.values[:, b_idx, s_idx] = stacked_v[:, b_idx, f_idx].to(self.values.dtype)
 
@@ -135,3 +184,10 @@ class KVMemory:
         self.values = torch.cat([self.values, pad], dim=2)
         for free in self._free:
             free[:0] = list(range(2 * old - 1, old - 1, -1))
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor to ``device`` without blocking the host (pinned, non-blocking copy on CUDA)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -13,6 +13,8 @@ broadcast.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -22,7 +24,10 @@ from cf_lightning.models.attention import Backend, attention
 from cf_lightning.models.config import WanConfig
 from cf_lightning.models.kv_memory import KVMemory, MemoryRead
 from cf_lightning.models.rope import apply_rope, rope_angles, rope_cos_sin
-from memory_policies import MemoryPolicy
+from memory_policies import MemoryPolicy, SummarySpec
+
+T = TypeVar("T")
+ContextKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: cross-attention keys, values [B, L, H, D]
 
 
 class RMSNorm(nn.Module):
@@ -47,8 +52,10 @@ class SelfAttention(nn.Module):
         self.norm_k = RMSNorm(dim, eps)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
-                memory: tuple[torch.Tensor, torch.Tensor] | None, backend: Backend
+                memory: tuple[torch.Tensor, torch.Tensor] | None, backend: Backend, memory_rotated: bool = False
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``rope`` covers memory then query tokens; ``memory_rotated`` says the memory keys already carry it
+        (the streaming path rotates them once per chunk, see :meth:`WanModel.forward_chunk`)."""
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)
         k = self.norm_k(self.k(x)).unflatten(-1, heads)
@@ -59,8 +66,10 @@ class SelfAttention(nn.Module):
         k_rot = apply_rope(k, cos[:, -queries_len:], sin[:, -queries_len:])
         if memory is not None:
             memory_k, memory_v = memory
-            mem_len = memory_k.shape[1]
-            k_rot = torch.cat([apply_rope(memory_k, cos[:, :mem_len], sin[:, :mem_len]), k_rot], dim=1)
+            if not memory_rotated:
+                mem_len = memory_k.shape[1]
+                memory_k = apply_rope(memory_k, cos[:, :mem_len], sin[:, :mem_len])
+            k_rot = torch.cat([memory_k, k_rot], dim=1)
             v_all = torch.cat([memory_v.to(v.dtype), v], dim=1)
         else:
             v_all = v
@@ -76,12 +85,20 @@ class CrossAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
-                backend: Backend) -> torch.Tensor:
+    def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[B, L, H, D]`` of the (embedded) text context."""
         heads = (self.num_heads, -1)
-        q = self.norm_q(self.q(x)).unflatten(-1, heads)
-        k = self.norm_k(self.k(context)).unflatten(-1, heads)
-        v = self.v(context).unflatten(-1, heads)
+        return self.norm_k(self.k(context)).unflatten(-1, heads), self.v(context).unflatten(-1, heads)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None,
+                backend: Backend, context_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``context_kv``: this layer's :meth:`project_context` output, reused instead of ``context``."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
+        if context_kv is None:
+            if context is None:
+                raise ValueError("cross-attention needs the context or its projected keys/values")
+            context_kv = self.project_context(context)
+        k, v = context_kv
         mask = None if context_mask is None else context_mask[:, None, :].expand(-1, q.shape[1], -1)
         return self.o(attention(q, k, v, mask, backend).flatten(2))
 
@@ -110,14 +127,16 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                context: torch.Tensor, context_mask: torch.Tensor | None, mask: torch.Tensor | None,
-                memory: tuple[torch.Tensor, torch.Tensor] | None, backend: Backend
+                context: torch.Tensor | None, context_mask: torch.Tensor | None, mask: torch.Tensor | None,
+                memory: tuple[torch.Tensor, torch.Tensor] | None, backend: Backend, *,
+                context_kv: tuple[torch.Tensor, torch.Tensor] | None = None, memory_rotated: bool = False
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         frames = e.shape[1]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (self.modulation[:, None].float() + e).unbind(2)
-        y, kv = self.self_attn(_modulate(self.norm1(x), shift_msa, scale_msa, frames), rope, mask, memory, backend)
+        y, kv = self.self_attn(_modulate(self.norm1(x), shift_msa, scale_msa, frames), rope, mask, memory, backend,
+                               memory_rotated)
         x = x + _gate(y, gate_msa, frames)
-        x = x + self.cross_attn(self.norm3(x), context, context_mask, backend)
+        x = x + self.cross_attn(self.norm3(x), context, context_mask, backend, context_kv)
         y = self.ffn(_modulate(self.norm2(x), shift_mlp, scale_mlp, frames))
         return x + _gate(y, gate_mlp, frames), kv
 
@@ -192,26 +211,45 @@ class WanModel(nn.Module):
 
     def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, memory: KVMemory, *,
                       context_mask: torch.Tensor | None = None, frame_cond: torch.Tensor | None = None,
-                      commit: bool = False) -> torch.Tensor:
+                      commit: bool = False, context_kv: ContextKV | None = None) -> torch.Tensor:
         """One query chunk attending to what ``memory`` keeps; ``commit=True`` is the clean refresh pass
-        that writes this chunk's keys/values (and summaries) into the memory."""
+        that writes this chunk's keys/values (and summaries) into the memory.
+
+        Per-chunk work is done once per chunk, not once per forward: the memory read, its RoPE tables
+        and the gathered, rotated memory keys live on the read until the next commit (see
+        :class:`KVMemory`). ``context_kv`` is :meth:`project_context` of this ``context`` with these
+        weights, so the text is not re-projected every forward (:func:`cf_lightning.rollout.rollout`
+        passes it to its no-grad forwards); it must not be reused after the weights change.
+        """
         if x.shape[2] != memory.chunk_frames:
             raise ValueError(f"chunk has {x.shape[2]} frames but the memory expects {memory.chunk_frames}")
+        if context_kv is not None and (len(context_kv) != len(self.blocks) or context_kv[0][0].shape[0] != x.shape[0]):
+            raise ValueError(f"context_kv must hold {len(self.blocks)} layers for a batch of {x.shape[0]}")
         read = memory.read()
-        positions = torch.cat([read.positions, read.query_positions], dim=1)
-        token_mask = self._streaming_mask(read, x)
-        out, kvs = self._run(x, t, context, context_mask, frame_cond, positions, token_mask, memory, read)
+        token_mask = self._per_read(memory, read, ("mask", tuple(x.shape[-2:])), lambda: self._streaming_mask(read, x))
+        out, kvs = self._run(x, t, context, context_mask, frame_cond, None, token_mask, memory, read, context_kv)
         if commit:
             keys = [k for k, _ in kvs]
-            summaries = self.frame_summaries(keys, x.shape[2]) if memory.policy.needs_summaries() else None
+            policy = memory.policy
+            summaries = self.frame_summaries(keys, x.shape[2], policy.summary_spec()) if policy.needs_summaries() else None
             memory.commit(keys, [v for _, v in kvs], summaries)
         return out
 
+    def project_context(self, context: torch.Tensor) -> ContextKV:
+        """Per-layer cross-attention keys/values of a text context, to reuse over a streaming rollout.
+
+        Valid for this ``context`` and the current weights only. Outputs equal the plain path exactly.
+        """
+        text = self.text_embedding(context)
+        return [block.cross_attn.project_context(text) for block in self.blocks]
+
     def new_memory(self, policy: MemoryPolicy, batch_size: int, chunk_frames: int, latent_hw: tuple[int, int],
-                   device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> KVMemory:
+                   device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+                   cache_reads: bool = True) -> KVMemory:
         param = next(self.parameters())
         return KVMemory(policy, batch_size, chunk_frames, self.tokens_per_frame(latent_hw), self.config.num_layers,
-                        self.config.num_heads, self.config.head_dim, device or param.device, dtype or param.dtype)
+                        self.config.num_heads, self.config.head_dim, device or param.device, dtype or param.dtype,
+                        cache_reads=cache_reads)
 
     def tokens_per_frame(self, latent_hw: tuple[int, int] | torch.Size) -> int:
         _, ph, pw = self.config.patch_size
@@ -221,10 +259,16 @@ class WanModel(nn.Module):
         return (h // ph) * (w // pw)
 
     @staticmethod
-    def frame_summaries(keys: list[torch.Tensor], frames: int) -> torch.Tensor:
-        """Mean un-rotated key per frame, averaged over layers: ``[B, F, H*D]`` (paper Eq. 7)."""
-        per_layer = [k.detach().float().unflatten(1, (frames, -1)).mean(2).flatten(2) for k in keys]
-        return torch.stack(per_layer).mean(0)
+    def frame_summaries(keys: list[torch.Tensor], frames: int, spec: SummarySpec | None = None) -> torch.Tensor:
+        """Per-frame summaries of un-rotated keys ``[B, F, d]`` as the policy asks: the mean key
+        (paper Eq. 7) or all token keys, of one layer or averaged over layers."""
+        spec = spec or SummarySpec()
+        if spec.layer is not None and not -len(keys) <= spec.layer < len(keys):
+            raise ValueError(f"summary layer {spec.layer} outside the model's {len(keys)} layers")
+        chosen = keys if spec.layer is None else [keys[spec.layer]]
+        per_frame = [k.detach().float().unflatten(1, (frames, -1)) for k in chosen]  # [B, F, S, H, D]
+        reduced = [k.mean(2).flatten(2) if spec.reduce == "mean_key" else k.flatten(2) for k in per_frame]
+        return torch.stack(reduced).mean(0)
 
     # ------------------------------------------------------------------ internals
     def _streaming_mask(self, read: MemoryRead, x: torch.Tensor) -> torch.Tensor | None:
@@ -253,10 +297,43 @@ class WanModel(nn.Module):
         e0 = self.time_projection(e.to(self.time_embedding[0].weight.dtype)).float().unflatten(-1, (6, -1))
         return e, e0
 
+    def _per_read(self, memory: KVMemory, read: MemoryRead, key: object, compute: Callable[[], T]) -> T:
+        """``compute()`` once per memory read (i.e. once per chunk) when the memory caches reads.
+
+        Bypassed when the memory's tensors carry autograd history, so a cached value never holds a graph.
+        """
+        if not memory.cache_reads or memory.keys.requires_grad:
+            return compute()
+        if key not in read.cache:
+            read.cache[key] = compute()
+        return read.cache[key]  # type: ignore[return-value]
+
+    def _streaming_rope(self, memory: KVMemory, read: MemoryRead, grid: tuple[int, int]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            positions = torch.cat([read.positions, read.query_positions], dim=1)
+            return rope_cos_sin(rope_angles(positions, grid, self.config.head_dim, self.config.rope_theta),
+                                torch.float32)
+        return self._per_read(memory, read, ("rope", grid), compute)
+
+    def _memory_kv(self, memory: KVMemory, read: MemoryRead, layer: int, rope: tuple[torch.Tensor, torch.Tensor],
+                   grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer's memory keys (rotated to their read positions) and values.
+
+        Keys are stored un-rotated because bounded positions change with memory contents; they are
+        rotated here, once per chunk and layer rather than once per forward.
+        """
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            keys, values = memory.gather(layer, read)
+            cos, sin = rope
+            return apply_rope(keys, cos[:, :keys.shape[1]], sin[:, :keys.shape[1]]), values
+        return self._per_read(memory, read, ("memory", layer, grid), compute)
+
     def _run(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
-             frame_cond: torch.Tensor | None, positions: torch.Tensor, token_mask: torch.Tensor | None,
-             memory: KVMemory | None, read: MemoryRead | None
+             frame_cond: torch.Tensor | None, positions: torch.Tensor | None, token_mask: torch.Tensor | None,
+             memory: KVMemory | None, read: MemoryRead | None, context_kv: ContextKV | None = None
              ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Positions come from ``positions`` (full-sequence modes) or from ``read`` (streaming)."""
         if x.ndim != 5 or x.shape[1] != self.config.in_dim:
             raise ValueError(f"x must be [B, {self.config.in_dim}, F, H, W], got {tuple(x.shape)}")
         if context.ndim != 3 or context.shape[-1] != self.config.text_dim:
@@ -267,18 +344,25 @@ class WanModel(nn.Module):
         self.tokens_per_frame((height, width))
         tokens = self.patch_embedding(x).flatten(2).transpose(1, 2)
         e, e0 = self._time_embedding(t, batch, frames, frame_cond)
-        text = self.text_embedding(context)
-        angles = rope_angles(positions.expand(batch, -1) if positions.ndim == 1 else positions, grid,
-                             self.config.head_dim, self.config.rope_theta)
-        rope = rope_cos_sin(angles, torch.float32)
+        text = self.text_embedding(context) if context_kv is None else None
+        if memory is not None and read is not None:
+            rope = self._streaming_rope(memory, read, grid)
+        else:
+            assert positions is not None
+            angles = rope_angles(positions.expand(batch, -1) if positions.ndim == 1 else positions, grid,
+                                 self.config.head_dim, self.config.rope_theta)
+            rope = rope_cos_sin(angles, torch.float32)
         kvs: list[tuple[torch.Tensor, torch.Tensor]] = []
         for index, block in enumerate(self.blocks):
-            layer_memory = memory.gather(index, read) if memory is not None and read is not None and read.num_frames else None
+            layer_memory = None
+            if memory is not None and read is not None and read.num_frames:
+                layer_memory = self._memory_kv(memory, read, index, rope, grid)
             args = (tokens, e0, rope, text, context_mask, token_mask, layer_memory, self.attention_backend)
+            kwargs = {"context_kv": None if context_kv is None else context_kv[index], "memory_rotated": True}
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                tokens, kv = checkpoint(block, *args, use_reentrant=False)
+                tokens, kv = checkpoint(block, *args, use_reentrant=False, **kwargs)
             else:
-                tokens, kv = block(*args)
+                tokens, kv = block(*args, **kwargs)
             kvs.append(kv)
         out = self.head(tokens, e)
         return self._unpatchify(out, frames, grid), kvs
