@@ -16,7 +16,6 @@ import argparse
 import itertools
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from cf_lightning.data.datamodules import RevisitWorldDataModule
@@ -103,9 +102,7 @@ def main() -> None:
     results = {}
     for spec in args.students:
         name, _, path = spec.partition("=")
-        module = L.LightningModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
-        if not isinstance(module, ContextForcingModule):
-            raise TypeError(f"{path} holds a {type(module).__name__}, not a ContextForcingModule")
+        module = ContextForcingModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
         results[name] = evaluate(module.eval(), data, EDGES)
         print(name, results[name], flush=True)
     text = table(results, EDGES)
