@@ -15,7 +15,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from memory_policies.base import MemoryPolicy, MemoryState, PositionMode, SummaryReduce, SummarySpec, recent_frames
+from memory_policies.base import (
+    MemoryPolicy,
+    MemoryState,
+    PositionMode,
+    SummaryReduce,
+    SummarySpec,
+    recent_frames,
+)
 from memory_policies.registry import register_policy
 
 Admission = Literal["surprisal", "uniform"]

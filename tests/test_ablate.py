@@ -21,8 +21,8 @@ def test_tiny_ablation_logs_hparams_and_metrics_per_policy(tmp_path, monkeypatch
                         ' --model.memory.init_args.window, "8", --model.memory.init_args.rope_length, "10"]\n')
     ablate(["--config", str(RECIPES / "slowfast.yaml"), "--variants", str(variants), "--save_dir", str(tmp_path),
             "--name", "abl", *TINY_DISTILL, "--trainer.max_steps", "2", "--trainer.val_check_interval", "1",
-            "--trainer.callbacks", "[{class_path: cf_lightning.callbacks.AblationDashboard, init_args: "
-            "{metric_tags: [val/effective_context, train/dmd_loss]}}]"])
+            "--trainer.callbacks", ("[{class_path: cf_lightning.callbacks.AblationDashboard, init_args: "
+            "{metric_tags: [val/effective_context, train/dmd_loss]}}]")])
     runs = EventMultiplexer()
     runs.AddRunsFromDirectory(str(tmp_path / "abl"))
     runs.Reload()
