@@ -9,13 +9,14 @@ from cf_lightning.codecs.base import (
     uint8_to_unit,
     unit_to_uint8,
 )
-from cf_lightning.codecs.pixel import PixelCodec
+from cf_lightning.codecs.pixel import PixelCodec, PooledPixelCodec
 from cf_lightning.codecs.wan_vae import WanVAECodec
 
 __all__ = [
     "CODECS",
     "LatentCodec",
     "PixelCodec",
+    "PooledPixelCodec",
     "WanVAECodec",
     "build_codec",
     "register_codec",

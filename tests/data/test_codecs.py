@@ -101,3 +101,16 @@ def test_wan_vae_codec_errors_name_the_value(wan_vae_dir: Path, tmp_path: Path) 
     codec = WanVAECodec(str(wan_vae_dir))
     with pytest.raises(ValueError, match="got 8"):
         codec.encode(torch.zeros(1, 3, 8, 32, 32))
+
+
+def test_pooled_pixel_codec_is_exact_on_block_constant_video():
+    from cf_lightning.codecs import build_codec
+
+    codec = build_codec("pooled_pixel", patch=4)
+    blocks = torch.rand(2, 3, 5, 2, 3) * 2 - 1
+    video = blocks.repeat_interleave(4, dim=3).repeat_interleave(4, dim=4)
+    latents = codec.encode(video)
+    assert latents.shape == (2, 3, 5, 2, 3) and codec.latent_channels == 3
+    assert torch.allclose(latents, blocks) and torch.allclose(codec.decode(latents), video)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        codec.encode(torch.zeros(1, 3, 1, 6, 8))
