@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 from pathlib import Path
 
 import torch
 
+from cf_lightning.data import RevisitWorldConfig
 from cf_lightning.data.datamodules import RevisitWorldDataModule
 from cf_lightning.metrics import RevisitError
 from cf_lightning.modules import ContextForcingModule
@@ -25,6 +27,7 @@ from cf_lightning.modules.common import batch_condition
 from cf_lightning.rollout import randn, rollout
 
 EDGES = [0, 8, 16, 32, 96]
+WORLD = '{"pan_step": 8, "pan_positions": 2, "num_objects": 0}'  # as in recipes/*.yaml
 
 
 @torch.no_grad()
@@ -95,9 +98,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=96)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None, help="folder for results.md and revisit_curves.png")
+    parser.add_argument("--world", default=WORLD, help="JSON RevisitWorldConfig overrides (default: the recipes')")
+    parser.add_argument("--codec", default="pooled_pixel")
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = RevisitWorldDataModule(num_videos=args.batch, batch_size=args.batch, num_val_videos=args.videos,
+    data = RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)), codec=args.codec,
+                                  num_videos=args.batch, batch_size=args.batch, num_val_videos=args.videos,
                                   val_num_frames=args.frames)
     results = {}
     for spec in args.students:

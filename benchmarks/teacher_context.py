@@ -13,9 +13,11 @@ error is the MSE between the sample and the ground-truth target on the revisit f
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 
+from cf_lightning.data import RevisitWorldConfig
 from cf_lightning.data.datamodules import RevisitWorldDataModule
 from cf_lightning.diffusion import cfg_velocity, euler_sample, sampling_sigmas, timestep_from_sigma
 from cf_lightning.models import WanModel
@@ -38,6 +40,7 @@ def find_revisit(first_visit: torch.Tensor, min_gap: int, recent: int) -> tuple[
             if max(firsts) < start - recent:
                 return start, firsts
     return None
+WORLD = '{"pan_step": 8, "pan_positions": 2, "num_objects": 0}'  # as in recipes/*.yaml
 
 
 @torch.no_grad()
@@ -73,8 +76,11 @@ def main() -> None:
     parser.add_argument("--context_noise", type=float, nargs="+", default=[0.0])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--world", default=WORLD, help="JSON RevisitWorldConfig overrides (default: the recipes')")
+    parser.add_argument("--codec", default="pooled_pixel")
     args = parser.parse_args()
-    data = RevisitWorldDataModule(num_videos=1, batch_size=1, num_val_videos=args.videos, val_num_frames=96)
+    data = RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)), codec=args.codec,
+                                  num_videos=1, batch_size=1, num_val_videos=args.videos, val_num_frames=96)
     rows = []
     for spec in args.teachers:
         name, _, path = spec.partition("=")

@@ -1,0 +1,63 @@
+"""Reproduce docs/results.md: the Context Forcing claim at revisit-world scale (2 CPU cores).
+
+Trains three stage-2 students from the same assets (recipes/assets/, see rebuild_assets.py), two
+processes at a time with one torch thread each, then measures their effective context on held-out
+videos with benchmarks/revisit.py:
+
+- ``slow_fast``: Context Forcing, Slow-Fast memory, the teacher sees what the memory keeps;
+- ``sliding_window``: the same, with a sliding-window memory of the same budget;
+- ``short_teacher``: Slow-Fast memory, but the teacher only sees its short window (LongLive-style).
+
+    python scripts/reproduce_results.py [--steps 300] [--runs runs/results] [--videos 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "slow_fast": ["--config", "recipes/slowfast.yaml"],
+    "sliding_window": ["--config", "recipes/sliding_window.yaml"],
+    "short_teacher": ["--config", "recipes/slowfast.yaml", "--model.short_teacher", "true"],
+}
+
+
+def launch(name: str, args: list[str], runs: Path, steps: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "cf_lightning.cli", "fit", *args, "--trainer.max_steps", str(steps),
+               "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", "results",
+               "--trainer.logger.init_args.version", name, "--trainer.enable_progress_bar", "false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = (runs / f"{name}.log").open("w")
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "reproduce")
+    parser.add_argument("--videos", type=int, default=64)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    args = parser.parse_args()
+    args.runs.mkdir(parents=True, exist_ok=True)
+    pending = list(args.only)
+    running: list[tuple[str, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            name = pending.pop(0)
+            running.append((name, launch(name, VARIANTS[name], args.runs, args.steps)))
+        name, process = running.pop(0)
+        if process.wait():
+            raise SystemExit(f"{name} failed; see {args.runs / (name + '.log')}")
+    students = [f"{n}={args.runs / 'results' / n / 'checkpoints' / 'last.ckpt'}" for n in args.only]
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "revisit.py"), *students, "--videos", str(args.videos),
+                    "--out", str(args.runs)], check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2"})
+
+
+if __name__ == "__main__":
+    main()
