@@ -29,18 +29,23 @@ TARGET = 4  # latent frames (2 chunks of 2)
 CONTEXTS = ("none", "recent", "recent+first_visit")
 
 
-def find_revisit(first_visit: torch.Tensor, min_gap: int, recent: int) -> tuple[int, list[int]] | None:
-    """A target start whose window revisits views first seen more than ``min_gap`` frames earlier
-    (and before the recent context), with the first-visit frames of that window."""
-    frames = first_visit.shape[0]
+def find_revisit(view: torch.Tensor, min_gap: int, recent: int) -> tuple[int, list[int]] | None:
+    """A target start whose window only shows views that are absent from the recent context and were
+    last seen more than ``min_gap`` frames earlier, with those earlier frames (one per target view)."""
+    frames = view.shape[0]
     for start in range(frames - TARGET, recent + min_gap, -2):
-        window = first_visit[start:start + TARGET]
-        if bool((window >= 0).all()) and bool((start - window > min_gap).all()):
-            firsts = sorted(set(window.tolist()))
-            if max(firsts) < start - recent:
-                return start, firsts
+        window = view[start:start + TARGET].tolist()
+        if set(window) & set(view[start - recent:start].tolist()):
+            continue
+        earlier = []
+        for v in window:
+            seen = (view[:start - recent] == v).nonzero().flatten()
+            if len(seen) == 0 or start - int(seen[-1]) <= min_gap:
+                break
+            earlier.append(int(seen[-1]))
+        else:
+            return start, sorted(set(earlier))
     return None
-WORLD = '{"pan_step": 8, "pan_positions": 2, "num_objects": 0}'  # as in recipes/*.yaml
 
 
 @torch.no_grad()
@@ -88,7 +93,7 @@ def main() -> None:
         for noise_std in args.context_noise:
             errors: dict[str, list[float]] = {c: [] for c in CONTEXTS}
             for index, batch in enumerate(data.val_dataloader()):
-                found = find_revisit(batch["first_visit"][0], args.min_gap, args.recent)
+                found = find_revisit(batch["view"][0], args.min_gap, args.recent)
                 if found is None:
                     continue
                 start, firsts = found
