@@ -27,6 +27,7 @@ from cf_lightning.modules.common import batch_condition
 
 TARGET = 4  # latent frames (2 chunks of 2)
 CONTEXTS = ("none", "recent", "recent+first_visit")
+WORLD = '{"pan_step": 8, "pan_positions": 2, "num_objects": 0}'  # as in recipes/*.yaml
 
 
 def find_revisit(view: torch.Tensor, min_gap: int, recent: int) -> tuple[int, list[int]] | None:
