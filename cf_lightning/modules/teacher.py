@@ -70,6 +70,8 @@ class TeacherModule(L.LightningModule):
         target_frames: latent frames the loss covers (a clip of this length for a short teacher).
         context_modes: per-sample context choice, drawn uniformly: ``none``, ``last_n``, ``policy``.
         context_frames: N for ``last_n``. memory: the policy for ``policy`` contexts.
+        revisit_targets: fraction of steps whose target window is chosen at a revisit of a view first
+            seen before the last N frames (needs ``first_visit`` in the batch, as the revisit world gives).
         erft: Error-Recycling Fine-Tuning probabilities (``None`` disables it).
         lora_rank: > 0 trains LoRA adapters on ``lora_targets`` only (fine-tuning a large teacher).
         init_from: backbone weights to start from (Lightning ``.ckpt`` or a Wan checkpoint).
@@ -79,7 +81,8 @@ class TeacherModule(L.LightningModule):
                  latent_channels: int = 16, text_dim: int = 32, frame_cond_dim: int = 0, chunk_frames: int = 2,
                  target_frames: int = 8, context_modes: list[ContextMode] | None = None, context_frames: int = 8,
                  memory: MemoryPolicy | None = None, context_positions: ContextPositions = "bounded",
-                 shift: float = 5.0, cfg_dropout: float = 0.1, erft: ErrorInjection | None = None,
+                 revisit_targets: float = 0.0, shift: float = 5.0, cfg_dropout: float = 0.1,
+                 erft: ErrorInjection | None = None,
                  erft_bins: int = 50, erft_capacity: int = 500, lora_rank: int = 0, lora_alpha: float = 1.0,
                  lora_targets: list[str] | None = None, init_from: str | None = None, ema_decay: float = 0.999,
                  ema_start: int = 0, optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -133,9 +136,13 @@ class TeacherModule(L.LightningModule):
                                       positions=self.hparams.context_positions)
 
     # ------------------------------------------------------------------ training
-    def _split(self, latents: torch.Tensor, generator: torch.Generator
+    def _split(self, latents: torch.Tensor, generator: torch.Generator, first_visit: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-        """Pick a target window in the clip and, per video, the context frames before it."""
+        """Pick a target window in the clip and, per video, the context frames before it.
+
+        With ``revisit_targets`` > 0 and ground truth in the batch, that fraction of steps picks a
+        window that revisits views first seen before the recent context, so recall from distant
+        context is trained often instead of rarely."""
         chunk, target_len = self.hparams.chunk_frames, self.hparams.target_frames
         total = latents.shape[2]
         if total < target_len:
@@ -143,6 +150,9 @@ class TeacherModule(L.LightningModule):
         starts = list(range(0, total - target_len + 1, chunk))
         if self.context_modes != ["none"]:
             starts = [s for s in starts if s > 0] or starts
+        draw = float(torch.rand((), generator=generator))
+        if first_visit is not None and draw < self.hparams.revisit_targets:
+            starts = self._revisit_starts(first_visit, starts) or starts
         start = starts[int(torch.randint(len(starts), (1,), generator=generator))]
         history, target = latents[:, :, :start], latents[:, :, start:start + target_len]
         frames = []
@@ -157,10 +167,21 @@ class TeacherModule(L.LightningModule):
                 frames.append(policy_context(self.memory, history[b:b + 1], chunk)[0])
         return history, target, frames
 
+    def _revisit_starts(self, first_visit: torch.Tensor, starts: list[int]) -> list[int]:
+        """Starts where most videos' targets revisit views first seen before the last-N context."""
+        target_len, recent = self.hparams.target_frames, self.hparams.context_frames
+        scores = []
+        for start in starts:
+            window = first_visit[:, start:start + target_len]
+            distant = ((window >= 0) & (window < start - recent)).all(dim=1)
+            scores.append(int(distant.sum()))
+        best = max(scores, default=0)
+        return [s for s, score in zip(starts, scores) if best > 0 and score == best]
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         latents = batch["latents"].float()
         cond = batch_condition(batch, self.hparams.cfg_dropout, self._generator)
-        history, target, frames = self._split(latents, self._generator)
+        history, target, frames = self._split(latents, self._generator, batch.get("first_visit"))
         sigma = sample_sigmas(target.shape[0], self._generator, shift=self.hparams.shift, max_sigma=1.0).to(self.device)
         noise = torch.randn(target.shape, generator=self._generator).to(target)
         clean_target = target

@@ -106,3 +106,15 @@ def test_lora_merges_back_into_plain_weights(loader):
     with torch.no_grad():
         assert torch.allclose(merged(x, t, ctx, frame_cond=cam), module.model(x, t, ctx, frame_cond=cam), atol=1e-5)
         assert not torch.equal(merged.blocks[0].ffn[0].weight, frozen)
+
+
+def test_revisit_targets_pick_windows_that_revisit_distant_views():
+    module = make(context_modes=["last_n"], context_frames=4, revisit_targets=1.0)
+    first_visit = torch.full((2, 20), -1)
+    first_visit[0, 14:18] = torch.tensor([2, 3, 2, 3])  # revisits frames 2-3, before the last 4 frames
+    first_visit[1, 14:18] = torch.tensor([1, 2, 1, 2])
+    first_visit[1, 6:10] = torch.tensor([5, 5, 5, 5])  # a recent revisit: inside the last-N context
+    assert module._revisit_starts(first_visit, list(range(2, 17, 2))) == [14]
+    history, target, frames = module._split(torch.randn(2, CHANNELS, 20, 4, 4), torch.Generator().manual_seed(0),
+                                            first_visit)
+    assert history.shape[2] == 14 and frames == [[10, 11, 12, 13]] * 2
