@@ -117,4 +117,4 @@ def test_revisit_targets_pick_windows_that_revisit_distant_views():
     assert module._revisit_starts(first_visit, list(range(2, 17, 2))) == [14]
     history, target, frames = module._split(torch.randn(2, CHANNELS, 20, 4, 4), torch.Generator().manual_seed(0),
                                             first_visit)
-    assert history.shape[2] == 14 and frames == [[10, 11, 12, 13]] * 2
+    assert history.shape[2] == 14 and target.shape[2] == 4 and frames == [[10, 11, 12, 13]] * 2
