@@ -211,7 +211,7 @@ class ContextForcingModule(L.LightningModule):
         gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
         logs: dict[str, torch.Tensor] = {}
         if generator_step:
-            sigma = torch.stack([sample_sigmas(1, g, h.shift) [0] for g in gens]).to(self.device)
+            sigma = torch.stack([sample_sigmas(1, g, h.shift)[0] for g in gens]).to(self.device)
             noisy = add_noise(target.detach(), randn(target.shape, gens).to(target), sigma)
             with torch.no_grad():
                 real_v = cfg_velocity(self.velocity(self.teacher, sequence, noisy, sigma, cond.context, cond.context_mask),
