@@ -43,8 +43,9 @@ def test_slowfast_recipe_leaves_checkpoint_logs_and_video(tmp_path):
     main(["fit", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf"),
           "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.logger.init_args.version", "v"])
     run = tmp_path / "cf" / "v"
+    # checkpoints follow validation (every 2 batches): batch 1 steps generator + critic, batch 2 the critic
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert int(state["state_dict"]["generator_steps"]) == 2 and int(state["state_dict"]["critic_steps"]) == 3
+    assert int(state["state_dict"]["generator_steps"]) == 1 and int(state["state_dict"]["critic_steps"]) == 2
     assert state["hyper_parameters"]["memory"]["class_path"].endswith("slow_fast")
     assert list((run / "videos").glob("*.mp4")) and list((run / "videos").glob("*_latents.npy"))
     events = EventAccumulator(str(run))
