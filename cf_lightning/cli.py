@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from typing import NoReturn
 
-from memory_policies import load_plugins
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from memory_policies import available_policies, load_plugins
 
 #: Shapes every module takes from the data, so no recipe states them twice.
 LINKED_SHAPES = ("latent_channels", "text_dim", "frame_cond_dim")
+
+
+class CFArgumentParser(LightningArgumentParser):
+    """Adds the registered memory policies to parse errors that mention an unresolvable class path,
+    so an unknown ``memory: ...`` name is answered with what is allowed."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        listed = "registered memory policies:" in message
+        if not listed and "memory" in message and ("class_path" in message or "import path" in message):
+            message = f"{message}\nregistered memory policies: {', '.join(available_policies())}"
+        super().error(message, ex)
 
 
 class CFLightningCLI(LightningCLI):
@@ -42,6 +55,7 @@ def main(args: list[str] | None = None) -> None:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        parser_class=CFArgumentParser,
         parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,

@@ -66,7 +66,8 @@ def test_unknown_policy_and_unknown_key_fail_before_training(tmp_path, capsys):
     base = ["fit", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf")]
     with pytest.raises(SystemExit):
         main([*base, "--model.memory", "no_such_policy"])
-    assert "no_such_policy" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no_such_policy" in err and "registered memory policies:" in err and "sliding_window" in err
     with pytest.raises(SystemExit):
         main([*base, "--model.memory.init_args.sinkk", "3"])
     assert "sinkk" in capsys.readouterr().err
