@@ -19,7 +19,7 @@ import torch
 
 from cf_lightning.data import RevisitWorldConfig
 from cf_lightning.data.datamodules import RevisitWorldDataModule
-from cf_lightning.diffusion import cfg_velocity, euler_sample, sampling_sigmas, timestep_from_sigma
+from cf_lightning.diffusion import cfg_velocity, euler_sample, sampling_sigmas
 from cf_lightning.models import WanModel
 from cf_lightning.models.checkpoint import load_wan
 from cf_lightning.models.context import build_context_sequence
@@ -61,14 +61,8 @@ def sample_target(model: WanModel, batch: dict, contexts: list[list[int]], start
                                       target_cond=cond.frames(slice(start, start + TARGET)))
 
     def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        seq = sequence.x.clone()
-        seq[:, :, sequence.context_frames:] = x
-        t = torch.zeros(seq.shape[0], seq.shape[2])
-        t[:, sequence.context_frames:] = timestep_from_sigma(sigma)[:, None]
-        kwargs = {"frame_cond": sequence.frame_cond, "positions": sequence.positions, "frame_mask": sequence.frame_mask}
-        v_cond = model(seq, t, cond.context, **kwargs)[:, :, sequence.context_frames:]
-        v_uncond = model(seq, t, torch.zeros_like(cond.context), **kwargs)[:, :, sequence.context_frames:]
-        return cfg_velocity(v_cond, v_uncond, guidance)
+        return cfg_velocity(sequence.velocity(model, x, sigma, cond.context),
+                            sequence.velocity(model, x, sigma, torch.zeros_like(cond.context)), guidance)
 
     return euler_sample(velocity, noise, sampling_sigmas(steps, 5.0))
 

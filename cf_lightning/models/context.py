@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
+
+from cf_lightning.diffusion.flow import timestep_from_sigma
 
 ContextPositions = Literal["bounded", "absolute"]
 
@@ -23,6 +26,18 @@ class ContextSequence:
     frame_mask: torch.Tensor | None  # [B, n + T, n + T] True = may attend; None when nothing is padded
     frame_cond: torch.Tensor | None  # [B, n + T, k] per-frame condition, when given
     context_frames: int  # n: padded context length; the target is x[:, :, n:]
+
+    def velocity(self, model: nn.Module, noisy_target: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
+                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``model``'s velocity for the target when it sits, at noise ``sigma [B]``, after the clean context
+        (timestep 0), which is how teachers and critics score a sample given its history."""
+        x = self.x.clone()
+        x[:, :, self.context_frames:] = noisy_target
+        steps = torch.zeros(x.shape[0], x.shape[2], device=x.device)
+        steps[:, self.context_frames:] = timestep_from_sigma(sigma)[:, None]
+        out = model(x, steps, context, context_mask=context_mask, frame_cond=self.frame_cond,
+                    positions=self.positions, frame_mask=self.frame_mask)
+        return out[:, :, self.context_frames:]
 
     @property
     def target_mask(self) -> torch.Tensor:

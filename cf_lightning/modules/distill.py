@@ -28,15 +28,13 @@ from cf_lightning.diffusion import (
     denoising_sigmas,
     dmd_loss,
     sample_sigmas,
-    timestep_from_sigma,
     velocity_target,
     x0_from_velocity,
 )
 from cf_lightning.ema import EMA
 from cf_lightning.metrics import RevisitError
-from cf_lightning.models import WanModel
 from cf_lightning.models.attention import Backend
-from cf_lightning.models.context import ContextPositions, ContextSequence, build_context_sequence, last_frames
+from cf_lightning.models.context import ContextPositions, build_context_sequence, last_frames
 from cf_lightning.modules.common import (
     Condition,
     batch_condition,
@@ -148,16 +146,6 @@ class ContextForcingModule(L.LightningModule):
         return self.trainer.strategy.broadcast(draws, src=0)
 
     # ------------------------------------------------------------------ scores
-    def velocity(self, model: WanModel, sequence: ContextSequence, noisy_target: torch.Tensor, sigma: torch.Tensor,
-                 context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
-        x = sequence.x.clone()
-        x[:, :, sequence.context_frames:] = noisy_target
-        steps = torch.zeros(x.shape[0], x.shape[2], device=x.device)
-        steps[:, sequence.context_frames:] = timestep_from_sigma(sigma)[:, None]
-        out = model(x, steps, context, context_mask=context_mask, frame_cond=sequence.frame_cond,
-                    positions=sequence.positions, frame_mask=sequence.frame_mask)
-        return out[:, :, sequence.context_frames:]
-
     def context_frames(self, history_len: int, memory_frames: list[list[int]], batch: int) -> list[list[int]]:
         h = self.hparams
         mode = "last_n" if h.short_teacher else h.teacher_context
@@ -214,11 +202,11 @@ class ContextForcingModule(L.LightningModule):
             sigma = torch.stack([sample_sigmas(1, g, h.shift)[0] for g in gens]).to(self.device)
             noisy = add_noise(target.detach(), randn(target.shape, gens).to(target), sigma)
             with torch.no_grad():
-                real_v = cfg_velocity(self.velocity(self.teacher, sequence, noisy, sigma, cond.context, cond.context_mask),
-                                      self.velocity(self.teacher, sequence, noisy, sigma,
-                                                    torch.zeros_like(cond.context), cond.context_mask),
+                real_v = cfg_velocity(sequence.velocity(self.teacher, noisy, sigma, cond.context, cond.context_mask),
+                                      sequence.velocity(self.teacher, noisy, sigma, torch.zeros_like(cond.context),
+                                                        cond.context_mask),
                                       h.guidance_scale)
-                fake_v = self.velocity(self.critic, sequence, noisy, sigma, cond.context, cond.context_mask)
+                fake_v = sequence.velocity(self.critic, noisy, sigma, cond.context, cond.context_mask)
             loss, diagnostics = dmd_loss(target, x0_from_velocity(noisy, real_v, sigma),
                                          x0_from_velocity(noisy, fake_v, sigma))
             check_finite(self.global_step, dmd_loss=loss)
@@ -227,8 +215,8 @@ class ContextForcingModule(L.LightningModule):
             logs["train/dmd_grad_norm"] = diagnostics["grad_norm"].float()
         sigma_c = torch.stack([sample_sigmas(1, g, h.shift)[0] for g in gens]).to(self.device)
         eps = randn(target.shape, gens).to(target)
-        pred = self.velocity(self.critic, sequence, add_noise(target.detach(), eps, sigma_c), sigma_c, cond.context,
-                             cond.context_mask)
+        pred = sequence.velocity(self.critic, add_noise(target.detach(), eps, sigma_c), sigma_c, cond.context,
+                                 cond.context_mask)
         critic_loss = (pred.float() - velocity_target(target.detach(), eps).float()).square().mean()
         check_finite(self.global_step, critic_loss=critic_loss)
         self.manual_backward(critic_loss * scale)

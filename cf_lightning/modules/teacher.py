@@ -24,7 +24,6 @@ from cf_lightning.diffusion import (
     flow_matching_loss,
     inject_errors,
     sample_sigmas,
-    timestep_from_sigma,
     velocity_from_x0,
     x0_from_velocity,
 )
@@ -120,13 +119,7 @@ class TeacherModule(L.LightningModule):
     def velocity(self, model: WanModel, sequence: ContextSequence, noisy_target: torch.Tensor, sigma: torch.Tensor,
                  cond: Condition) -> torch.Tensor:
         """Velocity for the target part of ``[clean context | noisy target]`` at noise ``sigma [B]``."""
-        x = sequence.x.clone()
-        x[:, :, sequence.context_frames:] = noisy_target
-        steps = torch.zeros(x.shape[0], x.shape[2], device=x.device)
-        steps[:, sequence.context_frames:] = timestep_from_sigma(sigma)[:, None]
-        out = model(x, steps, cond.context, context_mask=cond.context_mask, frame_cond=sequence.frame_cond,
-                    positions=sequence.positions, frame_mask=sequence.frame_mask)
-        return out[:, :, sequence.context_frames:]
+        return sequence.velocity(model, noisy_target, sigma, cond.context, cond.context_mask)
 
     def sequence(self, history: torch.Tensor, target: torch.Tensor, frames: list[list[int]],
                  cond: Condition) -> ContextSequence:

@@ -93,8 +93,8 @@ def test_generator_moves_its_samples_towards_the_teacher(loader):
                                      target_cond=cond.frames(slice(4, 6)))
         noisy = add_noise(x, eps, sigma)
         with torch.no_grad():
-            real = x0_from_velocity(noisy, module.velocity(module.teacher, seq, noisy, sigma, cond.context, None), sigma)
-            fake = x0_from_velocity(noisy, module.velocity(module.critic, seq, noisy, sigma, cond.context, None), sigma)
+            real = x0_from_velocity(noisy, seq.velocity(module.teacher, noisy, sigma, cond.context), sigma)
+            fake = x0_from_velocity(noisy, seq.velocity(module.critic, noisy, sigma, cond.context), sigma)
         return ((x - real).square().mean() - (x - fake).square().mean()).item()
 
     assert gap(after) < gap(before)
