@@ -31,20 +31,27 @@ class PixelCodec(LatentCodec):
     def options(self) -> dict[str, Any]:
         return {"patch": self.patch}
 
-    def encode(self, video: Tensor) -> Tensor:
+    def _blocks(self, video: Tensor) -> Tensor:
+        """``[B, 3, T, H, W]`` viewed as ``[B, 3, T, H/p, p, W/p, p]``, after checking the shape."""
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"expected video [B, 3, T, H, W], got shape {tuple(video.shape)}")
         b, c, t, height, width = video.shape
         h, w = self.latent_size(height, width)
-        p = self.patch
-        x = video.reshape(b, c, t, h, p, w, p).permute(0, 1, 4, 6, 2, 3, 5)
-        return x.reshape(b, c * p * p, t, h, w)
+        return video.reshape(b, c, t, h, self.patch, w, self.patch)
 
-    def decode(self, latents: Tensor) -> Tensor:
+    def _check_latents(self, latents: Tensor) -> None:
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
             raise ValueError(
                 f"expected latents [B, {self.latent_channels}, F, h, w], got shape {tuple(latents.shape)}"
             )
+
+    def encode(self, video: Tensor) -> Tensor:
+        x = self._blocks(video).permute(0, 1, 4, 6, 2, 3, 5)
+        b, c, p, _, t, h, w = x.shape
+        return x.reshape(b, c * p * p, t, h, w)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        self._check_latents(latents)
         b, _, t, h, w = latents.shape
         p = self.patch
         x = latents.reshape(b, 3, p, p, t, h, w).permute(0, 1, 4, 5, 2, 6, 3)
@@ -52,7 +59,7 @@ class PixelCodec(LatentCodec):
 
 
 @register_codec("pooled_pixel")
-class PooledPixelCodec(LatentCodec):
+class PooledPixelCodec(PixelCodec):
     """Average-pools each ``patch x patch`` block to its mean colour: ``[B, 3, T, H, W] -> [B, 3, T, H/p, W/p]``.
 
     Exact (decode = nearest upsampling) on worlds whose content is constant per block, such as the
@@ -62,26 +69,12 @@ class PooledPixelCodec(LatentCodec):
     """
 
     def __init__(self, patch: int = 8) -> None:
-        super().__init__()
-        if patch < 1:
-            raise ValueError(f"patch must be a positive integer, got {patch}")
-        self.patch = patch
-        self.spatial_factor = patch
+        super().__init__(patch)
         self.latent_channels = 3
 
-    def options(self) -> dict[str, Any]:
-        return {"patch": self.patch}
-
     def encode(self, video: Tensor) -> Tensor:
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"expected video [B, 3, T, H, W], got shape {tuple(video.shape)}")
-        b, c, t, height, width = video.shape
-        h, w = self.latent_size(height, width)
-        p = self.patch
-        return video.reshape(b, c, t, h, p, w, p).mean(dim=(4, 6))
+        return self._blocks(video).mean(dim=(4, 6))
 
     def decode(self, latents: Tensor) -> Tensor:
-        if latents.ndim != 5 or latents.shape[1] != 3:
-            raise ValueError(f"expected latents [B, 3, F, h, w], got shape {tuple(latents.shape)}")
-        p = self.patch
-        return latents.repeat_interleave(p, dim=3).repeat_interleave(p, dim=4)
+        self._check_latents(latents)
+        return latents.repeat_interleave(self.patch, dim=3).repeat_interleave(self.patch, dim=4)
