@@ -41,8 +41,8 @@ class RMSNorm(nn.Module):
         return normed.to(x.dtype) * self.weight
 
 
-class SelfAttention(nn.Module):
-    """Self-attention with q/k RMSNorm and read-time RoPE; returns un-rotated K/V for the cache."""
+class _Projections(nn.Module):
+    """The q/k/v/o projections and q/k RMSNorms every Wan attention has (names as in Wan's checkpoints)."""
 
     def __init__(self, dim: int, num_heads: int, eps: float) -> None:
         super().__init__()
@@ -50,6 +50,10 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
+
+
+class SelfAttention(_Projections):
+    """Self-attention with q/k RMSNorm and read-time RoPE; returns un-rotated K/V for the cache."""
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
                 memory: tuple[torch.Tensor, torch.Tensor] | None, backend: Backend, memory_rotated: bool = False
@@ -77,13 +81,8 @@ class SelfAttention(nn.Module):
         return self.o(out.flatten(2)), (k, v)
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
+class CrossAttention(_Projections):
+    """Attention from video tokens to the text context (no positions)."""
 
     def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[B, L, H, D]`` of the (embedded) text context."""
