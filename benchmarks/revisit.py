@@ -23,8 +23,7 @@ from cf_lightning.data import RevisitWorldConfig
 from cf_lightning.data.datamodules import RevisitWorldDataModule
 from cf_lightning.metrics import RevisitError
 from cf_lightning.modules import ContextForcingModule
-from cf_lightning.modules.common import batch_condition
-from cf_lightning.rollout import randn, rollout
+from cf_lightning.modules.common import Condition, batch_condition
 
 EDGES = [0, 8, 16, 32, 96]
 WORLD = '{"pan_step": 8, "pan_positions": 2, "num_objects": 0}'  # as in recipes/*.yaml
@@ -40,11 +39,8 @@ def evaluate(module: ContextForcingModule, data: RevisitWorldDataModule, edges: 
     for index, batch in enumerate(data.val_dataloader()):
         cond = batch_condition(batch)
         frames = batch["latents"].shape[2] - batch["latents"].shape[2] % chunk
-        gens = [torch.Generator().manual_seed(1000 * index + b) for b in range(batch["latents"].shape[0])]
-        shape = batch["latents"].shape
-        noise = randn((shape[0], shape[1], frames, *shape[3:]), gens)
-        result = rollout(module.ema, module.memory, noise, cond.context, module.sigmas, chunk_frames=chunk,
-                         context_mask=cond.context_mask, frame_cond=cond.frames(slice(0, frames)), generator=gens)
+        cond = Condition(cond.context, cond.context_mask, cond.frames(slice(0, frames)))
+        result = module.generate(cond, tuple(batch["latents"].shape), frames // chunk, seed=1000 * index)
         for metric in (midpoint, strict):
             metric.update(result.video.float(), None, batch["first_visit"][:, :frames])
         for state in result.memory.states:

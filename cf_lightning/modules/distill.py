@@ -42,7 +42,7 @@ from cf_lightning.modules.common import (
     check_finite,
     load_backbone_weights,
 )
-from cf_lightning.rollout import randn, rollout
+from cf_lightning.rollout import RolloutResult, randn, rollout
 from memory_policies import MemoryPolicy, SlowFast
 
 TeacherContext = Literal["memory", "last_n", "none"]
@@ -286,7 +286,8 @@ class ContextForcingModule(L.LightningModule):
         frames = num_frames or latents.shape[2]
         frames -= frames % self.hparams.chunk_frames
         cond = Condition(cond.context, cond.context_mask, cond.frames(slice(0, frames)))
-        return self.generate(cond, tuple(latents.shape), frames // self.hparams.chunk_frames, seed=seed, policy=policy)
+        chunks = frames // self.hparams.chunk_frames
+        return self.generate(cond, tuple(latents.shape), chunks, seed=seed, policy=policy).video
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.generator_optimizer(self.student.parameters()), self.critic_optimizer(self.critic.parameters())]
@@ -306,11 +307,12 @@ class ContextForcingModule(L.LightningModule):
 
     @torch.no_grad()
     def generate(self, cond: Condition, shape: tuple[int, ...], num_chunks: int, seed: int = 0,
-                 policy: MemoryPolicy | None = None, use_ema: bool = True) -> torch.Tensor:
-        """A long video from the (EMA) student: ``num_chunks`` chunks, all denoising steps."""
+                 policy: MemoryPolicy | None = None, use_ema: bool = True) -> RolloutResult:
+        """A long video from the (EMA) student: ``num_chunks`` chunks, all denoising steps; video ``b``
+        draws its noise from seed ``seed + b``. The result keeps the final memory for inspection."""
         chunk = self.hparams.chunk_frames
         gens = [torch.Generator().manual_seed(seed + b) for b in range(shape[0])]
         noise = randn((shape[0], shape[1], num_chunks * chunk, *shape[3:]), gens).to(self.device)
         return rollout(self.ema if use_ema else self.student, policy or self.memory, noise, cond.context, self.sigmas,
                        chunk_frames=chunk, context_mask=cond.context_mask, frame_cond=cond.frame_cond,
-                       generator=gens).video
+                       generator=gens)
