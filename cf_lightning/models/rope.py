@@ -48,14 +48,25 @@ def rope_angles(frame_positions: torch.Tensor, grid_hw: tuple[int, int], head_di
 
 
 def rope_cos_sin(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin shaped ``[B, L, 1, head_dim/2]`` to broadcast over heads."""
-    return angles.cos()[:, :, None].to(dtype), angles.sin()[:, :, None].to(dtype)
+    """Tables ``[B, L, 1, head_dim]`` for :func:`apply_rope`, broadcast over heads.
+
+    Laid out per channel rather than per pair (``cos`` repeated for channels 2i and 2i+1, ``sin``
+    negated on 2i) so that a rotation is two products and a sum over the whole head, a handful of
+    tensor ops: at small sizes each op's fixed cost outweighs its arithmetic.
+    """
+    cos, sin = angles.cos(), angles.sin()
+    cos_table = torch.stack([cos, cos], dim=-1).flatten(-2)
+    sin_table = torch.stack([-sin, sin], dim=-1).flatten(-2)
+    return cos_table[:, :, None].to(dtype), sin_table[:, :, None].to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [B, L, H, D]`` pairwise (channels 2i, 2i+1), in float32 for accuracy."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    real, imag = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos.float(), sin.float()
-    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+    """Rotate ``x [B, L, H, D]`` pairwise (channels 2i, 2i+1), in float32 for accuracy.
+
+    ``cos``/``sin`` come from :func:`rope_cos_sin`. Channel 2i becomes ``x[2i] cos - x[2i+1] sin``
+    and 2i+1 becomes ``x[2i+1] cos + x[2i] sin``: each output is one product of ``x``, one product of
+    its pair-swapped copy and one sum, rounded exactly as the textbook per-pair form.
+    """
+    x32 = x.float()
+    swapped = x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (x32 * cos.float() + swapped * sin.float()).to(x.dtype)
