@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import torch
+from recipe_world import recipe_world, world_config
 
-from cf_lightning.data import RevisitWorldConfig
 from cf_lightning.data.datamodules import RevisitWorldDataModule
 from cf_lightning.metrics import RevisitError
 from cf_lightning.modules import ContextForcingModule
 from cf_lightning.modules.common import Condition, batch_condition
 
 EDGES = [0, 8, 16, 32, 96]
-WORLD = '{"pan_step": 8, "pan_positions": 2, "num_objects": 0}'  # as in recipes/*.yaml
 
 
 @torch.no_grad()
@@ -94,11 +92,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=96)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None, help="folder for results.md and revisit_curves.png")
-    parser.add_argument("--world", default=WORLD, help="JSON RevisitWorldConfig overrides (default: the recipes')")
+    parser.add_argument("--world", default=recipe_world(), help="JSON RevisitWorldConfig overrides (default: the recipes')")
     parser.add_argument("--codec", default="pooled_pixel")
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)), codec=args.codec,
+    data = RevisitWorldDataModule(world=world_config(args.world), codec=args.codec,
                                   num_videos=args.batch, batch_size=args.batch, num_val_videos=args.videos,
                                   val_num_frames=args.frames)
     results = {}

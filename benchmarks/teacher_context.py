@@ -13,11 +13,10 @@ error is the MSE between the sample and the ground-truth target on the revisit f
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
+from recipe_world import recipe_world, world_config
 
-from cf_lightning.data import RevisitWorldConfig
 from cf_lightning.data.datamodules import RevisitWorldDataModule
 from cf_lightning.diffusion import cfg_velocity, euler_sample, sampling_sigmas
 from cf_lightning.models import WanModel
@@ -27,7 +26,6 @@ from cf_lightning.modules.common import batch_condition
 
 TARGET = 4  # latent frames (2 chunks of 2)
 CONTEXTS = ("none", "recent", "recent+first_visit")
-WORLD = '{"pan_step": 8, "pan_positions": 2, "num_objects": 0}'  # as in recipes/*.yaml
 
 
 def find_revisit(view: torch.Tensor, min_gap: int, recent: int) -> tuple[int, list[int]] | None:
@@ -76,10 +74,10 @@ def main() -> None:
     parser.add_argument("--context_noise", type=float, nargs="+", default=[0.0])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--world", default=WORLD, help="JSON RevisitWorldConfig overrides (default: the recipes')")
+    parser.add_argument("--world", default=recipe_world(), help="JSON RevisitWorldConfig overrides (default: the recipes')")
     parser.add_argument("--codec", default="pooled_pixel")
     args = parser.parse_args()
-    data = RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)), codec=args.codec,
+    data = RevisitWorldDataModule(world=world_config(args.world), codec=args.codec,
                                   num_videos=1, batch_size=1, num_val_videos=args.videos, val_num_frames=96)
     rows = []
     for spec in args.teachers:

@@ -10,7 +10,7 @@ class WanConfig:
     """Hyper-parameters of a Wan2.1-architecture diffusion transformer.
 
     ``frame_cond_dim`` adds an optional per-frame condition (e.g. a camera position) to the time
-    embedding; 0 keeps the exact Wan2.1 architecture, so real checkpoints load unchanged.
+    embedding and to every token of its frame; 0 keeps the exact Wan2.1 architecture, so real checkpoints load unchanged.
     """
 
     dim: int

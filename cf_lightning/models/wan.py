@@ -279,22 +279,42 @@ class WanModel(nn.Module):
         keys = torch.cat([memory_tokens, memory_tokens.new_ones(x.shape[0], query_tokens)], dim=1)
         return keys[:, None, :].expand(-1, query_tokens, -1)
 
+    def _frame_condition(self, frame_cond: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor | None:
+        """Embedded per-frame condition ``[B, F, dim]`` (e.g. the camera), or None for models without one."""
+        if self.frame_cond_embedding is None:
+            return None
+        if frame_cond is None or frame_cond.shape[:2] != (batch, frames):
+            shape = None if frame_cond is None else tuple(frame_cond.shape)
+            raise ValueError(f"this model needs frame_cond [{batch}, {frames}, {self.config.frame_cond_dim}], "
+                             f"got {shape}")
+        return self.frame_cond_embedding(frame_cond.to(self.frame_cond_embedding[0].weight.dtype))
+
     def _time_embedding(self, t: torch.Tensor, batch: int, frames: int,
-                        frame_cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                        frame_condition: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if t.ndim == 1:
             t = t[:, None].expand(batch, frames)
         if t.shape != (batch, frames):
             raise ValueError(f"t must be [B] or [B, F] = [{batch}, {frames}], got {tuple(t.shape)}")
         e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).to(self.time_embedding[0].weight.dtype))
-        if self.frame_cond_embedding is not None:
-            if frame_cond is None or frame_cond.shape[:2] != (batch, frames):
-                shape = None if frame_cond is None else tuple(frame_cond.shape)
-                raise ValueError(f"this model needs frame_cond [{batch}, {frames}, {self.config.frame_cond_dim}], "
-                                 f"got {shape}")
-            e = e + self.frame_cond_embedding(frame_cond.to(e.dtype))
+        if frame_condition is not None:
+            e = e + frame_condition.to(e.dtype)
         e = e.float()
         e0 = self.time_projection(e.to(self.time_embedding[0].weight.dtype)).float().unflatten(-1, (6, -1))
         return e, e0
+
+    @staticmethod
+    def _add_to_tokens(tokens: torch.Tensor, frame_condition: torch.Tensor | None) -> torch.Tensor:
+        """Add the embedded per-frame condition to every token of its frame.
+
+        The time modulation alone scales and shifts whole frames, which lets attention tell frames
+        apart only indirectly; with the condition in the tokens, queries and keys compare it directly,
+        so a frame can find the context frame that shares its camera (recall by "where", as
+        camera-controlled video models do with per-token camera embeddings).
+        """
+        if frame_condition is None:
+            return tokens
+        frames = frame_condition.shape[1]
+        return (tokens.unflatten(1, (frames, -1)) + frame_condition[:, :, None].to(tokens.dtype)).flatten(1, 2)
 
     def _per_read(self, memory: KVMemory, read: MemoryRead, key: object, compute: Callable[[], T]) -> T:
         """``compute()`` once per memory read (i.e. once per chunk) when the memory caches reads.
@@ -342,7 +362,9 @@ class WanModel(nn.Module):
         grid = (height // ph, width // pw)
         self.tokens_per_frame((height, width))
         tokens = self.patch_embedding(x).flatten(2).transpose(1, 2)
-        e, e0 = self._time_embedding(t, batch, frames, frame_cond)
+        frame_condition = self._frame_condition(frame_cond, batch, frames)
+        e, e0 = self._time_embedding(t, batch, frames, frame_condition)
+        tokens = self._add_to_tokens(tokens, frame_condition)
         text = self.text_embedding(context) if context_kv is None else None
         if memory is not None and read is not None:
             rope = self._streaming_rope(memory, read, grid)
