@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import warnings
 from functools import partial
 from typing import Any
@@ -20,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from cf_lightning.codecs import LatentCodec, build_codec, uint8_to_unit
+from cf_lightning.data.resumable import EpochSampler, ResumableLoader
 from cf_lightning.data.revisit_world import RevisitWorldConfig, generate_video, latent_truth
 from cf_lightning.data.shards import (
     ShardLoader,
@@ -252,7 +254,11 @@ class RevisitWorldDataset(Dataset):
     def __len__(self) -> int:
         return len(self.seeds)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``key``, or ``(index, epoch)`` as :class:`EpochSampler` yields it: the crop start is
+        drawn from (video seed, epoch), never from the global RNG, so every worker and a resumed run
+        cut the same clip."""
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         seed = self.seeds[index]
         video = generate_video(self.world, seed)
         with torch.no_grad():
@@ -271,7 +277,7 @@ class RevisitWorldDataset(Dataset):
         if self.clip_frames is None:
             return sample
         slack = len(self.groups) - self.clip_frames
-        start = int(torch.randint(0, slack + 1, ())) if self.random_crop else 0
+        start = random.Random(f"crop/{seed}/{epoch}").randint(0, slack) if self.random_crop else 0
         return crop_sample(sample, start, self.clip_frames)
 
 
@@ -281,13 +287,14 @@ class RevisitWorldDataModule(L.LightningDataModule):
     Args:
         world: world sizes and statistics (default :class:`RevisitWorldConfig`).
         num_videos: training videos, seeds ``seed .. seed + num_videos - 1``.
-        batch_size, num_workers: as usual (Lightning adds a distributed sampler on several ranks).
+        batch_size, num_workers: as usual; the training loader shuffles and splits over ranks itself
+            and resumes mid-epoch (:class:`~cf_lightning.data.resumable.ResumableLoader`).
         clip_frames: training clip length in latent frames (random start when ``random_crop``);
             ``None`` trains on whole videos. Evaluation always uses whole videos.
         random_crop: see ``clip_frames``.
         codec, codec_options: registered latent codec (``"pixel"`` with ``{"patch": 8}`` by default).
         text_encoder, text_encoder_options: registered text encoder (``"hash"`` by default) or ``None``.
-        seed: first training seed.
+        seed: first training seed; also seeds the training order of every epoch.
         val_seeds: held-out evaluation seeds; default ``num_val_videos`` seeds from 10**9. Must not
             overlap the training seeds, or "held-out" metrics would be measured on training videos.
         num_val_videos: number of default evaluation seeds.
@@ -361,21 +368,19 @@ class RevisitWorldDataModule(L.LightningDataModule):
         """The per-frame camera position (y, x) that tells the model where it is on a revisit."""
         return 2
 
-    def _loader(self, dataset: RevisitWorldDataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.hparams.num_workers,
-            collate_fn=partial(collate_samples, text_encoder=self.text_encoder),
-        )
+    def _loader_options(self) -> dict[str, Any]:
+        return {"batch_size": self.hparams.batch_size, "num_workers": self.hparams.num_workers,
+                "collate_fn": partial(collate_samples, text_encoder=self.text_encoder)}
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled from (``seed``, epoch) and split over ranks; Lightning checkpoints its position, so a
+        run resumed mid-epoch trains on the same batches as an uninterrupted one."""
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, seed=self.hparams.seed)
+        return ResumableLoader(self.train_set, sampler, drop_last=True, **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        return DataLoader(self.val_set, **self._loader_options())
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        return DataLoader(self.val_set, **self._loader_options())
