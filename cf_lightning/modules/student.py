@@ -7,7 +7,10 @@ differ in where the (noisy, clean) pairs come from:
 - ``teacher_forcing``: data latents, noised on the straight flow path (diffusion forcing);
 - ``ode``: the teacher's own ODE trajectories (CausVid-style ODE regression): noise is integrated by
   the teacher with CFG, and the student regresses the trajectory's endpoint from its points at the
-  student's denoising levels, so its few steps follow the teacher's deterministic map.
+  student's denoising levels, so its few steps follow the teacher's deterministic map. The trajectories
+  come from shards written once by ``cf-data trajectories`` (batch keys ``ode_trajectory`` and
+  ``ode_sigmas``, no teacher needed here), or, as the alternative, are integrated on the fly from
+  ``teacher`` at ``2 * ode_steps`` teacher forwards per training step.
 
 One masked full-sequence forward over ``[clean | noisy]`` covers every chunk at once and sees exactly
 what streaming will (``teacher_forcing_mask``). Short-window DMD (Self-Forcing) is the
@@ -25,10 +28,9 @@ from lightning.pytorch.cli import OptimizerCallable
 
 from cf_lightning.diffusion import (
     add_noise,
-    cfg_velocity,
     denoising_sigmas,
-    euler_sample,
-    sampling_sigmas,
+    guided_velocity,
+    ode_trajectory,
     timestep_from_sigma,
     x0_from_velocity,
 )
@@ -48,7 +50,15 @@ Objective = Literal["teacher_forcing", "ode"]
 
 
 class StudentModule(L.LightningModule):
-    """Causal student init by teacher forcing or ODE regression (see module docstring)."""
+    """Causal student init by teacher forcing or ODE regression (see module docstring).
+
+    Args (ODE regression):
+        teacher: teacher checkpoint (``.ckpt`` or Wan) for on-the-fly trajectories; leave it unset to
+            train from ``cf-data trajectories`` shards.
+        teacher_backbone, teacher_overrides: the teacher's config when it differs from the student's.
+        ode_steps, guidance_scale: the on-the-fly integration (shards record their own).
+        denoising_steps, shift: the student's levels; stored trajectories must have been taken there.
+    """
 
     def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
                  teacher_backbone: str | None = None, teacher_overrides: dict[str, Any] | None = None,
@@ -63,8 +73,6 @@ class StudentModule(L.LightningModule):
         self.save_hyperparameters()
         if objective not in ("teacher_forcing", "ode"):
             raise ValueError(f"unknown objective {objective!r}; allowed: teacher_forcing, ode")
-        if objective == "ode" and teacher is None:
-            raise ValueError("objective 'ode' needs a teacher checkpoint (model.teacher)")
         if clip_frames % chunk_frames:
             raise ValueError(f"clip_frames={clip_frames} must be a multiple of chunk_frames={chunk_frames}")
         self.memory: MemoryPolicy = memory if memory is not None else SlowFast()
@@ -79,8 +87,7 @@ class StudentModule(L.LightningModule):
         if init_from:
             load_backbone_weights(self.model, init_from)
         self.teacher: WanModel | None = None
-        if objective == "ode":
-            assert teacher is not None
+        if objective == "ode" and teacher is not None:
             self.teacher = build_backbone(teacher_backbone or backbone, *shapes,
                                           teacher_overrides if teacher_backbone else backbone_overrides,
                                           attention_backend, False)
@@ -95,26 +102,39 @@ class StudentModule(L.LightningModule):
         self._generator.manual_seed(torch.initial_seed() + self.global_rank)
 
     @torch.no_grad()
-    def ode_pairs(self, noise: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher trajectory: its endpoint x0 and its points at every student level ``[S, B, C, F, H, W]``."""
-        assert self.teacher is not None
-        teacher, h = self.teacher, self.hparams
-        uncond = cond.unconditional()
+    def ode_pairs(self, batch: dict[str, Any], cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher trajectories of the clip: endpoint ``[B, C, F, H, W]`` and states at every student level
+        ``[B, S, C, F, H, W]``, read from the batch (``cf-data trajectories`` shards) or integrated here."""
+        h = self.hparams
+        frames = h.clip_frames
+        if "ode_trajectory" in batch:
+            if self.teacher is not None:
+                raise ValueError(f"the batch carries stored teacher trajectories ('ode_trajectory') and "
+                                 f"model.teacher={h.teacher!r} is set too; unset model.teacher to train from the "
+                                 "shards, or train on shards without trajectories to integrate the teacher here")
+            self.check_levels(batch)
+            return batch["latents"].float()[:, :, :frames], batch["ode_trajectory"].float()[:, :, :, :frames]
+        if self.teacher is None:
+            raise ValueError(f"objective 'ode' needs teacher trajectories: the batch has no 'ode_trajectory' "
+                             f"(keys: {sorted(batch)}) and model.teacher is unset; read shards written by "
+                             "`cf-data trajectories`, or set model.teacher to integrate on the fly")
+        shape = batch["latents"][:, :, :frames].shape
+        noise = torch.randn(shape, generator=self._generator).to(self.device)
+        velocity = guided_velocity(self.teacher, cond.context, cond.context_mask, cond.frame_cond, h.guidance_scale)
+        return ode_trajectory(velocity, noise, self.sigmas.cpu(), h.ode_steps, h.shift)
 
-        def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            t = timestep_from_sigma(sigma)
-            v_cond = teacher(x, t, cond.context, context_mask=cond.context_mask, frame_cond=cond.frame_cond)
-            v_uncond = teacher(x, t, uncond.context, context_mask=uncond.context_mask, frame_cond=cond.frame_cond)
-            return cfg_velocity(v_cond, v_uncond, h.guidance_scale)
-
-        schedule = sampling_sigmas(h.ode_steps, h.shift)
-        grid = torch.unique(torch.cat([schedule, self.sigmas.cpu()])).flip(0)
-        points, x = {}, noise
-        for current, following in zip(grid[:-1].tolist(), grid[1:].tolist()):
-            points[round(current, 6)] = x
-            x = euler_sample(velocity, x, [current, following])
-        trajectory = torch.stack([points[round(float(s), 6)] for s in self.sigmas])
-        return x, trajectory
+    def check_levels(self, batch: dict[str, Any]) -> None:
+        """Stored trajectory states must sit at this student's levels, or it would learn the wrong steps."""
+        h = self.hparams
+        expected = self.sigmas.cpu()
+        for row, stored in enumerate(batch["ode_sigmas"].float().cpu()):
+            if stored.shape != expected.shape or not torch.allclose(stored, expected, rtol=0.0, atol=1e-6):
+                key = batch["key"][row] if "key" in batch else row
+                raise ValueError(
+                    f"sample {key!r} stores teacher trajectories at sigmas {stored.tolist()}, but this student's "
+                    f"levels are {expected.tolist()} (denoising_steps={h.denoising_steps}, shift={h.shift}); "
+                    f"rewrite the shards with `cf-data trajectories --denoising_steps {h.denoising_steps} "
+                    f"--shift {h.shift}`, or set model.denoising_steps and model.shift to the shards' values")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         h = self.hparams
@@ -127,13 +147,13 @@ class StudentModule(L.LightningModule):
         batch_size, chunks = latents.shape[0], frames // h.chunk_frames
         level = torch.randint(len(self.sigmas), (batch_size, chunks), generator=self._generator)
         sigma = self.sigmas.cpu()[level].repeat_interleave(h.chunk_frames, dim=1).to(self.device)
-        noise = torch.randn(latents.shape, generator=self._generator).to(latents)
         if h.objective == "ode":
-            clean, trajectory = self.ode_pairs(noise, cond)
-            per_frame = level.repeat_interleave(h.chunk_frames, dim=1).to(self.device)
-            noisy = torch.stack([trajectory[per_frame[b], b, :, torch.arange(frames)].transpose(0, 1)
-                                 for b in range(batch_size)])
+            clean, trajectory = self.ode_pairs(batch, cond)
+            index = level.repeat_interleave(h.chunk_frames, dim=1).to(self.device)
+            index = index[:, None, None, :, None, None].expand(-1, 1, *trajectory.shape[2:])
+            noisy = trajectory.gather(1, index).squeeze(1)
         else:
+            noise = torch.randn(latents.shape, generator=self._generator).to(latents)
             clean, noisy = latents, add_noise(latents, noise, sigma)
         pred_x0 = self.causal_x0(self.model, clean, noisy, sigma, cond)
         loss = (pred_x0.float() - clean.float()).square().mean()
@@ -153,8 +173,11 @@ class StudentModule(L.LightningModule):
                     frame_cond=frame_cond, positions=positions, frame_mask=mask)
         return x0_from_velocity(noisy, out[:, :, frames:], sigma)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.ema_rule.update(self.ema, self.model, self.global_step)
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # EMA right after the step, not in on_train_batch_end: Lightning runs checkpoint callbacks'
+        # batch-end hooks before the module's, so a checkpoint would hold an EMA one step behind.
+        super().optimizer_step(*args, **kwargs)
+        self.ema_rule.update(self.ema, self.model, self.global_step + 1)  # the step count once this step is done
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer(self.model.parameters())

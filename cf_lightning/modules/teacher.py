@@ -211,8 +211,11 @@ class TeacherModule(L.LightningModule):
         # overwrites this state in on_load_checkpoint.
         self._generator.manual_seed(torch.initial_seed() + self.global_rank)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.ema_rule.update(self.ema, self.model, self.global_step)
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # EMA right after the step, not in on_train_batch_end: Lightning runs checkpoint callbacks'
+        # batch-end hooks before the module's, so a checkpoint would hold an EMA one step behind.
+        super().optimizer_step(*args, **kwargs)
+        self.ema_rule.update(self.ema, self.model, self.global_step + 1)  # the step count once this step is done
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         latents = batch["latents"].float()
