@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NoReturn
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
+from cf_lightning.resume import AUTO, check_resume, find_run_checkpoint, qualified_name
 from memory_policies import available_policies, load_plugins
 
 #: Shapes every module takes from the data, so no recipe states them twice.
@@ -25,12 +28,37 @@ class CFArgumentParser(LightningArgumentParser):
 
 
 class CFLightningCLI(LightningCLI):
-    """LightningCLI with subclass mode, OmegaConf interpolation, explicit seeds and shape links."""
+    """LightningCLI with subclass mode, OmegaConf interpolation, explicit seeds, shape links and
+    ``fit --ckpt_path auto`` (resume from this run directory's ``last.ckpt``, or start fresh)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         for name in LINKED_SHAPES:
             parser.link_arguments("data", f"model.init_args.{name}", compute_fn=_attribute(name),
                                   apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Refuse a ``fit --ckpt_path`` checkpoint of another module class before LightningCLI replaces
+        the model config with the checkpoint's hyper-parameters (class included), which would turn a
+        stage-2 recipe into a run of the checkpoint's stage."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
+        if path not in (None, AUTO) and Path(path).exists():
+            check_resume(path, self.config[subcommand]["model"]["class_path"])
+
+    def before_fit(self) -> None:
+        """Resolve ``--ckpt_path auto`` to this run directory's ``last.ckpt`` (or a fresh start) and check
+        that this module class wrote it."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != AUTO:
+            return
+        found = find_run_checkpoint(self.trainer)
+        config["ckpt_path"] = None if found is None else str(found)
+        if found is None:
+            rank_zero_info("--ckpt_path auto: no checkpoint in this run directory yet, starting a new run")
+            return
+        rank_zero_info(f"--ckpt_path auto: resuming from {found}")
+        check_resume(found, qualified_name(type(self.model)))
 
 
 def _attribute(name: str):
