@@ -29,7 +29,7 @@ def test_every_recipe_parses(recipe, capsys):
 def test_teacher_recipe_trains_and_resumes(tmp_path):
     args = ["fit", "--config", str(RECIPES / "teacher.yaml"), *TINY_DATA, *logged(tmp_path, "t"),
             "--model.backbone", "tiny", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
-            "--trainer.callbacks.init_args.every_n_train_steps", "2"]
+            "--trainer.callbacks.init_args.every_n_batches", "2"]
     main([*args, "--trainer.max_steps", "2", "--trainer.logger.init_args.version", "a"])
     checkpoint = tmp_path / "t" / "a" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 2
@@ -43,9 +43,9 @@ def test_slowfast_recipe_leaves_checkpoint_logs_and_video(tmp_path):
     main(["fit", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf"),
           "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.logger.init_args.version", "v"])
     run = tmp_path / "cf" / "v"
-    # checkpoints follow validation (every 2 batches): batch 1 steps generator + critic, batch 2 the critic
+    # last.ckpt holds the final state: batches 1 and 3 step generator + critic, batch 2 the critic (5 >= 4 steps)
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert int(state["state_dict"]["generator_steps"]) == 1 and int(state["state_dict"]["critic_steps"]) == 2
+    assert int(state["state_dict"]["generator_steps"]) == 2 and int(state["state_dict"]["critic_steps"]) == 3
     assert state["hyper_parameters"]["memory"]["class_path"].endswith("slow_fast")
     assert list((run / "videos").glob("*.mp4")) and list((run / "videos").glob("*_latents.npy"))
     events = EventAccumulator(str(run))
