@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import pytest
 import torch
+import yaml
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cf_lightning.cli import main
@@ -18,12 +21,30 @@ def plain_argv(monkeypatch):
 
 
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(RECIPES)) for p in RECIPES.rglob("*.yaml")
-                                           if p.parent.name != "ablations"))
+                                           if p.parent.name not in ("ablations", "strategies")))
 def test_every_recipe_parses(recipe, capsys):
     with pytest.raises(SystemExit) as done:
         main(["fit", "--config", str(RECIPES / recipe), "--print_config"])
     assert done.value.code == 0
     assert "class_path" in capsys.readouterr().out
+
+
+def test_deepspeed_overlay_swaps_the_teacher_strategy_only(capsys):
+    recipe = ["fit", "--config", str(RECIPES / "wan2.1-1.3b" / "context_teacher.yaml")]
+    printed = []
+    for extra in ([], ["--config", str(RECIPES / "wan2.1-1.3b" / "strategies" / "deepspeed.yaml")]):
+        with pytest.raises(SystemExit):
+            main([*recipe, *extra, "--print_config"])
+        printed.append(yaml.safe_load(capsys.readouterr().out))
+    fsdp, deepspeed = printed
+    strategy = deepspeed["trainer"].pop("strategy")
+    assert strategy["class_path"] == "lightning.pytorch.strategies.DeepSpeedStrategy"
+    assert strategy["init_args"]["stage"] == 2 and "sharding_strategy" not in strategy["init_args"]
+    assert deepspeed["model"]["init_args"].pop("gradient_checkpointing") is True
+    fsdp["trainer"].pop("strategy")
+    fsdp["model"]["init_args"].pop("gradient_checkpointing")
+    assert deepspeed == fsdp, "only the strategy and activation checkpointing change"
+    inspect.signature(DeepSpeedStrategy).bind(**strategy["init_args"])  # every argument is DeepSpeedStrategy's
 
 
 def test_teacher_recipe_trains_and_resumes(tmp_path):
