@@ -27,6 +27,7 @@ from cf_lightning.diffusion.samplers import (
     euler_sample,
     few_step_sample,
 )
+from cf_lightning.diffusion.trajectory import guided_velocity, ode_trajectory
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
@@ -45,7 +46,9 @@ __all__ = [
     "expand_sigma",
     "few_step_sample",
     "flow_matching_loss",
+    "guided_velocity",
     "inject_errors",
+    "ode_trajectory",
     "sample_sigmas",
     "sampling_sigmas",
     "shift_sigma",
