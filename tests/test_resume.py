@@ -68,21 +68,27 @@ def losses(metrics: Path) -> dict[int, dict[str, float]]:
     return rows
 
 
+def saved_batches(run: Path) -> list[int]:
+    return [int(p.stem.split("=")[1]) for p in (run / "checkpoints").glob("batch=*.ckpt")]
+
+
 def kill_after_training_passes_a_checkpoint(cmd: list[str], run: Path, log: Path) -> int:
     """Start `cf-fit`, wait until a checkpoint exists and a later batch has been logged, SIGKILL it
     (then it is inside the next batch) and return how many batches the checkpoint covers."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "cf_lightning.cli", *cmd],
                                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:
-            saved = [int(p.stem.split("=")[1]) for p in (run / "checkpoints").glob("batch=*.ckpt")]
-            if saved and max(losses(run / "metrics.csv"), default=-1) >= max(saved):
+            logged = max(losses(run / "metrics.csv"), default=-1)  # read before the checkpoints: no race
+            saved = saved_batches(run)
+            if saved and logged >= max(saved):
                 process.send_signal(signal.SIGKILL)
                 assert process.wait() == -signal.SIGKILL
-                return max(saved)
+                return max(saved_batches(run))
             time.sleep(0.05)
         raise AssertionError(f"the run ended (code {process.poll()}) or stalled before it could be killed past a "
                              f"checkpoint:\n{log.read_text()[-3000:]}")
