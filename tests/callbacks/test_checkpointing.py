@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cf_lightning.callbacks import RunCheckpoint
+from cf_lightning.callbacks.checkpointing import publish
 
 
 class TwoOptimizers(L.LightningModule):
@@ -96,6 +97,15 @@ def test_crash_while_writing_keeps_the_previous_checkpoint_loadable(tmp_path, mo
     fit(tmp_path, 4, RunCheckpoint(every_n_batches=1), ckpt_path=last)
     assert saved(directory) == [f"batch=000000{n}.ckpt" for n in range(1, 5)] + ["last.ckpt"], \
         "the resumed run removed the partial file and continued the batch count"
+
+
+def test_directory_checkpoints_of_sharded_strategies_are_renamed_in_whole(tmp_path):
+    target, partial = tmp_path / "last.ckpt", tmp_path / "last.ckpt.partial"
+    for directory, shard in ((target, "old"), (partial, "new")):
+        directory.mkdir()
+        (directory / "meta.pt").write_text(shard)
+    publish(partial, target)
+    assert saved(tmp_path) == ["last.ckpt"] and (target / "meta.pt").read_text() == "new"
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
