@@ -76,8 +76,8 @@ def recache(model: WanModel, memory: KVMemory, history: torch.Tensor, context: t
     zero = torch.zeros(batch, memory.chunk_frames, device=history.device)
     for start in range(0, frames, memory.chunk_frames):
         part = slice(start, start + memory.chunk_frames)
-        model.forward_chunk(history[:, :, part], zero, context, fresh, commit=True,
-                            frame_cond=None if frame_cond is None else frame_cond[:, part])
+        model.commit_chunk(history[:, :, part], zero, context, fresh,
+                           frame_cond=None if frame_cond is None else frame_cond[:, part])
     return fresh
 
 

@@ -1,8 +1,9 @@
 """Chunk-by-chunk generation over a memory policy, for training (Self-Forcing style) and inference.
 
 Each chunk is denoised in a few steps (predict x0, re-noise to the next level), then one clean
-refresh pass at t = 0 writes its keys/values into the memory. The refresh never carries gradient.
-During training the chunk may stop at a randomly drawn *exit step* and only the chunks from
+refresh pass at t = 0 writes its keys/values into the memory (:meth:`WanModel.commit_chunk`: its output
+is never read, so the model stops at the last block's keys and values). The refresh never carries
+gradient. During training the chunk may stop at a randomly drawn *exit step* and only the chunks from
 ``grad_from_chunk`` on keep the graph of that one step, which is what makes long rollouts
 affordable (design.md section 1, stage 2).
 
@@ -76,8 +77,8 @@ def rollout(model: WanModel, policy: MemoryPolicy, noise: torch.Tensor, context:
                 x = add_noise(x0.detach(), fresh, float(sigmas[step + 1]))
         with torch.no_grad():
             zero = torch.zeros(batch, chunk_frames, device=noise.device)
-            model.forward_chunk(x0.detach(), zero, context, memory, context_mask=context_mask, frame_cond=cond,
-                                commit=True, context_kv=context_kv)
+            model.commit_chunk(x0.detach(), zero, context, memory, context_mask=context_mask, frame_cond=cond,
+                               context_kv=context_kv)
         chunks.append(x0)
         exits.append(float(sigmas[last_step]))
     return RolloutResult(torch.cat(chunks, dim=2), memory, torch.tensor(exits))

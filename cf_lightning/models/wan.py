@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -37,8 +38,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight
+        """Normalised in float32, then scaled in the weight's dtype (as Wan does). ``F.rms_norm`` is one op
+        where the written-out form was six, and rounds the same on CPU (float32 and bfloat16 checked)."""
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
 
 class _Projections(nn.Module):
@@ -52,27 +54,63 @@ class _Projections(nn.Module):
         self.norm_k = RMSNorm(dim, eps)
 
 
+class ChunkKV:
+    """One layer's memory for a query chunk: keys rotated to their read positions and values, each in a
+    buffer ``[B, memory + chunk tokens, H, D]`` whose last rows take the chunk's own keys and values.
+
+    Built once per chunk (see :meth:`WanModel.forward_chunk`). Each forward of the chunk writes its rows
+    in place, instead of concatenating, which would copy the whole memory per forward and layer. With
+    grad mode on the rows are concatenated instead: a backward pass (or a checkpointed block's
+    recomputation) must not find its inputs overwritten by the chunk's next forward.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, chunk_tokens: int) -> None:
+        batch, memory_tokens, heads, head_dim = keys.shape
+        self.memory_tokens = memory_tokens
+        self.keys = keys.new_empty(batch, memory_tokens + chunk_tokens, heads, head_dim)
+        self.values = values.new_empty(batch, memory_tokens + chunk_tokens, heads, head_dim)
+        self.keys[:, :memory_tokens] = keys
+        self.values[:, :memory_tokens] = values
+
+    def join(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory then chunk keys (rotated) and values ``[B, memory + chunk tokens, H, D]``."""
+        n = self.memory_tokens
+        if torch.is_grad_enabled():
+            return (torch.cat([self.keys[:, :n], keys.to(self.keys.dtype)], dim=1),
+                    torch.cat([self.values[:, :n], values.to(self.values.dtype)], dim=1))
+        self.keys[:, n:] = keys
+        self.values[:, n:] = values
+        return self.keys, self.values
+
+
 class SelfAttention(_Projections):
     """Self-attention with q/k RMSNorm and read-time RoPE; returns un-rotated K/V for the cache."""
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
-                memory: tuple[torch.Tensor, torch.Tensor] | None, backend: Backend, memory_rotated: bool = False
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``rope`` covers memory then query tokens; ``memory_rotated`` says the memory keys already carry it
-        (the streaming path rotates them once per chunk, see :meth:`WanModel.forward_chunk`)."""
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Un-rotated keys and values ``[B, L, H, D]``: what a memory stores for these tokens."""
         heads = (self.num_heads, -1)
-        q = self.norm_q(self.q(x)).unflatten(-1, heads)
-        k = self.norm_k(self.k(x)).unflatten(-1, heads)
-        v = self.v(x).unflatten(-1, heads)
+        return self.norm_k(self.k(x)).unflatten(-1, heads), self.v(x).unflatten(-1, heads)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+                memory: tuple[torch.Tensor, torch.Tensor] | ChunkKV | None, backend: Backend
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``memory``: un-rotated keys and values, which ``rope`` then covers before the query tokens, or
+        the streaming path's :class:`ChunkKV`, already rotated. ``rope`` tables exactly as long as the
+        query are used as they are (the streaming path slices them once per chunk, not per layer)."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
+        k, v = self.keys_values(x)
         cos, sin = rope
         queries_len = q.shape[1]
-        q_rot = apply_rope(q, cos[:, -queries_len:], sin[:, -queries_len:])
-        k_rot = apply_rope(k, cos[:, -queries_len:], sin[:, -queries_len:])
-        if memory is not None:
+        query_cos, query_sin = (cos, sin) if cos.shape[1] == queries_len else (cos[:, -queries_len:],
+                                                                                sin[:, -queries_len:])
+        q_rot = apply_rope(q, query_cos, query_sin)
+        k_rot = apply_rope(k, query_cos, query_sin)
+        if isinstance(memory, ChunkKV):
+            k_rot, v_all = memory.join(k_rot, v)
+        elif memory is not None:
             memory_k, memory_v = memory
-            if not memory_rotated:
-                mem_len = memory_k.shape[1]
-                memory_k = apply_rope(memory_k, cos[:, :mem_len], sin[:, :mem_len])
+            mem_len = memory_k.shape[1]
+            memory_k = apply_rope(memory_k, cos[:, :mem_len], sin[:, :mem_len])
             k_rot = torch.cat([memory_k, k_rot], dim=1)
             v_all = torch.cat([memory_v.to(v.dtype), v], dim=1)
         else:
@@ -103,13 +141,14 @@ class CrossAttention(_Projections):
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int) -> torch.Tensor:
-    """Per-frame adaptive norm: tokens are frame-major, modulation is ``[B, F, dim]``."""
+    """Per-frame adaptive norm: tokens are frame-major, modulation is ``[B, F, 1, dim]`` (the token axis
+    is added once per block, not once per use)."""
     per_frame = x.unflatten(1, (frames, -1)).float()
-    return (per_frame * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2).to(x.dtype)
+    return (per_frame * (1 + scale) + shift).flatten(1, 2).to(x.dtype)
 
 
 def _gate(x: torch.Tensor, gate: torch.Tensor, frames: int) -> torch.Tensor:
-    return (x.unflatten(1, (frames, -1)).float() * gate[:, :, None]).flatten(1, 2).to(x.dtype)
+    return (x.unflatten(1, (frames, -1)).float() * gate).flatten(1, 2).to(x.dtype)
 
 
 class WanBlock(nn.Module):
@@ -125,15 +164,24 @@ class WanBlock(nn.Module):
                                  nn.Linear(config.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
+    def _modulation(self, e: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Shift, scale, gate (attention), shift, scale, gate (FFN), each ``[B, F, 1, dim]``."""
+        return (self.modulation[:, None, :, None].float() + e.unsqueeze(3)).unbind(2)
+
+    def keys_values(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The un-rotated self-attention keys and values of ``x``, without running the rest of the block:
+        all a memory commit needs from the last block (:meth:`WanModel.commit_chunk`)."""
+        shift_msa, scale_msa = self._modulation(e)[:2]
+        return self.self_attn.keys_values(_modulate(self.norm1(x), shift_msa, scale_msa, e.shape[1]))
+
     def forward(self, x: torch.Tensor, e: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 context: torch.Tensor | None, context_mask: torch.Tensor | None, mask: torch.Tensor | None,
-                memory: tuple[torch.Tensor, torch.Tensor] | None, backend: Backend, *,
-                context_kv: tuple[torch.Tensor, torch.Tensor] | None = None, memory_rotated: bool = False
+                memory: tuple[torch.Tensor, torch.Tensor] | ChunkKV | None, backend: Backend, *,
+                context_kv: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         frames = e.shape[1]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (self.modulation[:, None].float() + e).unbind(2)
-        y, kv = self.self_attn(_modulate(self.norm1(x), shift_msa, scale_msa, frames), rope, mask, memory, backend,
-                               memory_rotated)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self._modulation(e)
+        y, kv = self.self_attn(_modulate(self.norm1(x), shift_msa, scale_msa, frames), rope, mask, memory, backend)
         x = x + _gate(y, gate_msa, frames)
         x = x + self.cross_attn(self.norm3(x), context, context_mask, backend, context_kv)
         y = self.ffn(_modulate(self.norm2(x), shift_mlp, scale_mlp, frames))
@@ -149,7 +197,7 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation[:, None].float() + e[:, :, None]).unbind(2)
+        shift, scale = (self.modulation[:, None, :, None].float() + e[:, :, None, None]).unbind(2)
         return self.head(_modulate(self.norm(x), shift, scale, e.shape[1]))
 
 
@@ -187,11 +235,13 @@ class WanModel(nn.Module):
     # ------------------------------------------------------------------ public modes
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *,
                 context_mask: torch.Tensor | None = None, frame_cond: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
+                context_kv: ContextKV | None = None) -> torch.Tensor:
         """Bidirectional (``frame_mask=None``) or masked full-sequence forward.
 
         ``positions``: temporal position per frame, ``[F]`` or ``[B, F]`` (default ``0..F-1``).
         ``frame_mask``: ``[F, F]`` or ``[B, F, F]`` boolean, True where query frame i sees key frame j.
+        ``context_kv``: :meth:`project_context` of ``context``, reused as in :meth:`forward_chunk`.
         """
         frames = x.shape[2]
         if positions is None:
@@ -205,7 +255,7 @@ class WanModel(nn.Module):
             token_mask = frame_mask.repeat_interleave(tokens, -1).repeat_interleave(tokens, -2)
             if token_mask.ndim == 2:
                 token_mask = token_mask[None].expand(x.shape[0], -1, -1)
-        out, _ = self._run(x, t, context, context_mask, frame_cond, positions, token_mask, None, None)
+        out, _ = self._run(x, t, context, context_mask, frame_cond, positions, token_mask, None, None, context_kv)
         return out
 
     def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, memory: KVMemory, *,
@@ -220,19 +270,24 @@ class WanModel(nn.Module):
         weights, so the text is not re-projected every forward (:func:`cf_lightning.rollout.rollout`
         passes it to its no-grad forwards); it must not be reused after the weights change.
         """
-        if x.shape[2] != memory.chunk_frames:
-            raise ValueError(f"chunk has {x.shape[2]} frames but the memory expects {memory.chunk_frames}")
-        if context_kv is not None and (len(context_kv) != len(self.blocks) or context_kv[0][0].shape[0] != x.shape[0]):
-            raise ValueError(f"context_kv must hold {len(self.blocks)} layers for a batch of {x.shape[0]}")
-        read = memory.read()
-        token_mask = self._per_read(memory, read, ("mask", tuple(x.shape[-2:])), lambda: self._streaming_mask(read, x))
+        read, token_mask = self._chunk_read(x, memory, context_kv)
         out, kvs = self._run(x, t, context, context_mask, frame_cond, None, token_mask, memory, read, context_kv)
         if commit:
-            keys = [k for k, _ in kvs]
-            policy = memory.policy
-            summaries = self.frame_summaries(keys, x.shape[2], policy.summary_spec()) if policy.needs_summaries() else None
-            memory.commit(keys, [v for _, v in kvs], summaries)
+            self._commit(memory, kvs, x.shape[2])
         return out
+
+    def commit_chunk(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, memory: KVMemory, *,
+                     context_mask: torch.Tensor | None = None, frame_cond: torch.Tensor | None = None,
+                     context_kv: ContextKV | None = None) -> None:
+        """The clean refresh pass when its output is not needed: commits exactly what
+        ``forward_chunk(..., commit=True)`` commits, but the last block stops at its keys and values
+        and the head does not run. :func:`cf_lightning.rollout.rollout` never reads the refresh
+        output; on ``small`` this skips about a quarter of the refresh forward.
+        """
+        read, token_mask = self._chunk_read(x, memory, context_kv)
+        _, _, kvs = self._layers(x, t, context, context_mask, frame_cond, None, token_mask, memory, read, context_kv,
+                                 keys_only=True)
+        self._commit(memory, kvs, x.shape[2])
 
     def project_context(self, context: torch.Tensor) -> ContextKV:
         """Per-layer cross-attention keys/values of a text context, to reuse over a streaming rollout.
@@ -316,6 +371,23 @@ class WanModel(nn.Module):
         frames = frame_condition.shape[1]
         return (tokens.unflatten(1, (frames, -1)) + frame_condition[:, :, None].to(tokens.dtype)).flatten(1, 2)
 
+    def _chunk_read(self, x: torch.Tensor, memory: KVMemory, context_kv: ContextKV | None
+                    ) -> tuple[MemoryRead, torch.Tensor | None]:
+        """Checks a streamed chunk's inputs; returns the memory read and the attention mask it needs."""
+        if x.shape[2] != memory.chunk_frames:
+            raise ValueError(f"chunk has {x.shape[2]} frames but the memory expects {memory.chunk_frames}")
+        if context_kv is not None and (len(context_kv) != len(self.blocks) or context_kv[0][0].shape[0] != x.shape[0]):
+            raise ValueError(f"context_kv must hold {len(self.blocks)} layers for a batch of {x.shape[0]}")
+        read = memory.read()
+        token_mask = self._per_read(memory, read, ("mask", tuple(x.shape[-2:])), lambda: self._streaming_mask(read, x))
+        return read, token_mask
+
+    def _commit(self, memory: KVMemory, kvs: list[tuple[torch.Tensor, torch.Tensor]], frames: int) -> None:
+        keys = [k for k, _ in kvs]
+        policy = memory.policy
+        summaries = self.frame_summaries(keys, frames, policy.summary_spec()) if policy.needs_summaries() else None
+        memory.commit(keys, [v for _, v in kvs], summaries)
+
     def _per_read(self, memory: KVMemory, read: MemoryRead, key: object, compute: Callable[[], T]) -> T:
         """``compute()`` once per memory read (i.e. once per chunk) when the memory caches reads.
 
@@ -328,31 +400,49 @@ class WanModel(nn.Module):
         return read.cache[key]  # type: ignore[return-value]
 
     def _streaming_rope(self, memory: KVMemory, read: MemoryRead, grid: tuple[int, int]
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+                        ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """RoPE tables of the memory tokens and of the query tokens, split once per read rather than
+        sliced in every layer of every forward."""
+        def compute() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
             positions = torch.cat([read.positions, read.query_positions], dim=1)
-            return rope_cos_sin(rope_angles(positions, grid, self.config.head_dim, self.config.rope_theta),
-                                torch.float32)
+            cos, sin = rope_cos_sin(rope_angles(positions, grid, self.config.head_dim, self.config.rope_theta),
+                                    torch.float32)
+            split = read.num_frames * grid[0] * grid[1]
+            return (cos[:, :split], sin[:, :split]), (cos[:, split:], sin[:, split:])
         return self._per_read(memory, read, ("rope", grid), compute)
 
-    def _memory_kv(self, memory: KVMemory, read: MemoryRead, layer: int, rope: tuple[torch.Tensor, torch.Tensor],
-                   grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One layer's memory keys (rotated to their read positions) and values.
+    def _memory_kv(self, memory: KVMemory, read: MemoryRead, layer: int,
+                   memory_rope: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> ChunkKV:
+        """One layer's memory keys (rotated to their read positions) and values, staged for the chunk.
 
         Keys are stored un-rotated because bounded positions change with memory contents; they are
         rotated here, once per chunk and layer rather than once per forward.
         """
-        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        def compute() -> ChunkKV:
             keys, values = memory.gather(layer, read)
-            cos, sin = rope
-            return apply_rope(keys, cos[:, :keys.shape[1]], sin[:, :keys.shape[1]]), values
+            return ChunkKV(apply_rope(keys, *memory_rope), values, memory.chunk_frames * grid[0] * grid[1])
         return self._per_read(memory, read, ("memory", layer, grid), compute)
 
     def _run(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
              frame_cond: torch.Tensor | None, positions: torch.Tensor | None, token_mask: torch.Tensor | None,
              memory: KVMemory | None, read: MemoryRead | None, context_kv: ContextKV | None = None
              ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Positions come from ``positions`` (full-sequence modes) or from ``read`` (streaming)."""
+        """The model's output and every layer's un-rotated keys and values."""
+        tokens, e, kvs = self._layers(x, t, context, context_mask, frame_cond, positions, token_mask, memory, read,
+                                      context_kv)
+        _, ph, pw = self.config.patch_size
+        return self._unpatchify(self.head(tokens, e), x.shape[2], (x.shape[3] // ph, x.shape[4] // pw)), kvs
+
+    def _layers(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
+                frame_cond: torch.Tensor | None, positions: torch.Tensor | None, token_mask: torch.Tensor | None,
+                memory: KVMemory | None, read: MemoryRead | None, context_kv: ContextKV | None = None,
+                keys_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Tokens after the last block, the time embedding and every layer's keys and values.
+
+        Positions come from ``positions`` (full-sequence modes) or from ``read`` (streaming).
+        ``keys_only``: the last block only computes its keys and values (the tokens returned are then its
+        input); for a commit, which needs nothing else.
+        """
         if x.ndim != 5 or x.shape[1] != self.config.in_dim:
             raise ValueError(f"x must be [B, {self.config.in_dim}, F, H, W], got {tuple(x.shape)}")
         if context.ndim != 3 or context.shape[-1] != self.config.text_dim:
@@ -366,8 +456,9 @@ class WanModel(nn.Module):
         e, e0 = self._time_embedding(t, batch, frames, frame_condition)
         tokens = self._add_to_tokens(tokens, frame_condition)
         text = self.text_embedding(context) if context_kv is None else None
+        memory_rope = None
         if memory is not None and read is not None:
-            rope = self._streaming_rope(memory, read, grid)
+            memory_rope, rope = self._streaming_rope(memory, read, grid)
         else:
             assert positions is not None
             angles = rope_angles(positions.expand(batch, -1) if positions.ndim == 1 else positions, grid,
@@ -375,18 +466,20 @@ class WanModel(nn.Module):
             rope = rope_cos_sin(angles, torch.float32)
         kvs: list[tuple[torch.Tensor, torch.Tensor]] = []
         for index, block in enumerate(self.blocks):
+            if keys_only and index == len(self.blocks) - 1:
+                kvs.append(block.keys_values(tokens, e0))
+                break
             layer_memory = None
-            if memory is not None and read is not None and read.num_frames:
-                layer_memory = self._memory_kv(memory, read, index, rope, grid)
+            if memory is not None and read is not None and memory_rope is not None and read.num_frames:
+                layer_memory = self._memory_kv(memory, read, index, memory_rope, grid)
             args = (tokens, e0, rope, text, context_mask, token_mask, layer_memory, self.attention_backend)
-            kwargs = {"context_kv": None if context_kv is None else context_kv[index], "memory_rotated": True}
+            kwargs = {"context_kv": None if context_kv is None else context_kv[index]}
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens, kv = checkpoint(block, *args, use_reentrant=False, **kwargs)
             else:
                 tokens, kv = block(*args, **kwargs)
             kvs.append(kv)
-        out = self.head(tokens, e)
-        return self._unpatchify(out, frames, grid), kvs
+        return tokens, e, kvs
 
     def _unpatchify(self, tokens: torch.Tensor, frames: int, grid: tuple[int, int]) -> torch.Tensor:
         pt, ph, pw = self.config.patch_size

@@ -77,6 +77,22 @@ def test_cached_reads_and_text_reuse_are_bit_identical_to_the_plain_path(model, 
     assert torch.equal(both, plain)
 
 
+@pytest.mark.parametrize("name", list(POLICIES))
+@torch.no_grad()
+def test_commit_chunk_commits_exactly_what_the_full_refresh_commits(model, name):
+    noisy, clean, context = data(12)
+    full, short = (model.new_memory(POLICIES[name](), B, CHUNK, (H, W)) for _ in range(2))
+    context_kv = model.project_context(context)
+    for start in range(0, 12, CHUNK):
+        part = slice(start, start + CHUNK)
+        for memory in (full, short):  # a denoising forward first, so the refresh reuses a staged read
+            model.forward_chunk(noisy[:, :, part], torch.full((B,), 500.0), context, memory, context_kv=context_kv)
+        model.forward_chunk(clean[:, :, part], torch.zeros(B), context, full, commit=True, context_kv=context_kv)
+        model.commit_chunk(clean[:, :, part], torch.zeros(B), context, short, context_kv=context_kv)
+        assert [s.regions for s in short.states] == [s.regions for s in full.states]
+        assert torch.equal(short.keys, full.keys) and torch.equal(short.values, full.values)
+
+
 @torch.no_grad()
 def test_per_video_decisions_use_the_padded_path_and_still_match(model):
     noisy, clean, context = data(12)
