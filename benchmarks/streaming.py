@@ -19,10 +19,12 @@ One *chunk* is what :func:`cf_lightning.rollout.rollout` does per chunk: ``--ste
   re-runs the kept frames (clean, t = 0) together with the chunk through the model at every
   denoising step (unmasked, so the cheapest recompute), same policy, same kept frames.
 - ``bookkeeping``: share of chunk time spent in memory bookkeeping (policy decisions +
-  ``KVMemory.read/commit/gather``; extended: + rotating memory keys, RoPE tables, frame summaries).
+  ``KVMemory.read/commit/gather``; extended: + rotating and staging the memory keys/values, RoPE tables,
+  frame summaries).
 - ``train`` (``--train``): one Context Forcing generator micro-step (rollout with one graph step,
   teacher/critic scores, DMD and critic losses, backward) vs the same step without backward.
-- ``compile`` (``--compile``): the cached path with ``torch.compile``-d blocks vs eager.
+- ``compile`` (``--compile``): the cached path with ``torch.compile``-d blocks vs eager, and the
+  throughput comparison with compiled blocks on both sides.
 
 Timings are printed, never asserted: they depend on the machine. Defaults keep the run to a few minutes
 on 2 CPU cores with one torch thread (``--threads``), which also makes shared machines less noisy.
@@ -95,7 +97,8 @@ class Bench:
 
     def manual_chunk(self, memory: KVMemory, gen: torch.Generator, reuse_text: bool, model: WanModel | None = None
                      ) -> tuple[torch.Tensor, float]:
-        """The rollout chunk written out with ``forward_chunk``, with the text projection reuse switchable."""
+        """The rollout chunk written out with ``forward_chunk`` (and ``commit_chunk`` for the refresh, as
+        :func:`rollout` does), with the text projection reuse switchable."""
         model = model or self.model
         noise = self.noise(gen)
         batch = self.shape[0]
@@ -110,7 +113,7 @@ class Bench:
                 if step + 1 < len(self.sigmas):
                     x = add_noise(x0, torch.randn(x0.shape, generator=gen).to(x0), float(self.sigmas[step + 1]))
             zero = torch.zeros(batch, CHUNK, device=self.device)
-            model.forward_chunk(x0, zero, self.context, memory, commit=True, context_kv=context_kv)
+            model.commit_chunk(x0, zero, self.context, memory, context_kv=context_kv)
         self.sync()
         return x0, time.perf_counter() - start
 
@@ -119,9 +122,10 @@ class Bench:
                                      cache_reads=cache_reads)
 
     def attended_copy_bytes(self, memory: KVMemory) -> int:
-        """Bytes of the per-chunk copy of the attended memory (rotated keys + values), freed at commit."""
+        """Bytes of the per-chunk copy of the attended memory (rotated keys + values, with room for the
+        chunk's own), freed at commit."""
         per_frame = memory.keys[:, 0, 0].numel() * memory.keys.element_size()  # all layers, one frame
-        return 2 * memory.batch_size * memory.stored_frames() * per_frame
+        return 2 * memory.batch_size * (memory.stored_frames() + memory.chunk_frames) * per_frame
 
 
 def rss_mb() -> float:
@@ -249,12 +253,17 @@ def bench_fastpaths(bench: Bench) -> None:
 # -------------------------------------------------------------------------------------------- throughput
 def recompute_chunk(bench: Bench, policy: MemoryPolicy, state: MemoryState, clean: dict[int, torch.Tensor],
                     gen: torch.Generator) -> float:
-    """No cache: every denoising forward re-runs [kept clean frames | noisy chunk] through the model."""
+    """No cache: every denoising forward re-runs [kept clean frames | noisy chunk] through the model.
+
+    Like the cached :func:`rollout`, it projects the text once per chunk and reuses the projection: that
+    reuse has nothing to do with the K/V cache, so both sides get it.
+    """
     noise = bench.noise(gen)
     batch = bench.shape[0]
     bench.sync()
     start = time.perf_counter()
     with torch.no_grad():
+        context_kv = bench.model.project_context(bench.context)
         view = policy.read(state)
         kept = len(view.frames)
         positions = torch.tensor(view.positions + view.query_positions, device=bench.device)
@@ -263,7 +272,7 @@ def recompute_chunk(bench: Bench, policy: MemoryPolicy, state: MemoryState, clea
         for step, sigma in enumerate(bench.sigmas.tolist()):
             t = torch.cat([torch.zeros(batch, kept), torch.full((batch, CHUNK), timestep_from_sigma(sigma))], 1)
             velocity = bench.model(torch.cat([history, x], 2), t.to(bench.device), bench.context,
-                                   positions=positions)[:, :, kept:]
+                                   positions=positions, context_kv=context_kv)[:, :, kept:]
             x0 = x0_from_velocity(x, velocity, sigma)
             if step + 1 < len(bench.sigmas):
                 x = add_noise(x0, torch.randn(x0.shape, generator=gen).to(x0), float(bench.sigmas[step + 1]))
@@ -293,25 +302,35 @@ def bench_throughput(bench: Bench) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for latent, batch in args.sizes or [(args.latent, args.batch)]:
         sized = bench if (latent, batch) == (args.latent, args.batch) else Bench(args, latent, batch)
-        tokens_per_chunk = batch * CHUNK * sized.tokens
         for name in ("sliding_window", "keyframe"):  # data-independent: recompute needs no key summaries
-            policy = policies()[name]
-            memory = None
-            state = policy.new_state(CHUNK)
-            clean: dict[int, torch.Tensor] = {}
-            gen_c, gen_r = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-            cached, recompute = [], []
-            for chunk in range(hi):
-                memory, video, elapsed = sized.rollout_chunk(policy, memory, gen_c)
-                cached.append(elapsed)
-                if chunk < lo:  # fast-forward: its cost only depends on how many frames are kept
-                    keep_clean(policy, state, clean, video)
-                else:
-                    recompute.append(recompute_chunk(sized, policy, state, clean, gen_r))
-            c, r = statistics.median(cached[lo:hi]), statistics.median(recompute)
-            kept = len(policy.read(state).frames)
-            print(f"| {latent}x{latent} | {sized.tokens} | {batch} | {name} | {kept} | {tokens_per_chunk / c:,.0f} | "
-                  f"{tokens_per_chunk / r:,.0f} | {r / c:.2f}x |", flush=True)
+            print(throughput_row(sized, name), flush=True)
+
+
+def throughput_row(bench: Bench, name: str) -> str:
+    """Stream ``name`` to chunk ``--throughput-at``, timing cached chunks and, from the window on, the
+    recompute loop over the same kept frames; one markdown row of the median tokens per second."""
+    args = bench.args
+    lo = args.throughput_at - args.window // 2
+    hi = lo + args.window
+    policy = policies()[name]
+    memory = None
+    state = policy.new_state(CHUNK)
+    clean: dict[int, torch.Tensor] = {}
+    gen_c, gen_r = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    cached, recompute = [], []
+    for chunk in range(hi):
+        memory, video, elapsed = bench.rollout_chunk(policy, memory, gen_c)
+        cached.append(elapsed)
+        if chunk < lo:  # fast-forward: its cost only depends on how many frames are kept
+            keep_clean(policy, state, clean, video)
+        else:
+            recompute.append(recompute_chunk(bench, policy, state, clean, gen_r))
+    c, r = statistics.median(cached[lo:hi]), statistics.median(recompute)
+    kept = len(policy.read(state).frames)
+    batch, _, _, latent, _ = bench.shape
+    tokens_per_chunk = batch * CHUNK * bench.tokens
+    return (f"| {latent}x{latent} | {bench.tokens} | {batch} | {name} | {kept} | {tokens_per_chunk / c:,.0f} | "
+            f"{tokens_per_chunk / r:,.0f} | {r / c:.2f}x |")
 
 
 # ------------------------------------------------------------------------------------------- bookkeeping
@@ -356,7 +375,7 @@ def bench_bookkeeping(bench: Bench) -> None:
     ]
     print(f"\n## bookkeeping share, slow_fast (surprisal), chunks {args.warmup}..{args.warmup + args.timed}, "
           "per chunk")
-    print("| path | chunk time | policy decisions | KVMemory read+commit+gather | **share** | rotate memory keys | "
+    print("| path | chunk time | policy decisions | KVMemory read+commit+gather | **share** | rotate + stage memory K/V | "
           "RoPE tables | frame summaries | extended share |")
     print("|---|---|---|---|---|---|---|---|---|")
     variants = {"plain (no caches)": (False, False), "cached": (True, True)}
@@ -452,6 +471,15 @@ def bench_compile(bench: Bench) -> None:
     print(f"\n## torch.compile (blocks compiled, sliding_window, steady state; warm-up incl. compilation {warm:.0f} s)")
     print(f"| eager | compiled | speedup |\n|---|---|---|\n| {1000 * eager:.1f} ms | {1000 * comp:.1f} ms | "
           f"{eager / comp:.2f}x |")
+    compiled_bench = copy.copy(bench)
+    compiled_bench.model = compiled
+    print(f"\nthroughput with compiled blocks on both sides, as in the throughput section (latent {args.latent}, "
+          f"batch {args.batch}):")
+    print("| latent | tokens/frame | batch | policy | kept frames | cached tokens/s | recompute tokens/s | "
+          "cached / recompute |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in ("sliding_window", "keyframe"):
+        print(throughput_row(compiled_bench, name), flush=True)
 
 
 SECTIONS = {"latency": bench_latency, "fastpaths": bench_fastpaths, "throughput": bench_throughput,
