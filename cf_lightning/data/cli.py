@@ -6,6 +6,8 @@ Examples::
     cf-data videos --input clips/ --output data/real --height 480 --width 832 --clip_frames 81 \\
         --codec wan --codec_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers", "dtype": "bfloat16"}' \\
         --text_encoder umt5 --text_encoder_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers"}'
+    cf-data trajectories --teacher teacher.safetensors --output data/ode --input data/world \\
+        --denoising_steps 4 --shift 5.0
     cf-data check data/world
 
 Every command also takes ``--config file.yaml`` (jsonargparse), and ``--help`` lists all options.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from cf_lightning.data.shards import (
     open_shard_writer,
     read_shards,
 )
+from cf_lightning.data.trajectories import OdeSettings, write_trajectories
 from cf_lightning.data.video_io import probe_size, read_video, resize_center_crop
 from cf_lightning.text import TextEncoder, build_text_encoder
 
@@ -55,18 +58,52 @@ def _add_encoding_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--device", type=str, default="cpu", help="device for the codec and text encoder")
 
 
+def _add_world_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument("--num_videos", type=int, default=64, help="videos to write")
+    parser.add_argument("--seed", type=int, default=0, help="video i uses seed + i")
+    parser.add_argument(
+        "--world", type=RevisitWorldConfig, default=RevisitWorldConfig(), help="world settings"
+    )
+
+
+def _add_trajectory_arguments(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--teacher",
+        type=str,
+        required=True,
+        help="trained teacher: Wan checkpoint or cf-fit .ckpt (EMA weights)",
+    )
+    parser.add_argument(
+        "--input",
+        type=str | None,
+        default=None,
+        help="take prompts/embeddings/cameras from these shards (path, folder or brace pattern) "
+        "instead of generating revisit-world videos",
+    )
+    parser.add_argument("--batch_size", type=int, default=16, help="samples integrated together")
+    parser.add_argument(
+        "--denoising_steps", type=int, default=4, help="the student's levels: its model.denoising_steps"
+    )
+    parser.add_argument(
+        "--shift", type=float, default=5.0, help="the student's model.shift (also the ODE grid's)"
+    )
+    parser.add_argument("--ode_steps", type=int, default=20, help="Euler steps of the teacher ODE")
+    parser.add_argument(
+        "--guidance_scale", type=float, default=3.0, help="classifier-free guidance of the teacher"
+    )
+    parser.add_argument(
+        "--noise_seed", type=int, default=0, help="sample i starts from noise seeded noise_seed + i"
+    )
+
+
 def build_parser() -> ArgumentParser:
-    """The ``cf-data`` parser with subcommands ``world``, ``videos`` and ``check``."""
+    """The ``cf-data`` parser with subcommands ``world``, ``videos``, ``trajectories`` and ``check``."""
     parser = ArgumentParser(prog="cf-data", description="Write and check cf-lightning latent shards.")
     commands = parser.add_subcommands()
 
     world = ArgumentParser(description="Generate revisit-world videos and write them as latent shards.")
     _add_encoding_arguments(world)
-    world.add_argument("--num_videos", type=int, default=64, help="videos to write")
-    world.add_argument("--seed", type=int, default=0, help="video i uses seed + i")
-    world.add_argument(
-        "--world", type=RevisitWorldConfig, default=RevisitWorldConfig(), help="world settings"
-    )
+    _add_world_arguments(world)
     commands.add_subcommand("world", world, help="write revisit-world shards")
 
     videos = ArgumentParser(description="Encode a folder of videos with same-stem .txt captions into shards.")
@@ -80,6 +117,16 @@ def build_parser() -> ArgumentParser:
     )
     videos.add_argument("--max_frames", type=int | None, default=None, help="read at most this many frames")
     commands.add_subcommand("videos", videos, help="encode real videos into shards")
+
+    trajectories = ArgumentParser(
+        description="Integrate a trained teacher's ODE (with CFG) from seeded noise under the conditions of "
+        "revisit-world videos or existing shards; write the endpoints and the states at the student's "
+        "denoising levels as shards for StudentModule(objective='ode')."
+    )
+    _add_encoding_arguments(trajectories)
+    _add_world_arguments(trajectories)
+    _add_trajectory_arguments(trajectories)
+    commands.add_subcommand("trajectories", trajectories, help="write teacher ODE trajectory shards")
 
     check = ArgumentParser(description="Read shards and report unreadable shards and corrupt samples.")
     check.add_argument("shards", type=str, nargs="+", help="shard paths, folders or brace patterns")
@@ -95,19 +142,67 @@ def main(argv: list[str] | None = None) -> int:
     args = cfg[command]
     if command == "check":
         return _check(args.shards)
+    if command == "trajectories":
+        return _trajectories(parser, cfg)
     try:
         args = parser.instantiate(cfg)[command]
         codec = build_codec(args.codec, **args.codec_options).to(args.device)
-        text = (
-            build_text_encoder(args.text_encoder, **args.text_encoder_options).to(args.device)
-            if args.text_encoder
-            else None
-        )
+        text = _text_encoder(args)
         jobs = _world_jobs(args, codec) if command == "world" else _video_jobs(args, codec)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(f"cf-data {command}: {exc}")
-    written = _write(jobs, args, codec, text)
+    written = _write(_encode(jobs, codec, text, args.device), args.output, args.shard_size)
     print(f"wrote {written} samples to {args.output}")
+    return 0
+
+
+def _text_encoder(args: Namespace) -> TextEncoder | None:
+    if not args.text_encoder:
+        return None
+    return build_text_encoder(args.text_encoder, **args.text_encoder_options).to(args.device)
+
+
+def _trajectories(parser: ArgumentParser, cfg: Namespace) -> int:
+    """``cf-data trajectories``: conditions and teacher are checked before anything is integrated."""
+    from cf_lightning.modules.common import load_backbone  # cf_lightning.modules imports Lightning
+
+    skips = SkipLog()
+    try:
+        args = parser.instantiate(cfg)["trajectories"]
+        settings = OdeSettings(
+            args.denoising_steps,
+            args.shift,
+            args.ode_steps,
+            args.guidance_scale,
+            args.noise_seed,
+            args.teacher,
+        )
+        text = _text_encoder(args)
+        if args.input is not None:
+            shards = expand_shards(args.input, "--input")
+            samples: Iterable[dict[str, Any]] = decode_samples(
+                read_shards(({"url": s} for s in shards), skips), skips
+            )
+            total = None
+        else:
+            codec = build_codec(args.codec, **args.codec_options).to(args.device)
+            samples, total = _encode(_world_jobs(args, codec), codec, text, args.device), args.num_videos
+        teacher = load_backbone(args.teacher).to(args.device)
+        written = write_trajectories(
+            samples,
+            teacher,
+            settings,
+            output=args.output,
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            text=text,
+            device=args.device,
+            total=total,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(f"cf-data trajectories: {exc}")
+    skipped = f", {skips.total} input samples or shards skipped" if skips.total else ""
+    print(f"wrote {written} teacher trajectories to {args.output}{skipped}")
     return 0
 
 
@@ -200,32 +295,53 @@ def _read_videos(files: list[Path], args: Namespace, codec: LatentCodec) -> Iter
             }
 
 
-def _write(
-    jobs: Iterator[dict[str, Any]], args: Namespace, codec: LatentCodec, text: TextEncoder | None
-) -> int:
-    """Encode each job's frames (and prompt) and write the samples; returns the sample count."""
-    device = torch.device(args.device)
-    count = 0
-    with open_shard_writer(args.output, args.shard_size) as sink, torch.no_grad():
-        for job in jobs:
-            frames = job["frames"]
+def _encode(
+    jobs: Iterator[dict[str, Any]], codec: LatentCodec, text: TextEncoder | None, device: str
+) -> Iterator[dict[str, Any]]:
+    """Encode each job's frames (and prompt) into a sample shaped like a decoded shard sample."""
+    for job in jobs:
+        frames = job["frames"]
+        with torch.no_grad():
             video = uint8_to_unit(frames).permute(1, 0, 2, 3).unsqueeze(0).to(device)
             latents = codec.encode(video)[0].cpu()
-            meta = {
-                **job["meta"],
-                "num_frames": len(frames),
-                "height": frames.shape[2],
-                "width": frames.shape[3],
-                "latent_shape": list(latents.shape),
-                "codec": codec.describe(),
-                "text_encoder": text.describe() if text else None,
-            }
-            text_emb = None
-            if text is not None:
+        meta = {
+            **job["meta"],
+            "num_frames": len(frames),
+            "height": frames.shape[2],
+            "width": frames.shape[3],
+            "latent_shape": list(latents.shape),
+            "codec": codec.describe(),
+            "text_encoder": text.describe() if text else None,
+        }
+        sample = {
+            "key": job["key"],
+            "latents": latents,
+            "prompt": job["prompt"],
+            "meta": meta,
+            **job["truth"],
+        }
+        if text is not None:
+            with torch.no_grad():
                 emb, mask = text.encode([job["prompt"]])
-                text_emb = emb[0, mask[0]].cpu()
+            sample["text_emb"], sample["text_max_length"] = emb[0, mask[0]].cpu(), text.max_length
+        yield sample
+
+
+def _write(samples: Iterable[dict[str, Any]], output: str, shard_size: int) -> int:
+    """Write encoded samples as shards; returns the sample count."""
+    count = 0
+    with open_shard_writer(output, shard_size) as sink:
+        for sample in samples:
+            truth = {name: sample[name] for name in ("camera", "view", "place") if name in sample}
             sink.write(
-                encode_sample(job["key"], latents, job["prompt"], meta, text_emb=text_emb, **job["truth"])
+                encode_sample(
+                    sample["key"],
+                    sample["latents"],
+                    sample["prompt"],
+                    sample["meta"],
+                    text_emb=sample.get("text_emb"),
+                    **truth,
+                )
             )
             count += 1
     return count

@@ -3,15 +3,17 @@
 A shard is a plain tar file written by :func:`open_shard_writer` (webdataset's ``ShardWriter``).
 Each sample is a group of members sharing a key:
 
-=====================  ==========================================================================
-``KEY.latents.npy``    float16 ``[C, F, h, w]`` codec latents
-``KEY.txt``            the prompt (UTF-8)
-``KEY.json``           metadata: source, codec, frame counts, sizes, text encoder (if any) ...
-``KEY.camera.npy``     float32 ``[F, 2]`` camera (y, x) in [-1, 1] (revisit world only)
-``KEY.view.npy``       int64 ``[F]`` view ids, equal ids = pixel-equal frames (revisit world only)
-``KEY.place.npy``      int64 ``[F]`` place ids (revisit world only)
-``KEY.text_emb.npy``   float16 ``[n, D]`` prompt embeddings, valid tokens only (optional)
-=====================  ==========================================================================
+==========================  ======================================================================
+``KEY.latents.npy``         float16 ``[C, F, h, w]`` codec latents (the ODE endpoint in trajectory shards)
+``KEY.txt``                 the prompt (UTF-8)
+``KEY.json``                metadata: source, codec, frame counts, sizes, text encoder (if any) ...
+``KEY.camera.npy``          float32 ``[F, 2]`` camera (y, x) in [-1, 1] (revisit world only)
+``KEY.view.npy``            int64 ``[F]`` view ids, equal ids = pixel-equal frames (revisit world only)
+``KEY.place.npy``           int64 ``[F]`` place ids (revisit world only)
+``KEY.text_emb.npy``        float16 ``[n, D]`` prompt embeddings, valid tokens only (optional)
+``KEY.ode_trajectory.npy``  float16 ``[S, C, F, h, w]`` teacher ODE states at the sigmas listed in
+                            ``json["ode"]["sigmas"]`` (``cf-data trajectories`` only)
+==========================  ======================================================================
 
 Arrays are ``.npy`` read with ``allow_pickle=False`` and nothing else is decoded: a shard can never
 execute code (webdataset's default ``.pth`` decoder would unpickle). Reading is robust by design:
@@ -118,18 +120,19 @@ def encode_sample(
     view: Tensor | None = None,
     place: Tensor | None = None,
     text_emb: Tensor | None = None,
+    ode_trajectory: Tensor | None = None,
 ) -> dict[str, Any]:
     """Serialise one sample (latents ``[C, F, h, w]``) to the tar members described above.
 
     ``text_emb`` holds only the valid tokens ``[n, D]``; readers pad it back to
-    ``meta["text_encoder"]["max_length"]``.
+    ``meta["text_encoder"]["max_length"]``. ``ode_trajectory`` ``[S, C, F, h, w]`` needs its ``S``
+    sigmas in ``meta["ode"]["sigmas"]``, so a reader can tell at which levels the states were taken.
     """
     if "." in key or "/" in key:
         raise ValueError(f"sample key {key!r} must not contain '.' or '/' (webdataset splits keys there)")
     if latents.ndim != 4:
         raise ValueError(f"latents must be [C, F, h, w], got shape {tuple(latents.shape)}")
-    if not torch.isfinite(latents).all() or latents.abs().max() > torch.finfo(torch.float16).max:
-        raise ValueError(f"latents of {key!r} are not finite in float16")
+    _check_float16(key, "latents", latents)
     sample: dict[str, Any] = {
         "__key__": key,
         "latents.npy": _npy(latents.detach().cpu().to(torch.float16).numpy()),
@@ -143,7 +146,26 @@ def encode_sample(
             sample[f"{name}.npy"] = _npy(value.detach().cpu().to(torch.int64).numpy())
     if text_emb is not None:
         sample["text_emb.npy"] = _npy(text_emb.detach().cpu().to(torch.float16).numpy())
+    if ode_trajectory is not None:
+        sigmas = (meta.get("ode") or {}).get("sigmas")
+        if (
+            ode_trajectory.shape[1:] != latents.shape
+            or not isinstance(sigmas, list)
+            or len(sigmas) != len(ode_trajectory)
+        ):
+            raise ValueError(
+                f"ode_trajectory of {key!r} must be [S, {', '.join(map(str, latents.shape))}] with S sigmas in "
+                f"meta['ode']['sigmas'], got shape {tuple(ode_trajectory.shape)} and sigmas {sigmas}"
+            )
+        _check_float16(key, "ode_trajectory", ode_trajectory)
+        sample["ode_trajectory.npy"] = _npy(ode_trajectory.detach().cpu().to(torch.float16).numpy())
     return sample
+
+
+def _check_float16(key: str, name: str, values: Tensor) -> None:
+    """Arrays are stored as float16: an overflow would be stored as inf and poison training later."""
+    if not torch.isfinite(values).all() or values.abs().max() > torch.finfo(torch.float16).max:
+        raise ValueError(f"{name} of {key!r} are not finite in float16")
 
 
 def open_shard_writer(output: str | Path, shard_size: int, prefix: str = "shard") -> wds.ShardWriter:
@@ -268,6 +290,21 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
             raise CorruptSampleError(f"text_emb.npy {emb.shape} does not match json text_encoder {text}")
         sample["text_emb"] = torch.from_numpy(emb.astype(np.float32))
         sample["text_max_length"] = int(text["max_length"])
+    if "ode_trajectory.npy" in raw:
+        states = _load_npy(raw, "ode_trajectory.npy")
+        sigmas = (meta.get("ode") or {}).get("sigmas")
+        if (
+            states.ndim != 5
+            or states.shape[1:] != latents.shape
+            or not isinstance(sigmas, list)
+            or len(sigmas) != len(states)
+        ):
+            raise CorruptSampleError(
+                f"ode_trajectory.npy {states.shape} does not match latents {latents.shape} and json ode "
+                f"sigmas {sigmas}"
+            )
+        sample["ode_trajectory"] = torch.from_numpy(states.astype(np.float32))
+        sample["ode_sigmas"] = torch.tensor(sigmas, dtype=torch.float32)
     return sample
 
 
@@ -283,9 +320,11 @@ def decode_samples(source: Iterable[dict[str, Any]], skips: SkipLog) -> Iterator
 
 
 def crop_sample(sample: dict[str, Any], start: int, length: int) -> dict[str, Any]:
-    """Latent frames ``[start, start + length)`` of a decoded sample (latents and per-frame truth)."""
+    """Latent frames ``[start, start + length)`` of a decoded sample (latents, ODE states, per-frame truth)."""
     out = dict(sample)
     out["latents"] = sample["latents"][:, start : start + length]
+    if "ode_trajectory" in sample:
+        out["ode_trajectory"] = sample["ode_trajectory"][:, :, start : start + length]
     for name in _PER_FRAME:
         if name in sample:
             out[name] = sample[name][start : start + length]
@@ -298,8 +337,9 @@ def collate_samples(samples: list[dict[str, Any]], text_encoder: TextEncoder | N
     ``latents [B, C, F, h, w]``, ``prompt`` and ``key`` always; ``camera [B, F, 2]``, ``view``,
     ``first_visit`` and ``place [B, F]`` when every sample has them (first visits are recomputed
     from the view ids, so they stay right after any crop); ``text_emb [B, L, D]`` + ``text_mask``
-    from stored embeddings, else from ``text_encoder`` when one is given. Clips of unequal length
-    are cut to the shortest, with a warning naming the keys.
+    from stored embeddings, else from ``text_encoder`` when one is given; ``ode_trajectory
+    [B, S, C, F, h, w]`` + ``ode_sigmas [B, S]`` when every sample stores teacher ODE states. Clips of
+    unequal length are cut to the shortest, with a warning naming the keys.
     """
     frames = [s["latents"].shape[1] for s in samples]
     if len(set(frames)) > 1:
@@ -319,6 +359,14 @@ def collate_samples(samples: list[dict[str, Any]], text_encoder: TextEncoder | N
             batch[name] = torch.stack([s[name] for s in samples])
     if "view" in batch:
         batch["first_visit"] = first_visit_from_views(batch["view"])
+    if all("ode_trajectory" in s for s in samples):
+        if len({len(s["ode_sigmas"]) for s in samples}) > 1:
+            levels = {s["key"]: s["ode_sigmas"].tolist() for s in samples}
+            raise ValueError(
+                f"batch mixes teacher trajectories stored at different numbers of sigmas: {levels}"
+            )
+        batch["ode_trajectory"] = torch.stack([s["ode_trajectory"] for s in samples])
+        batch["ode_sigmas"] = torch.stack([s["ode_sigmas"] for s in samples])
     if all("text_emb" in s for s in samples):
         length = max(s["text_max_length"] for s in samples)
         emb = torch.zeros(len(samples), length, samples[0]["text_emb"].shape[1])

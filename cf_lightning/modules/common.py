@@ -64,22 +64,60 @@ def load_backbone_weights(model: WanModel, path: str, prefer_ema: bool = True) -
     From a ``.ckpt`` the EMA weights (``ema.*``) are preferred when present, else ``model.*``;
     returns which prefix was used. Any missing or unexpected key is an error naming the keys.
     """
-    file = Path(path)
-    if not file.exists():
-        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist")
+    file = _existing(path)
     if file.suffix != ".ckpt":
         from cf_lightning.models.checkpoint import load_wan
 
         loaded = load_wan(path, config=model.config)
         model.load_state_dict(loaded.state_dict())
         return "wan"
+    return _load_lightning_weights(model, _read_lightning_checkpoint(file)["state_dict"], path, prefer_ema)
+
+
+def load_backbone(path: str, attention_backend: Backend = "sdpa") -> WanModel:
+    """A trained backbone (EMA weights preferred) in eval mode, built from the config stored with it.
+
+    A command that only runs a trained model (``cf-data trajectories``) then needs no size options: a
+    Wan checkpoint carries its config, a ``.ckpt`` its module's ``backbone``, ``backbone_overrides`` and
+    data shapes (``latent_channels``, ``text_dim``, ``frame_cond_dim``).
+    """
+    file = _existing(path)
+    if file.suffix != ".ckpt":
+        from cf_lightning.models.checkpoint import load_wan
+
+        return load_wan(path, attention_backend=attention_backend)
+    checkpoint = _read_lightning_checkpoint(file)
+    hparams = checkpoint.get("hyper_parameters", {})
+    needed = ("backbone", "latent_channels", "text_dim", "frame_cond_dim")
+    missing = [name for name in needed if name not in hparams]
+    if missing:
+        raise ValueError(f"checkpoint {path!r} records no {missing} in its hyper-parameters, so its backbone "
+                         "cannot be rebuilt; export it with `cf-export` and pass the .safetensors file")
+    model = build_backbone(hparams["backbone"], hparams["latent_channels"], hparams["text_dim"],
+                           hparams["frame_cond_dim"], hparams.get("backbone_overrides"), attention_backend, False)
+    _load_lightning_weights(model, checkpoint["state_dict"], path, prefer_ema=True)
+    return model.eval()
+
+
+def _existing(path: str) -> Path:
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist")
+    return file
+
+
+def _read_lightning_checkpoint(file: Path) -> dict[str, Any]:
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)["state_dict"]
+        return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # Checkpoints of modules built in Python (not through cf-fit) pickle their config objects.
-        warnings.warn(f"{path} stores Python objects in its hyper-parameters; loading it with full unpickling, "
-                      "which runs code from the file: only do this for checkpoints you made", stacklevel=2)
-        state = torch.load(file, map_location="cpu", weights_only=False)["state_dict"]
+        warnings.warn(f"{file} stores Python objects in its hyper-parameters; loading it with full unpickling, "
+                      "which runs code from the file: only do this for checkpoints you made", stacklevel=3)
+        return torch.load(file, map_location="cpu", weights_only=False)
+
+
+def _load_lightning_weights(model: WanModel, state: dict[str, torch.Tensor], path: str, prefer_ema: bool) -> str:
+    """Copy the ``ema.*`` (or ``model.*``) backbone of a module's state dict into ``model``; returns the prefix."""
     prefixes = ["ema.", "model."] if prefer_ema else ["model.", "ema."]
     for prefix in prefixes:
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -16,7 +16,7 @@ import torch
 from cf_lightning.codecs import PixelCodec, uint8_to_unit
 from cf_lightning.data import ShardDataModule, ShardSkipWarning
 from cf_lightning.data.revisit_world import generate_video
-from cf_lightning.data.shards import encode_sample, open_shard_writer
+from cf_lightning.data.shards import collate_samples, encode_sample, open_shard_writer
 
 
 def keys_of(loader) -> list[str]:
@@ -192,3 +192,31 @@ def test_decode_of_latents_as_npy_only() -> None:
     assert array.dtype == np.float16 and array.shape == (2, 1, 1, 1)
     with pytest.raises(ValueError, match="'a.b'"):
         encode_sample("a.b", torch.ones(2, 1, 1, 1), "p", {})
+
+
+def test_ode_trajectories_round_trip_crop_and_validate(tmp_path: Path) -> None:
+    latents, states = torch.randn(3, 6, 2, 2), torch.randn(4, 3, 6, 2, 2)
+    meta = {"ode": {"sigmas": [1.0, 0.9, 0.8, 0.5]}}
+    with pytest.raises(ValueError, match=r"ode_trajectory of 'k' must be \[S, 3, 6, 2, 2\] with S sigmas"):
+        encode_sample("k", latents, "p", {"ode": {"sigmas": [1.0]}}, ode_trajectory=states)
+    with pytest.raises(ValueError, match="ode_trajectory of 'k' are not finite in float16"):
+        encode_sample("k", latents, "p", meta, ode_trajectory=states * 1e6)
+    bad = {**encode_sample("t-1", latents, "p", meta, ode_trajectory=states), "ode_trajectory.npy": b"junk"}
+    with open_shard_writer(tmp_path, 10) as sink:
+        sink.write(encode_sample("t-0", latents, "p", meta, ode_trajectory=states))
+        sink.write(bad)
+    dm = ShardDataModule(str(tmp_path), val_urls=str(tmp_path), batch_size=2, clip_frames=4, random_crop=False)
+    with pytest.warns(ShardSkipWarning, match="key 't-1'.*ode_trajectory.npy"):
+        batch = next(iter(dm.val_dataloader()))
+    assert batch["key"] == ["t-0"] and batch["ode_trajectory"].shape == (1, 4, 3, 4, 2, 2)
+    assert torch.equal(batch["ode_trajectory"][0], states[:, :, :4].half().float())
+    assert torch.equal(batch["ode_sigmas"], torch.tensor([meta["ode"]["sigmas"]]))
+
+
+def test_a_batch_mixing_trajectory_lengths_is_refused_naming_the_keys() -> None:
+    def sample(key: str, levels: list[float]) -> dict:
+        return {"key": key, "latents": torch.zeros(3, 2, 1, 1), "prompt": "", "meta": {},
+                "ode_trajectory": torch.zeros(len(levels), 3, 2, 1, 1), "ode_sigmas": torch.tensor(levels)}
+
+    with pytest.raises(ValueError, match=r"different numbers of sigmas: \{'a': \[1.0, 0.5\], 'b': \[1.0\]\}"):
+        collate_samples([sample("a", [1.0, 0.5]), sample("b", [1.0])])

@@ -1,15 +1,23 @@
-"""Stage-1 student init: both objectives train, ODE pairs come from the teacher's trajectory."""
+"""Stage-1 student init: both objectives train; ODE pairs come from trajectory shards or the teacher on the fly."""
 
 from __future__ import annotations
 
 import functools
+import math
+import re
 
 import lightning as L
 import pytest
 import torch
 
+from cf_lightning.data import ShardDataModule
+from cf_lightning.diffusion import denoising_sigmas
 from cf_lightning.modules import StudentModule, TeacherModule
+from cf_lightning.modules.common import Condition, batch_condition, load_backbone
 from memory_policies import SlowFast
+from tests.data.trajectory_shards import CHANNELS as SHARD_CHANNELS
+from tests.data.trajectory_shards import TEXT_DIM as SHARD_TEXT_DIM
+from tests.data.trajectory_shards import save_tiny_teacher, write_trajectory_shards
 from tests.modules.conftest import CHANNELS, TEXT_DIM
 
 POLICY = {"sink": 1, "slow": 2, "fast": 4, "admission": "uniform", "rope_length": 7}
@@ -32,8 +40,6 @@ def test_teacher_forcing_overfits_a_tiny_batch(loader):
 
     def held_out_loss() -> float:
         """Same noise and levels every time, so the number only moves when the model does."""
-        from cf_lightning.modules.common import batch_condition
-
         gen = torch.Generator().manual_seed(123)
         clean = batch["latents"][:, :, :8]
         sigma = module.sigmas[torch.randint(4, (2, 4), generator=gen)].repeat_interleave(2, dim=1)
@@ -49,7 +55,7 @@ def test_teacher_forcing_overfits_a_tiny_batch(loader):
     assert held_out_loss() < 0.6 * before
 
 
-def test_ode_objective_regresses_teacher_trajectories(loader, tmp_path):
+def test_ode_objective_integrates_a_teacher_on_the_fly(loader, tmp_path):
     torch.manual_seed(0)
     teacher = TeacherModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, target_frames=8)
     trainer = L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -57,17 +63,84 @@ def test_ode_objective_regresses_teacher_trajectories(loader, tmp_path):
     trainer.fit(teacher, loader(num=2, batch_size=2))
     path = str(tmp_path / "teacher.ckpt")
     trainer.save_checkpoint(path)
+    assert torch.equal(load_backbone(path).blocks[0].ffn[0].weight, teacher.ema.blocks[0].ffn[0].weight)
     student = StudentModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, objective="ode",
                             teacher=path, clip_frames=4, ode_steps=6, memory=SlowFast(**POLICY))
     assert torch.equal(student.teacher.blocks[0].ffn[0].weight, teacher.ema.blocks[0].ffn[0].weight)
-    noise = torch.randn(2, CHANNELS, 4, 4, 4)
-    from cf_lightning.modules.common import Condition
-
+    batch = {"latents": torch.randn(2, CHANNELS, 6, 4, 4)}
     cond = Condition(torch.randn(2, 3, TEXT_DIM), None, torch.zeros(2, 4, 2))
-    x0, trajectory = student.ode_pairs(noise, cond)
-    assert trajectory.shape == (4, *noise.shape) and torch.equal(trajectory[0], noise)
-    assert not torch.equal(x0, noise)
+    x0, trajectory = student.ode_pairs(batch, cond)
+    assert trajectory.shape == (2, 4, CHANNELS, 4, 4, 4) and x0.shape == (2, CHANNELS, 4, 4, 4)
+    assert not torch.equal(x0, trajectory[:, 0])
     fit(student, loader(num=2, batch_size=2), steps=2)
+    stored = {**batch, "ode_trajectory": trajectory, "ode_sigmas": student.sigmas.expand(2, 4)}
+    with pytest.raises(ValueError, match="stored teacher trajectories .* and model.teacher=.*teacher.ckpt"):
+        student.ode_pairs(stored, cond)
+
+
+@pytest.fixture
+def trajectory_shards(tmp_path):
+    """Trajectory shards of a tiny random teacher, for the student levels of each ``denoising_steps``."""
+    teacher = tmp_path / "teacher.safetensors"
+    save_tiny_teacher(teacher)
+
+    def make(denoising_steps: int = 4):
+        out = tmp_path / f"ode-{denoising_steps}"
+        assert write_trajectory_shards(out, teacher, "--denoising_steps", str(denoising_steps)) == 0
+        return ShardDataModule(str(out), batch_size=2, shuffle_buffer=0, clip_frames=4)
+    return make
+
+
+def ode_student(**overrides) -> StudentModule:
+    return StudentModule(latent_channels=SHARD_CHANNELS, text_dim=SHARD_TEXT_DIM, frame_cond_dim=2,
+                         objective="ode", clip_frames=4, memory=SlowFast(**POLICY), cfg_dropout=0.0, **overrides)
+
+
+def test_ode_objective_trains_from_trajectory_shards_without_a_teacher(trajectory_shards):
+    torch.manual_seed(0)
+    data = trajectory_shards()
+    module = ode_student(optimizer=functools.partial(torch.optim.AdamW, lr=3e-3))
+    assert module.teacher is None
+    batch = next(iter(data.train_dataloader()))
+
+    def regression_loss() -> float:
+        """The ODE-regression loss of one batch with every chunk at each student level in turn."""
+        cond = batch_condition(batch)
+        cond = type(cond)(cond.context, cond.context_mask, cond.frame_cond[:, :4])
+        clean, trajectory = module.ode_pairs(batch, cond)
+        losses = []
+        with torch.no_grad():
+            for level, sigma in enumerate(module.sigmas):
+                sigma = sigma.expand(2, 4)
+                pred = module.causal_x0(module.model, clean, trajectory[:, level], sigma, cond)
+                losses.append(float((pred - clean).square().mean()))
+        return sum(losses) / len(losses)
+
+    before = regression_loss()
+    trainer = fit(module, data, steps=40)
+    after = regression_loss()
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    assert after < 0.7 * before
+
+
+def test_trajectories_at_other_levels_are_refused_naming_both(trajectory_shards):
+    batch = next(iter(trajectory_shards(denoising_steps=3).train_dataloader()))
+    expected = re.escape(f"stores teacher trajectories at sigmas {denoising_sigmas(3, 5.0).tolist()}, but this "
+                         f"student's levels are {denoising_sigmas(4, 5.0).tolist()} (denoising_steps=4, shift=5.0)")
+    with pytest.raises(ValueError, match=f"sample 'world-0000000\\d\\d' {expected}"):
+        ode_student().training_step(batch, 0)
+    other = re.escape(f"levels are {denoising_sigmas(3, 3.0).tolist()} (denoising_steps=3, shift=3.0)")
+    with pytest.raises(ValueError, match=other):
+        ode_student(denoising_steps=3, shift=3.0).training_step(batch, 0)
+    ode_student(denoising_steps=3).training_step(batch, 0)
+
+
+def test_ode_objective_without_teacher_or_trajectories_is_refused(loader):
+    batch = next(iter(loader(num=2, batch_size=2)))
+    student = StudentModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, objective="ode",
+                            clip_frames=4, memory=SlowFast(**POLICY))
+    with pytest.raises(ValueError, match="batch has no 'ode_trajectory' .* and model.teacher is unset"):
+        student.training_step(batch, 0)
 
 
 def test_surprisal_policy_is_rejected_for_teacher_forcing():
