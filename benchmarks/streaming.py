@@ -482,8 +482,70 @@ def bench_compile(bench: Bench) -> None:
         print(throughput_row(compiled_bench, name), flush=True)
 
 
+# ---------------------------------------------------------------------------------------------- profile
+OP_GROUPS = {  # torch.profiler op name -> what it is; anything else is "other elementwise and reductions"
+    **dict.fromkeys(["aten::addmm", "aten::mm", "aten::bmm"], "matmul (every nn.Linear)"),
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention kernel (SDPA)",
+    **dict.fromkeys(["aten::native_layer_norm", "aten::gelu", "aten::silu"], "LayerNorm, GELU, SiLU kernels"),
+    **dict.fromkeys(["aten::slow_conv3d_forward", "aten::_slow_conv2d_forward"], "patch embedding (conv)"),
+    **dict.fromkeys(["aten::view", "aten::as_strided", "aten::transpose", "aten::unsqueeze", "aten::t",
+                     "aten::unflatten", "aten::flatten", "aten::expand", "aten::slice", "aten::select",
+                     "aten::unbind", "aten::reshape", "aten::_reshape_alias", "aten::permute", "aten::to",
+                     "aten::detach", "aten::alias", "aten::lift_fresh", "aten::empty", "aten::empty_strided",
+                     "aten::empty_like", "aten::resize_"], "views, dtype no-ops, allocations"),
+    **dict.fromkeys(["aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous", "aten::cat",
+                     "aten::stack", "aten::index_select", "aten::index", "aten::fill_", "aten::zero_"],
+                    "copies, concatenation, gathers"),
+}
+
+
+def bench_profile(bench: Bench) -> None:
+    """Where a cached chunk's time goes, next to a recompute chunk's, by kind of op (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    args = bench.args
+    policy = policies()["sliding_window"]
+    memory = None
+    state = policy.new_state(CHUNK)
+    clean: dict[int, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(args.warmup):  # steady state: the memory is full, shapes have settled
+        memory, video, _ = bench.rollout_chunk(policy, memory, gen)
+        keep_clean(policy, state, clean, video)
+    runs: dict[str, Callable[[], float]] = {
+        "cached": lambda: bench.rollout_chunk(policy, memory, gen)[2],
+        "recompute": lambda: recompute_chunk(bench, policy, state, clean, gen),
+    }
+    plain: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.timed):  # interleaved; committing to the memory is part of a cached chunk, so keep it
+        for name, run in runs.items():
+            plain[name].append(run())
+    groups: dict[str, dict[str, float]] = {}
+    profiled: dict[str, float] = {}
+    for name, run in runs.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            profiled[name] = sum(run() for _ in range(args.timed)) / args.timed
+        per_group = groups.setdefault(name, {})
+        for event in prof.key_averages():
+            group = OP_GROUPS.get(event.key, "other elementwise and reductions")
+            per_group[group] = per_group.get(group, 0.0) + event.self_cpu_time_total / 1e6 / args.timed
+        per_group["outside ops (Python, nn.Module calls, dispatch)"] = profiled[name] - sum(per_group.values())
+    print(f"\n## profile: one chunk of sliding_window at steady state (after {args.warmup} chunks), "
+          f"{args.timed} chunks each; torch.profiler self CPU time by kind of op")
+    print("chunk time without the profiler (median): "
+          + ", ".join(f"{name} {1000 * statistics.median(t):.1f} ms" for name, t in plain.items())
+          + "; with it: " + ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in profiled.items()))
+    print("| where | " + " | ".join(f"{name} chunk" for name in runs) + " |")
+    print("|---|" + "---|" * len(runs))
+    for group in sorted(groups["cached"], key=lambda g: -groups["cached"][g]):
+        cells = [f"{1000 * groups[name].get(group, 0.0):.1f} ms ({100 * groups[name].get(group, 0.0) / profiled[name]:.0f} %)"
+                 for name in runs]
+        print(f"| {group} | " + " | ".join(cells) + " |")
+
+
 SECTIONS = {"latency": bench_latency, "fastpaths": bench_fastpaths, "throughput": bench_throughput,
-            "bookkeeping": bench_bookkeeping, "train": bench_train, "compile": bench_compile}
+            "bookkeeping": bench_bookkeeping, "train": bench_train, "compile": bench_compile,
+            "profile": bench_profile}
 
 
 def main(argv: list[str] | None = None) -> None:
