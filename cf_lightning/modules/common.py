@@ -27,10 +27,6 @@ class Condition:
     def frames(self, part: slice) -> torch.Tensor | None:
         return None if self.frame_cond is None else self.frame_cond[:, part]
 
-    def unconditional(self) -> Condition:
-        """The null text condition used for classifier-free guidance (zero embeddings)."""
-        return Condition(torch.zeros_like(self.context), self.context_mask, self.frame_cond)
-
 
 def build_backbone(backbone: str, latent_channels: int, text_dim: int, frame_cond_dim: int,
                    overrides: dict[str, Any] | None, attention_backend: Backend,
