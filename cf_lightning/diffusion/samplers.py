@@ -42,6 +42,8 @@ def cfg_velocity(cond_v: Tensor, uncond_v: Tensor, scale: float) -> Tensor:
     """
     if cond_v.shape != uncond_v.shape:
         raise ValueError(f"cond_v shape {tuple(cond_v.shape)} and uncond_v shape {tuple(uncond_v.shape)} differ")
+    if scale == 1.0:  # exactly the conditional prediction, not one rounded through the difference
+        return cond_v
     return uncond_v + scale * (cond_v - uncond_v)
 
 
