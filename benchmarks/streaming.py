@@ -23,6 +23,8 @@ One *chunk* is what :func:`cf_lightning.rollout.rollout` does per chunk: ``--ste
   frame summaries).
 - ``train`` (``--train``): one Context Forcing generator micro-step (rollout with one graph step,
   teacher/critic scores, DMD and critic losses, backward) vs the same step without backward.
+- ``profile``: where the time of a cached chunk and of a recompute chunk goes, by kind of op
+  (torch.profiler), and the fixed cost of one forward (3 frames of one token each).
 - ``compile`` (``--compile``): the cached path with ``torch.compile``-d blocks vs eager, and the
   throughput comparison with compiled blocks on both sides.
 
@@ -499,6 +501,17 @@ OP_GROUPS = {  # torch.profiler op name -> what it is; anything else is "other e
 }
 
 
+def _timed_forward(bench: Bench, x: torch.Tensor, t: torch.Tensor) -> float:
+    """Seconds of one no-grad forward without memory (text projected outside the timing)."""
+    with torch.no_grad():
+        context_kv = bench.model.project_context(bench.context)
+        bench.sync()
+        start = time.perf_counter()
+        bench.model(x, t, bench.context, context_kv=context_kv)
+        bench.sync()
+    return time.perf_counter() - start
+
+
 def bench_profile(bench: Bench) -> None:
     """Where a cached chunk's time goes, next to a recompute chunk's, by kind of op (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -516,10 +529,15 @@ def bench_profile(bench: Bench) -> None:
         "cached": lambda: bench.rollout_chunk(policy, memory, gen)[2],
         "recompute": lambda: recompute_chunk(bench, policy, state, clean, gen),
     }
+    _, ph, pw = bench.model.config.patch_size  # one token per frame: a forward with next to no arithmetic
+    tiny = torch.randn(bench.shape[0], bench.shape[1], CHUNK, ph, pw, generator=gen).to(bench.device)
+    zero = torch.zeros(bench.shape[0], CHUNK, device=bench.device)
     plain: dict[str, list[float]] = {name: [] for name in runs}
+    floor: list[float] = []
     for _ in range(args.timed):  # interleaved; committing to the memory is part of a cached chunk, so keep it
         for name, run in runs.items():
             plain[name].append(run())
+        floor.append(_timed_forward(bench, tiny, zero))
     groups: dict[str, dict[str, float]] = {}
     profiled: dict[str, float] = {}
     for name, run in runs.items():
@@ -535,6 +553,8 @@ def bench_profile(bench: Bench) -> None:
     print("chunk time without the profiler (median): "
           + ", ".join(f"{name} {1000 * statistics.median(t):.1f} ms" for name, t in plain.items())
           + "; with it: " + ", ".join(f"{name} {1000 * t:.1f} ms" for name, t in profiled.items()))
+    print(f"fixed cost of one forward, whatever its length (3 frames of 1 token each, no memory): "
+          f"{1000 * statistics.median(floor):.2f} ms (median)")
     print("| where | " + " | ".join(f"{name} chunk" for name in runs) + " |")
     print("|---|" + "---|" * len(runs))
     for group in sorted(groups["cached"], key=lambda g: -groups["cached"][g]):
