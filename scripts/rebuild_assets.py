@@ -1,4 +1,4 @@
-"""Rebuild the checkpoints that recipes/slowfast.yaml ships with (about 40 min on 2 CPU cores).
+"""Rebuild the checkpoints that recipes/slowfast.yaml ships with (about 25 min on 2 idle CPU cores).
 
 1. the context teacher (recipes/context_teacher.yaml) -> recipes/assets/context_teacher.safetensors
 2. the stage-1 student (recipes/student_init.yaml)    -> recipes/assets/student_init.safetensors
