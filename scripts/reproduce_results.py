@@ -8,7 +8,7 @@ videos with benchmarks/revisit.py:
 - ``sliding_window``: the same, with a sliding-window memory of the same budget;
 - ``short_teacher``: Slow-Fast memory, but the teacher only sees its short window (LongLive-style).
 
-    python scripts/reproduce_results.py [--steps 900] [--runs runs/results] [--videos 64]
+    python scripts/reproduce_results.py [--steps 1500] [--runs runs/results] [--videos 64]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def launch(name: str, args: list[str], runs: Path, steps: int) -> subprocess.Pop
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=900)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "reproduce")
     parser.add_argument("--videos", type=int, default=64)
     parser.add_argument("--parallel", type=int, default=2)
