@@ -57,7 +57,9 @@ class ShardDataModule(L.LightningDataModule):
             Needs ``samples_per_epoch``.
         samples_per_epoch: total training samples per epoch over all ranks; each rank runs
             ``samples_per_epoch // (batch_size * world_size)`` batches, re-reading its shards as
-            needed. Required when resampling or when training on more than one rank.
+            needed. Required when resampling or when training on more than one rank. It also gives
+            the loader a length, which a resumed run needs to continue mid-epoch exactly (see
+            :class:`~cf_lightning.data.shards.ShardLoader`); without it a resume restarts the pass.
         shuffle_buffer: per-worker sample shuffle buffer for training (0 or 1: no shuffle).
         clip_frames: cut every sample to this many latent frames (random start for training when
             ``random_crop``, start 0 for evaluation); shorter samples are skipped and reported.

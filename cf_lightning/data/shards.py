@@ -491,7 +491,19 @@ class ShardLoader:
     ``with_epoch`` idea of webdataset), so every rank runs the same number of steps even when its
     shards hold fewer samples; ``len()`` then tells Lightning the epoch length. Without it, an
     epoch is one pass. Each pass bumps the shared ``passes`` counter (new shuffles and crops).
+
+    Lightning checkpoints the loader's position (:meth:`state_dict`) and restores it before the
+    resumed epoch (:meth:`load_state_dict`). A pass's batches are a pure function of its number
+    (every shuffle and crop is seeded from (seed, pass, rank, worker)), so the restored loader
+    re-creates the saved pass and skips the batches already trained on; those are re-read and
+    decoded, not trained on again, because a webdataset stream cannot seek. The resume is exact
+    only with ``num_batches``: Lightning fetches one batch ahead from a loader without a length,
+    so the loader cannot tell a consumed batch from a prefetched one; it then restarts the saved
+    pass from its start (same order as the killed run, its first batches trained on twice).
     """
+
+    STATE_KEYS = frozenset({"pass", "pass_batches", "epoch_batches", "epoch_done"})
+    """Keys of :meth:`state_dict`, checked on load so a foreign state fails with their names."""
 
     def __init__(
         self,
@@ -510,6 +522,11 @@ class ShardLoader:
         self.skips = skips
         self.on_skips = on_skips
         self._reported = 0
+        self._pass_batches = 0
+        self._epoch_batches = 0
+        self._epoch_done = False
+        self._skip = 0
+        self._resume_batches = 0
 
     def _check_skips(self) -> None:
         """Hand a changed skip total to ``on_skips`` (runs in the main process, e.g. to log it)."""
@@ -523,21 +540,63 @@ class ShardLoader:
         return self.num_batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        produced = 0
+        # Counted before each yield: with a length Lightning never asks for a batch past the
+        # last one, so a count after the yield would miss the last batch of an epoch.
+        skip, self._skip = self._skip, 0
+        self._epoch_batches, self._resume_batches = self._resume_batches, 0
+        self._epoch_done = False
         while True:
             self.passes += 1
-            before = produced
+            self._pass_batches = 0
             for batch in self.loader:
                 self._check_skips()
+                self._pass_batches += 1
+                if self._pass_batches <= skip:
+                    continue
+                self._epoch_batches += 1
+                self._epoch_done = self._epoch_batches == self.num_batches
                 yield batch
-                produced += 1
-                if produced == self.num_batches:
+                if self._epoch_done:
                     return
             self._check_skips()
+            if self._pass_batches < skip:
+                raise RuntimeError(
+                    f"the restored pass {int(self.passes)} produced {self._pass_batches} batches, but the "
+                    f"checkpoint had consumed {skip} of it: the shards or data settings changed since"
+                )
+            skip = 0
             if self.num_batches is None:
+                self._epoch_done = True
                 return
-            if produced == before:
+            if self._pass_batches == 0:
                 raise RuntimeError(
                     "a full pass over the shards produced no complete batch (all samples skipped, "
                     "or fewer samples than batch_size); see the ShardSkipWarning messages"
                 )
+
+    def state_dict(self) -> dict[str, int | bool]:
+        """Position of training: the current pass number, batches yielded in it and in this epoch."""
+        return {
+            "pass": int(self.passes),
+            "pass_batches": self._pass_batches,
+            "epoch_batches": self._epoch_batches,
+            "epoch_done": self._epoch_done,
+        }
+
+    def load_state_dict(self, state: dict[str, int | bool]) -> None:
+        """Continue the saved pass after its last yielded batch, or start the next pass if the epoch was done.
+
+        Without ``num_batches`` the saved pass restarts from its first batch (see the class docstring).
+        """
+        missing = self.STATE_KEYS - set(state)
+        if missing:
+            raise KeyError(
+                f"loader state {state} lacks {sorted(missing)}; it was not saved by a ShardLoader"
+            )
+        self._skip, self._resume_batches = 0, 0
+        if state["epoch_done"] or state["pass"] == 0:  # the next epoch, or a state saved before any pass
+            self.passes.fill_(state["pass"])
+            return
+        self.passes.fill_(state["pass"] - 1)  # __iter__ bumps it back to the saved pass
+        if self.num_batches is not None:
+            self._skip, self._resume_batches = state["pass_batches"], state["epoch_batches"]
