@@ -184,5 +184,5 @@ class RunCheckpoint(Checkpoint):
         assert self.max_checkpoints is not None
         steps = sorted((p for p in self.directory.glob(f"{STEP_PREFIX}*.ckpt")),
                        key=lambda p: (p.stat().st_mtime_ns, p.name))
-        for old in steps[:len(steps) - self.max_checkpoints]:
+        for old in steps[:max(len(steps) - self.max_checkpoints, 0)]:  # fewer than the limit: keep all
             _remove(old)

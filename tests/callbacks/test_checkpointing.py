@@ -67,6 +67,11 @@ def test_rotation_keeps_the_newest_checkpoints_and_last(tmp_path):
     assert saved(tmp_path / "two" / "checkpoints") == ["batch=0000004.ckpt", "batch=0000005.ckpt", "last.ckpt"]
     fit(tmp_path / "none", 5, RunCheckpoint(every_n_batches=1, max_checkpoints=0))
     assert saved(tmp_path / "none" / "checkpoints") == ["last.ckpt"]
+    fit(tmp_path / "under", 2, RunCheckpoint(every_n_batches=1, max_checkpoints=3))
+    assert saved(tmp_path / "under" / "checkpoints") == ["batch=0000001.ckpt", "batch=0000002.ckpt", "last.ckpt"]
+    fit(tmp_path / "three", 5, RunCheckpoint(every_n_batches=1, max_checkpoints=3))
+    assert saved(tmp_path / "three" / "checkpoints") == [
+        "batch=0000003.ckpt", "batch=0000004.ckpt", "batch=0000005.ckpt", "last.ckpt"]
 
 
 def test_last_checkpoint_holds_the_final_state_between_saves(tmp_path):
