@@ -1,23 +1,35 @@
-"""The revisit world the CPU recipes train on, read from the recipe so benchmarks never drift from it."""
+"""Held-out revisit-world videos as the CPU recipes see them, read from the recipe so benchmarks never
+drift from what the models were trained on."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from cf_lightning.data import RevisitWorldConfig
+from cf_lightning.data.datamodules import RevisitWorldDataModule
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "slowfast.yaml"
 
 
-def recipe_world(recipe: Path = RECIPE) -> str:
-    """The recipe's ``data.init_args.world`` overrides as JSON (the default of ``--world``)."""
-    config = yaml.safe_load(recipe.read_text())
-    return json.dumps(config["data"]["init_args"].get("world", {}))
+def _recipe_data(recipe: Path = RECIPE) -> dict[str, Any]:
+    return yaml.safe_load(recipe.read_text())["data"]["init_args"]
 
 
-def world_config(overrides: str) -> RevisitWorldConfig:
-    """A world config from JSON overrides, as benchmarks take them on the command line."""
-    return RevisitWorldConfig(**json.loads(overrides))
+def add_world_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--world`` (JSON RevisitWorldConfig overrides) and ``--codec``, defaulting to the recipe's."""
+    data = _recipe_data()
+    parser.add_argument("--world", default=json.dumps(data.get("world", {})),
+                        help="JSON RevisitWorldConfig overrides (default: the recipes')")
+    parser.add_argument("--codec", default=data["codec"], help="latent codec (default: the recipes')")
+
+
+def held_out(args: argparse.Namespace, videos: int, frames: int = 96, batch_size: int = 1) -> RevisitWorldDataModule:
+    """A data module whose validation loader yields ``videos`` held-out videos of ``frames`` frames."""
+    return RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)), codec=args.codec,
+                                  num_videos=batch_size, batch_size=batch_size, num_val_videos=videos,
+                                  val_num_frames=frames)

@@ -17,7 +17,7 @@ import itertools
 from pathlib import Path
 
 import torch
-from recipe_world import recipe_world, world_config
+from recipe_world import add_world_arguments, held_out
 
 from cf_lightning.data.datamodules import RevisitWorldDataModule
 from cf_lightning.metrics import RevisitError
@@ -96,13 +96,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=96)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None, help="folder for results.md and revisit_curves.png")
-    parser.add_argument("--world", default=recipe_world(), help="JSON RevisitWorldConfig overrides (default: the recipes')")
-    parser.add_argument("--codec", default="pooled_pixel")
+    add_world_arguments(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
-    data = RevisitWorldDataModule(world=world_config(args.world), codec=args.codec,
-                                  num_videos=args.batch, batch_size=args.batch, num_val_videos=args.videos,
-                                  val_num_frames=args.frames)
+    data = held_out(args, args.videos, args.frames, args.batch)
     results = {}
     for spec in args.students:
         name, _, path = spec.partition("=")

@@ -17,10 +17,11 @@ import itertools
 
 import torch
 import torch.nn.functional as F
-from recipe_world import recipe_world, world_config
+from recipe_world import add_world_arguments, held_out
 
 from cf_lightning.data.datamodules import RevisitWorldDataModule
 from cf_lightning.diffusion import denoising_sigmas
+from cf_lightning.models import WanModel
 from cf_lightning.models.checkpoint import load_wan
 from cf_lightning.modules.common import batch_condition
 from cf_lightning.rollout import rollout
@@ -41,10 +42,9 @@ class SummaryRecorder(SlowFast):
 
 
 @torch.no_grad()
-def similarities(path: str, data: RevisitWorldDataModule, summary: str, layer: int | None, chunk: int,
+def similarities(model: WanModel, data: RevisitWorldDataModule, summary: str, layer: int | None, chunk: int,
                  generated: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Consecutive-frame similarities within scenes and across cuts over the held-out videos (batch 1)."""
-    model = load_wan(path).eval()
     within, cuts = [], []
     for index, batch in enumerate(data.val_dataloader()):
         latents, cond = batch["latents"].float(), batch_condition(batch)
@@ -79,15 +79,14 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--chunk", type=int, default=2)
     parser.add_argument("--generated", action="store_true", help="judge the backbone's own rollouts (a student's view)")
-    parser.add_argument("--world", default=recipe_world(), help="JSON RevisitWorldConfig overrides (default: the recipes')")
-    parser.add_argument("--codec", default="pooled_pixel")
+    add_world_arguments(parser)
     args = parser.parse_args()
-    data = RevisitWorldDataModule(world=world_config(args.world), codec=args.codec, num_videos=1, batch_size=1,
-                                  num_val_videos=args.videos, val_num_frames=96)
+    data = held_out(args, args.videos)
+    model = load_wan(args.backbone).eval()
     print("| summary | layer | within scene: min / 5 % / median | cuts: median / 95 % / max | separated |")
     print("|---|---|---|---|---|")
     for summary, layer in itertools.product(("mean_key", "token_keys"), (0, None)):
-        within, cuts = similarities(args.backbone, data, summary, layer, args.chunk, args.generated)
+        within, cuts = similarities(model, data, summary, layer, args.chunk, args.generated)
         low, high = float(within.min()), float(cuts.max())
         separated = f"yes, tau in ({high:.3f}, {low:.3f})" if low > high else "no"
         print(f"| {summary} | {'all' if layer is None else layer} | {low:.3f} / {within.quantile(0.05):.3f} / "

@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from recipe_world import recipe_world, world_config
+from recipe_world import add_world_arguments, held_out
 
-from cf_lightning.data.datamodules import RevisitWorldDataModule
 from cf_lightning.diffusion import cfg_velocity, euler_sample, sampling_sigmas
 from cf_lightning.models import WanModel
 from cf_lightning.models.checkpoint import load_wan
@@ -74,11 +73,9 @@ def main() -> None:
     parser.add_argument("--context_noise", type=float, nargs="+", default=[0.0])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--world", default=recipe_world(), help="JSON RevisitWorldConfig overrides (default: the recipes')")
-    parser.add_argument("--codec", default="pooled_pixel")
+    add_world_arguments(parser)
     args = parser.parse_args()
-    data = RevisitWorldDataModule(world=world_config(args.world), codec=args.codec,
-                                  num_videos=1, batch_size=1, num_val_videos=args.videos, val_num_frames=96)
+    data = held_out(args, args.videos)
     rows = []
     for spec in args.teachers:
         name, _, path = spec.partition("=")
