@@ -1,5 +1,5 @@
 """Pieces every stage shares: building the backbone from the data's shapes, batch conditioning,
-and loading backbone weights from an earlier stage."""
+loading backbone weights from an earlier stage, and the EMA update of automatically optimized stages."""
 
 from __future__ import annotations
 
@@ -10,10 +10,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 
+from cf_lightning.ema import EMA
 from cf_lightning.models import WanConfig, WanModel
 from cf_lightning.models.attention import Backend
+
+
+class EMAAfterStep(L.LightningModule):
+    """A stage trained by automatic optimization whose ``ema`` backbone follows ``model`` by ``ema_rule``.
+
+    The EMA is updated right after each optimizer step, not in ``on_train_batch_end``: Lightning runs
+    the checkpoint callbacks' batch-end hooks before the module's, so a checkpoint saved at batch end
+    would otherwise hold an EMA one step behind its weights.
+    """
+
+    model: WanModel
+    ema: WanModel
+    ema_rule: EMA
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.ema_rule.update(self.ema, self.model, self.global_step + 1)  # the step count once this step is done
 
 
 @dataclass(frozen=True)

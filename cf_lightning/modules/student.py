@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
@@ -39,6 +38,7 @@ from cf_lightning.models import WanModel, teacher_forcing_mask
 from cf_lightning.models.attention import Backend
 from cf_lightning.modules.common import (
     Condition,
+    EMAAfterStep,
     batch_condition,
     build_backbone,
     check_finite,
@@ -49,7 +49,7 @@ from memory_policies import MemoryPolicy, SlowFast
 Objective = Literal["teacher_forcing", "ode"]
 
 
-class StudentModule(L.LightningModule):
+class StudentModule(EMAAfterStep):
     """Causal student init by teacher forcing or ODE regression (see module docstring).
 
     Args (ODE regression):
@@ -172,12 +172,6 @@ class StudentModule(L.LightningModule):
         out = model(torch.cat([clean, noisy], dim=2), steps, cond.context, context_mask=cond.context_mask,
                     frame_cond=frame_cond, positions=positions, frame_mask=mask)
         return x0_from_velocity(noisy, out[:, :, frames:], sigma)
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        # EMA right after the step, not in on_train_batch_end: Lightning runs checkpoint callbacks'
-        # batch-end hooks before the module's, so a checkpoint would hold an EMA one step behind.
-        super().optimizer_step(*args, **kwargs)
-        self.ema_rule.update(self.ema, self.model, self.global_step + 1)  # the step count once this step is done
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer(self.model.parameters())

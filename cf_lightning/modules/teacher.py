@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 
@@ -34,6 +33,7 @@ from cf_lightning.models.attention import Backend
 from cf_lightning.models.context import ContextPositions, ContextSequence, build_context_sequence, last_frames
 from cf_lightning.modules.common import (
     Condition,
+    EMAAfterStep,
     batch_condition,
     build_backbone,
     check_finite,
@@ -61,7 +61,7 @@ def policy_context(policy: MemoryPolicy, history: torch.Tensor, chunk_frames: in
     return chosen
 
 
-class TeacherModule(L.LightningModule):
+class TeacherModule(EMAAfterStep):
     """Flow-matching training of the bidirectional Wan backbone, optionally in context mode.
 
     Args:
@@ -210,12 +210,6 @@ class TeacherModule(L.LightningModule):
         # Seeded from seed_everything and the rank, so DDP ranks draw different noise; a resumed run
         # overwrites this state in on_load_checkpoint.
         self._generator.manual_seed(torch.initial_seed() + self.global_rank)
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        # EMA right after the step, not in on_train_batch_end: Lightning runs checkpoint callbacks'
-        # batch-end hooks before the module's, so a checkpoint would hold an EMA one step behind.
-        super().optimizer_step(*args, **kwargs)
-        self.ema_rule.update(self.ema, self.model, self.global_step + 1)  # the step count once this step is done
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         latents = batch["latents"].float()
