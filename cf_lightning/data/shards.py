@@ -148,11 +148,7 @@ def encode_sample(
         sample["text_emb.npy"] = _npy(text_emb.detach().cpu().to(torch.float16).numpy())
     if ode_trajectory is not None:
         sigmas = (meta.get("ode") or {}).get("sigmas")
-        if (
-            ode_trajectory.shape[1:] != latents.shape
-            or not isinstance(sigmas, list)
-            or len(sigmas) != len(ode_trajectory)
-        ):
+        if not _trajectory_fits(ode_trajectory.shape, latents.shape, sigmas):
             raise ValueError(
                 f"ode_trajectory of {key!r} must be [S, {', '.join(map(str, latents.shape))}] with S sigmas in "
                 f"meta['ode']['sigmas'], got shape {tuple(ode_trajectory.shape)} and sigmas {sigmas}"
@@ -160,6 +156,11 @@ def encode_sample(
         _check_float16(key, "ode_trajectory", ode_trajectory)
         sample["ode_trajectory.npy"] = _npy(ode_trajectory.detach().cpu().to(torch.float16).numpy())
     return sample
+
+
+def _trajectory_fits(states_shape: tuple[int, ...], latents_shape: tuple[int, ...], sigmas: object) -> bool:
+    """Whether ODE states ``[S, *latents_shape]`` come with their ``S`` sigmas (checked on write and on read)."""
+    return tuple(states_shape[1:]) == tuple(latents_shape) and isinstance(sigmas, list) and len(sigmas) == states_shape[0]
 
 
 def _check_float16(key: str, name: str, values: Tensor) -> None:
@@ -293,12 +294,7 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     if "ode_trajectory.npy" in raw:
         states = _load_npy(raw, "ode_trajectory.npy")
         sigmas = (meta.get("ode") or {}).get("sigmas")
-        if (
-            states.ndim != 5
-            or states.shape[1:] != latents.shape
-            or not isinstance(sigmas, list)
-            or len(sigmas) != len(states)
-        ):
+        if not _trajectory_fits(states.shape, latents.shape, sigmas):
             raise CorruptSampleError(
                 f"ode_trajectory.npy {states.shape} does not match latents {latents.shape} and json ode "
                 f"sigmas {sigmas}"
