@@ -120,6 +120,17 @@ class MemoryPolicy(ABC):
             "memory/rope_length": self.rope_length,
         }
 
+    @property
+    def fixed_positions(self) -> bool:
+        """Whether a kept frame is always read at the position it had as a query (absolute mode).
+
+        Then only the query moves from chunk to chunk, and a streaming model may store keys already
+        rotated and never rotate the cache again. Bounded and true-time positions re-pack the history
+        every chunk, so their keys must be rotated when read. A subclass that overrides
+        :meth:`positions` must keep this property true to what it returns.
+        """
+        return self.position_mode == "absolute"
+
     def span(self, chunk_frames: int) -> int | None:
         """Most frames one query chunk attends to, itself included (the positional range it needs)."""
         budget = self.budget(chunk_frames)

@@ -8,8 +8,8 @@ Usage::
 
 The checks replay random streams of chunks and assert the invariants the rest of the library
 relies on: the budget is never exceeded, sink frames stay, positions stay in range, the query
-chunk sees the most recent history, decisions are deterministic, and the rendered mask agrees with
-streaming frame by frame.
+chunk sees the most recent history, a policy that declares fixed positions keeps them, decisions
+are deterministic, and the rendered mask agrees with streaming frame by frame.
 """
 
 from __future__ import annotations
@@ -78,6 +78,18 @@ class PolicyContract:
                 assert positions == sorted(positions), "positions must keep temporal order"
                 if policy.position_mode != "absolute":
                     assert 0 <= min(positions) and max(positions) < policy.rope_length, positions
+
+    def test_fixed_positions_hold(self) -> None:
+        """A policy that declares fixed positions reads every kept frame where it was written."""
+        policy = self.make_policy()
+        if not policy.fixed_positions:
+            return
+        for chunk in CHUNK_SIZES:
+            written: dict[int, int] = {}
+            for _, view in self.stream(policy, chunk):
+                for frame, position in zip(view.frames, view.positions):
+                    assert written[frame] == position, (frame, written[frame], position)
+                written.update(zip(view.query_frames, view.query_positions))
 
     def test_recent_frames_visible(self) -> None:
         policy = self.make_policy()

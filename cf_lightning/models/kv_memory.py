@@ -2,7 +2,9 @@
 
 One :class:`KVMemory` per batch of videos is handed to the model and back; attention layers never
 hold hidden cache state. Keys are stored un-rotated, so positions are chosen at read time by the
-policy. Storage is a fixed pool of slots per video (sized by the policy budget, grown only for
+policy, except when the policy's positions are fixed (absolute mode: a kept frame is always read at
+the position it was written at). Then only the query moves, and keys are stored rotated so the cache
+is never rotated again (``store_rotated``). Storage is a fixed pool of slots per video (sized by the policy budget, grown only for
 unbounded policies), so per-chunk memory use is bounded by ``budget x tokens_per_frame``.
 
 Per-chunk cost: what a query chunk attends to only changes on :meth:`KVMemory.commit`, so
@@ -55,12 +57,21 @@ class KVMemory:
 
     ``states`` are changed by :meth:`commit` only; after editing one by hand, call
     :meth:`invalidate` so that the next :meth:`read` sees the change.
+
+    ``store_rotated``: whether :meth:`commit` receives keys already rotated to their positions, so
+    reads use them as they are. Defaults to the policy's ``fixed_positions``; it cannot be set for
+    a policy whose positions move, whose keys must be rotated again at every read.
     """
 
     def __init__(self, policy: MemoryPolicy, batch_size: int, chunk_frames: int, tokens_per_frame: int,
                  num_layers: int, num_heads: int, head_dim: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, cache_reads: bool = True) -> None:
+                 dtype: torch.dtype = torch.float32, cache_reads: bool = True,
+                 store_rotated: bool | None = None) -> None:
+        if store_rotated and not policy.fixed_positions:
+            raise ValueError(f"store_rotated=True needs fixed positions, but {type(policy).__name__} uses "
+                             f"position_mode={policy.position_mode!r}; allowed with position_mode='absolute'")
         self.policy = policy
+        self.store_rotated = policy.fixed_positions if store_rotated is None else store_rotated
         self.chunk_frames = chunk_frames
         self.tokens_per_frame = tokens_per_frame
         self.cache_reads = cache_reads
@@ -131,7 +142,8 @@ class KVMemory:
         return read
 
     def gather(self, layer: int, read: MemoryRead) -> tuple[torch.Tensor, torch.Tensor]:
-        """Un-rotated keys and values ``[B, n * tokens_per_frame, H, D]`` of the attended frames."""
+        """Keys (rotated if :attr:`store_rotated`) and values ``[B, n * tokens_per_frame, H, D]`` of the
+        attended frames."""
         if read.shared:  # one index row for the whole batch: a plain index_select
             index = read.slots[0]
             return (self.keys[layer].index_select(1, index).flatten(1, 2),
@@ -144,7 +156,8 @@ class KVMemory:
     def commit(self, keys: list[torch.Tensor], values: list[torch.Tensor], summaries: torch.Tensor | None) -> None:
         """Record a clean chunk: the policy decides what stays, kept frames are written to free slots.
 
-        ``keys``/``values``: one ``[B, chunk_frames * tokens_per_frame, H, D]`` per layer, un-rotated.
+        ``keys``/``values``: one ``[B, chunk_frames * tokens_per_frame, H, D]`` per layer; keys rotated
+        to the chunk's query positions if :attr:`store_rotated`, else un-rotated.
         ``summaries``: ``[B, chunk_frames, dim]`` or ``None``.
         """
         self._read = None

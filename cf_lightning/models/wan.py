@@ -84,7 +84,7 @@ class ChunkKV:
 
 
 class SelfAttention(_Projections):
-    """Self-attention with q/k RMSNorm and read-time RoPE; returns un-rotated K/V for the cache."""
+    """Self-attention with q/k RMSNorm and RoPE; returns un-rotated K/V for the cache."""
 
     def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-rotated keys and values ``[B, L, H, D]``: what a memory stores for these tokens."""
@@ -92,29 +92,17 @@ class SelfAttention(_Projections):
         return self.norm_k(self.k(x)).unflatten(-1, heads), self.v(x).unflatten(-1, heads)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
-                memory: tuple[torch.Tensor, torch.Tensor] | ChunkKV | None, backend: Backend
+                memory: ChunkKV | None, backend: Backend
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``memory``: un-rotated keys and values, which ``rope`` then covers before the query tokens, or
-        the streaming path's :class:`ChunkKV`, already rotated. ``rope`` tables exactly as long as the
-        query are used as they are (the streaming path slices them once per chunk, not per layer)."""
+        """``rope``: the tables of the query tokens. ``memory``: the streaming path's memory for this layer,
+        keys already rotated, which the query's keys and values join."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
         k, v = self.keys_values(x)
-        cos, sin = rope
-        queries_len = q.shape[1]
-        query_cos, query_sin = (cos, sin) if cos.shape[1] == queries_len else (cos[:, -queries_len:],
-                                                                                sin[:, -queries_len:])
-        q_rot = apply_rope(q, query_cos, query_sin)
-        k_rot = apply_rope(k, query_cos, query_sin)
-        if isinstance(memory, ChunkKV):
+        q_rot = apply_rope(q, *rope)
+        k_rot = apply_rope(k, *rope)
+        v_all = v
+        if memory is not None:
             k_rot, v_all = memory.join(k_rot, v)
-        elif memory is not None:
-            memory_k, memory_v = memory
-            mem_len = memory_k.shape[1]
-            memory_k = apply_rope(memory_k, cos[:, :mem_len], sin[:, :mem_len])
-            k_rot = torch.cat([memory_k, k_rot], dim=1)
-            v_all = torch.cat([memory_v.to(v.dtype), v], dim=1)
-        else:
-            v_all = v
         out = attention(q_rot, k_rot, v_all, mask, backend)
         return self.o(out.flatten(2)), (k, v)
 
@@ -176,7 +164,7 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 context: torch.Tensor | None, context_mask: torch.Tensor | None, mask: torch.Tensor | None,
-                memory: tuple[torch.Tensor, torch.Tensor] | ChunkKV | None, backend: Backend, *,
+                memory: ChunkKV | None, backend: Backend, *,
                 context_kv: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         frames = e.shape[1]
@@ -273,7 +261,7 @@ class WanModel(nn.Module):
         read, token_mask = self._chunk_read(x, memory, context_kv)
         out, kvs = self._run(x, t, context, context_mask, frame_cond, None, token_mask, memory, read, context_kv)
         if commit:
-            self._commit(memory, kvs, x.shape[2])
+            self._commit(memory, read, kvs, x)
         return out
 
     def commit_chunk(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, memory: KVMemory, *,
@@ -287,7 +275,7 @@ class WanModel(nn.Module):
         read, token_mask = self._chunk_read(x, memory, context_kv)
         _, _, kvs = self._layers(x, t, context, context_mask, frame_cond, None, token_mask, memory, read, context_kv,
                                  keys_only=True)
-        self._commit(memory, kvs, x.shape[2])
+        self._commit(memory, read, kvs, x)
 
     def project_context(self, context: torch.Tensor) -> ContextKV:
         """Per-layer cross-attention keys/values of a text context, to reuse over a streaming rollout.
@@ -299,11 +287,11 @@ class WanModel(nn.Module):
 
     def new_memory(self, policy: MemoryPolicy, batch_size: int, chunk_frames: int, latent_hw: tuple[int, int],
                    device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
-                   cache_reads: bool = True) -> KVMemory:
+                   cache_reads: bool = True, store_rotated: bool | None = None) -> KVMemory:
         param = next(self.parameters())
         return KVMemory(policy, batch_size, chunk_frames, self.tokens_per_frame(latent_hw), self.config.num_layers,
                         self.config.num_heads, self.config.head_dim, device or param.device, dtype or param.dtype,
-                        cache_reads=cache_reads)
+                        cache_reads=cache_reads, store_rotated=store_rotated)
 
     def tokens_per_frame(self, latent_hw: tuple[int, int] | torch.Size) -> int:
         _, ph, pw = self.config.patch_size
@@ -382,10 +370,16 @@ class WanModel(nn.Module):
         token_mask = self._per_read(memory, read, ("mask", tuple(x.shape[-2:])), lambda: self._streaming_mask(read, x))
         return read, token_mask
 
-    def _commit(self, memory: KVMemory, kvs: list[tuple[torch.Tensor, torch.Tensor]], frames: int) -> None:
+    def _commit(self, memory: KVMemory, read: MemoryRead, kvs: list[tuple[torch.Tensor, torch.Tensor]],
+                x: torch.Tensor) -> None:
+        """Summaries come from the un-rotated keys (a frame's content, not its position); with fixed
+        positions the stored keys are rotated here, once, to the positions they will be read at."""
         keys = [k for k, _ in kvs]
         policy = memory.policy
-        summaries = self.frame_summaries(keys, frames, policy.summary_spec()) if policy.needs_summaries() else None
+        summaries = self.frame_summaries(keys, x.shape[2], policy.summary_spec()) if policy.needs_summaries() else None
+        if memory.store_rotated:
+            _, query_rope = self._streaming_rope(memory, read, self._grid(x))
+            keys = [apply_rope(k, *query_rope) for k in keys]
         memory.commit(keys, [v for _, v in kvs], summaries)
 
     def _per_read(self, memory: KVMemory, read: MemoryRead, key: object, compute: Callable[[], T]) -> T:
@@ -400,27 +394,34 @@ class WanModel(nn.Module):
         return read.cache[key]  # type: ignore[return-value]
 
     def _streaming_rope(self, memory: KVMemory, read: MemoryRead, grid: tuple[int, int]
-                        ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """RoPE tables of the memory tokens and of the query tokens, split once per read rather than
-        sliced in every layer of every forward."""
-        def compute() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-            positions = torch.cat([read.positions, read.query_positions], dim=1)
-            cos, sin = rope_cos_sin(rope_angles(positions, grid, self.config.head_dim, self.config.rope_theta),
-                                    torch.float32)
+                        ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor]]:
+        """RoPE tables of the memory tokens (None when the memory stores its keys rotated) and of the query
+        tokens, split once per read rather than sliced in every layer of every forward."""
+        def compute() -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor]]:
+            if memory.store_rotated:
+                return None, self._rope(read.query_positions, grid)
+            cos, sin = self._rope(torch.cat([read.positions, read.query_positions], dim=1), grid)
             split = read.num_frames * grid[0] * grid[1]
             return (cos[:, :split], sin[:, :split]), (cos[:, split:], sin[:, split:])
         return self._per_read(memory, read, ("rope", grid), compute)
 
+    def _rope(self, positions: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables for frame positions ``[B, F]`` (or ``[F]``) over a token grid."""
+        return rope_cos_sin(rope_angles(positions, grid, self.config.head_dim, self.config.rope_theta), torch.float32)
+
     def _memory_kv(self, memory: KVMemory, read: MemoryRead, layer: int,
-                   memory_rope: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int]) -> ChunkKV:
+                   memory_rope: tuple[torch.Tensor, torch.Tensor] | None, grid: tuple[int, int]) -> ChunkKV:
         """One layer's memory keys (rotated to their read positions) and values, staged for the chunk.
 
-        Keys are stored un-rotated because bounded positions change with memory contents; they are
-        rotated here, once per chunk and layer rather than once per forward.
+        Keys are stored un-rotated when positions move with the memory's contents (bounded, true time);
+        they are rotated here, once per chunk and layer rather than once per forward. With fixed
+        positions they were rotated at commit and are used as they are (``memory_rope`` is None).
         """
         def compute() -> ChunkKV:
             keys, values = memory.gather(layer, read)
-            return ChunkKV(apply_rope(keys, *memory_rope), values, memory.chunk_frames * grid[0] * grid[1])
+            if memory_rope is not None:
+                keys = apply_rope(keys, *memory_rope)
+            return ChunkKV(keys, values, memory.chunk_frames * grid[0] * grid[1])
         return self._per_read(memory, read, ("memory", layer, grid), compute)
 
     def _run(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
@@ -430,8 +431,7 @@ class WanModel(nn.Module):
         """The model's output and every layer's un-rotated keys and values."""
         tokens, e, kvs = self._layers(x, t, context, context_mask, frame_cond, positions, token_mask, memory, read,
                                       context_kv)
-        _, ph, pw = self.config.patch_size
-        return self._unpatchify(self.head(tokens, e), x.shape[2], (x.shape[3] // ph, x.shape[4] // pw)), kvs
+        return self._unpatchify(self.head(tokens, e), x.shape[2], self._grid(x)), kvs
 
     def _layers(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
                 frame_cond: torch.Tensor | None, positions: torch.Tensor | None, token_mask: torch.Tensor | None,
@@ -447,30 +447,27 @@ class WanModel(nn.Module):
             raise ValueError(f"x must be [B, {self.config.in_dim}, F, H, W], got {tuple(x.shape)}")
         if context.ndim != 3 or context.shape[-1] != self.config.text_dim:
             raise ValueError(f"context must be [B, L, {self.config.text_dim}], got {tuple(context.shape)}")
-        batch, _, frames, height, width = x.shape
-        _, ph, pw = self.config.patch_size
-        grid = (height // ph, width // pw)
-        self.tokens_per_frame((height, width))
+        batch, _, frames = x.shape[:3]
+        grid = self._grid(x)
         tokens = self.patch_embedding(x).flatten(2).transpose(1, 2)
         frame_condition = self._frame_condition(frame_cond, batch, frames)
         e, e0 = self._time_embedding(t, batch, frames, frame_condition)
         tokens = self._add_to_tokens(tokens, frame_condition)
         text = self.text_embedding(context) if context_kv is None else None
         memory_rope = None
-        if memory is not None and read is not None:
+        streaming = memory is not None and read is not None
+        if streaming:
             memory_rope, rope = self._streaming_rope(memory, read, grid)
         else:
             assert positions is not None
-            angles = rope_angles(positions.expand(batch, -1) if positions.ndim == 1 else positions, grid,
-                                 self.config.head_dim, self.config.rope_theta)
-            rope = rope_cos_sin(angles, torch.float32)
+            rope = self._rope(positions.expand(batch, -1) if positions.ndim == 1 else positions, grid)
         kvs: list[tuple[torch.Tensor, torch.Tensor]] = []
         for index, block in enumerate(self.blocks):
             if keys_only and index == len(self.blocks) - 1:
                 kvs.append(block.keys_values(tokens, e0))
                 break
             layer_memory = None
-            if memory is not None and read is not None and memory_rope is not None and read.num_frames:
+            if streaming and read.num_frames:
                 layer_memory = self._memory_kv(memory, read, index, memory_rope, grid)
             args = (tokens, e0, rope, text, context_mask, token_mask, layer_memory, self.attention_backend)
             kwargs = {"context_kv": None if context_kv is None else context_kv[index]}
@@ -480,6 +477,12 @@ class WanModel(nn.Module):
                 tokens, kv = block(*args, **kwargs)
             kvs.append(kv)
         return tokens, e, kvs
+
+    def _grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """Token grid ``(h, w)`` of latents ``[B, C, F, H, W]`` (checks that the patch size divides them)."""
+        self.tokens_per_frame(x.shape[-2:])
+        _, ph, pw = self.config.patch_size
+        return x.shape[-2] // ph, x.shape[-1] // pw
 
     def _unpatchify(self, tokens: torch.Tensor, frames: int, grid: tuple[int, int]) -> torch.Tensor:
         pt, ph, pw = self.config.patch_size

@@ -93,6 +93,58 @@ def test_commit_chunk_commits_exactly_what_the_full_refresh_commits(model, name)
         assert torch.equal(short.keys, full.keys) and torch.equal(short.values, full.values)
 
 
+FIXED_POSITION_POLICIES = {
+    "full": lambda: Full(),
+    "sliding_window_absolute": lambda: SlidingWindow(sink=1, window=4, position_mode="absolute"),
+    "slow_fast_absolute": lambda: SlowFast(sink=1, slow=2, fast=4, threshold=0.9, interval=1,
+                                           position_mode="absolute"),
+}
+
+
+@pytest.mark.parametrize("name", list(FIXED_POSITION_POLICIES))
+@torch.no_grad()
+def test_keys_stored_rotated_with_fixed_positions_give_the_same_numbers(model, name):
+    """Absolute positions: keys are rotated once at commit (bit-identical to rotating them at every read)
+    and surprisal still decides on un-rotated keys (same regions)."""
+    noisy, clean, context = data(12)
+    rotated = model.new_memory(FIXED_POSITION_POLICIES[name](), B, CHUNK, (H, W))
+    at_read = model.new_memory(FIXED_POSITION_POLICIES[name](), B, CHUNK, (H, W), store_rotated=False)
+    assert rotated.store_rotated and not at_read.store_rotated
+    assert torch.equal(stream(model, rotated, noisy, clean, context, True),
+                       stream(model, at_read, noisy, clean, context, True))
+    assert [s.regions for s in rotated.states] == [s.regions for s in at_read.states]
+
+
+def _rotated_token_counts(model, policy, monkeypatch) -> list[int]:
+    """Tokens of every RoPE rotation the model applies over a 6-chunk stream (the last 3 recorded)."""
+    import cf_lightning.models.wan as wan
+
+    counts: list[int] = []
+    original = wan.apply_rope
+    monkeypatch.setattr(wan, "apply_rope", lambda x, cos, sin: counts.append(x.shape[1]) or original(x, cos, sin))
+    noisy, clean, context = data(12)
+    memory = model.new_memory(policy, B, CHUNK, (H, W))
+    stream(model, memory, noisy[:, :, :6], clean[:, :, :6], context, True)
+    counts.clear()  # steady state: the memory is full
+    stream(model, memory, noisy[:, :, 6:], clean[:, :, 6:], context, True)
+    return counts
+
+
+@torch.no_grad()
+def test_fixed_positions_never_rotate_the_cache_again(model, monkeypatch):
+    """Only the query moves: every rotation covers one chunk's tokens, none the memory's."""
+    chunk_tokens = CHUNK * model.tokens_per_frame((H, W))
+    policy = SlidingWindow(sink=1, window=4, position_mode="absolute")
+    assert set(_rotated_token_counts(model, policy, monkeypatch)) == {chunk_tokens}
+    bounded = SlidingWindow(sink=1, window=4, rope_length=5)  # positions re-packed every chunk: rotated on read
+    assert max(_rotated_token_counts(model, bounded, monkeypatch)) == bounded.budget(CHUNK) * chunk_tokens // CHUNK
+
+
+def test_store_rotated_is_refused_when_positions_move(model):
+    with pytest.raises(ValueError, match="position_mode='bounded'.*allowed with position_mode='absolute'"):
+        model.new_memory(SlidingWindow(sink=1, window=4, rope_length=5), B, CHUNK, (H, W), store_rotated=True)
+
+
 @torch.no_grad()
 def test_per_video_decisions_use_the_padded_path_and_still_match(model):
     noisy, clean, context = data(12)

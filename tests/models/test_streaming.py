@@ -122,21 +122,26 @@ def reference_stream(model, policy: MemoryPolicy, chunk: int, clean, noisy, cont
 
 
 def _manual(model, x, t, context, positions, view, store, return_kv=False):
-    from cf_lightning.models.rope import rope_angles, rope_cos_sin
+    """The blocks run by hand: memory keys are the un-rotated keys from ``store``, rotated here to the
+    view's positions for every forward (whatever the memory stores)."""
+    from cf_lightning.models.rope import apply_rope, rope_angles, rope_cos_sin
+    from cf_lightning.models.wan import ChunkKV
 
     frames = x.shape[2]
     tokens = model.patch_embedding(x).flatten(2).transpose(1, 2)
     e, e0 = model._time_embedding(torch.full((1,), float(t)), 1, frames, None)
     text = model.text_embedding(context)
     grid = (H // 2, W // 2)
-    rope = rope_cos_sin(rope_angles(positions, grid, model.config.head_dim), torch.float32)
+    cos, sin = rope_cos_sin(rope_angles(positions, grid, model.config.head_dim), torch.float32)
+    split = cos.shape[1] - tokens.shape[1]
     kvs = []
     for layer, block in enumerate(model.blocks):
         memory = None
         if view.frames:
-            memory = (torch.cat([store[f][layer][0] for f in view.frames], 1),
-                      torch.cat([store[f][layer][1] for f in view.frames], 1))
-        tokens, kv = block(tokens, e0, rope, text, None, None, memory, "sdpa")
+            keys = torch.cat([store[f][layer][0] for f in view.frames], 1)
+            values = torch.cat([store[f][layer][1] for f in view.frames], 1)
+            memory = ChunkKV(apply_rope(keys, cos[:, :split], sin[:, :split]), values, tokens.shape[1])
+        tokens, kv = block(tokens, e0, (cos[:, split:], sin[:, split:]), text, None, None, memory, "sdpa")
         kvs.append(kv)
     if return_kv:
         return kvs

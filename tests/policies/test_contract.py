@@ -62,3 +62,15 @@ class TestKeyframe(PolicyContract):
 def test_unbounded_policy_rejects_bounded_positions(mode):
     with pytest.raises(ValueError, match="unbounded"):
         Full(position_mode=mode).new_state(3)
+
+
+def test_contract_catches_a_policy_that_claims_fixed_positions_but_repacks_them():
+    class Repacking(SlidingWindow):
+        fixed_positions = True  # wrong: bounded positions move every chunk
+
+    class Contract(PolicyContract):
+        def make_policy(self):
+            return Repacking(sink=1, window=4, position_mode="bounded", rope_length=6)
+
+    with pytest.raises(AssertionError):
+        Contract().test_fixed_positions_hold()
