@@ -14,7 +14,7 @@ One *chunk* is what :func:`cf_lightning.rollout.rollout` does per chunk: ``--ste
   long run shows up in them). Also the K/V pool size per policy and the process RSS.
 - ``fastpaths``: the same chunk through the plain path (every forward re-reads the memory, re-gathers
   and re-rotates its keys, re-projects the text) and the cached paths, interleaved, plus a check that
-  the outputs are identical.
+  the outputs are identical; and, for absolute positions, keys rotated at every read vs stored rotated.
 - ``throughput``: tokens per second of cached streaming vs a recompute loop that has no cache and
   re-runs the kept frames (clean, t = 0) together with the chunk through the model at every
   denoising step (unmasked, so the cheapest recompute), same policy, same kept frames.
@@ -119,9 +119,10 @@ class Bench:
         self.sync()
         return x0, time.perf_counter() - start
 
-    def new_memory(self, policy: MemoryPolicy, cache_reads: bool = True) -> KVMemory:
+    def new_memory(self, policy: MemoryPolicy, cache_reads: bool = True, store_rotated: bool | None = None
+                   ) -> KVMemory:
         return self.model.new_memory(policy, self.shape[0], CHUNK, self.shape[-2:], device=self.device,
-                                     cache_reads=cache_reads)
+                                     cache_reads=cache_reads, store_rotated=store_rotated)
 
     def attended_copy_bytes(self, memory: KVMemory) -> int:
         """Bytes of the per-chunk copy of the attended memory (rotated keys + values, with room for the
@@ -250,6 +251,28 @@ def bench_fastpaths(bench: Bench) -> None:
         med = {v: statistics.median(t) for v, t in times.items()}
         print(f"| {name} | {1000 * med['plain']:.1f} ms | {1000 * med['read']:.1f} ms | {1000 * med['read+text']:.1f} ms"
               f" | {med['plain'] / med['read+text']:.2f}x | {'bit-identical' if identical else 'DIFFER'} |")
+    print(f"\nfixed positions (absolute mode): keys rotated at every read vs stored rotated at commit, same chunks "
+          f"{args.warmup}..{args.warmup + args.timed}, interleaved, median")
+    print("| policy | memory frames at the end | rotated at read | stored rotated | speedup | outputs |")
+    print("|---|---|---|---|---|---|")
+    fixed = {"full": Full(), "sliding_window (absolute)": SlidingWindow(sink=3, window=18, position_mode="absolute")}
+    for name, policy in fixed.items():
+        variants = {"at read": False, "stored": True}
+        memories = {v: bench.new_memory(policy, store_rotated=rotated) for v, rotated in variants.items()}
+        gens = {v: torch.Generator().manual_seed(2) for v in variants}
+        times = {v: [] for v in variants}
+        identical = True
+        for chunk in range(args.warmup + args.timed):
+            outs = {}
+            for v in variants:
+                outs[v], elapsed = bench.manual_chunk(memories[v], gens[v], reuse_text=True)
+                if chunk >= args.warmup:
+                    times[v].append(elapsed)
+            identical &= torch.equal(outs["at read"], outs["stored"])
+        med = {v: statistics.median(t) for v, t in times.items()}
+        print(f"| {name} | {memories['stored'].stored_frames()} | {1000 * med['at read']:.1f} ms | "
+              f"{1000 * med['stored']:.1f} ms | {med['at read'] / med['stored']:.2f}x | "
+              f"{'bit-identical' if identical else 'DIFFER'} |")
 
 
 # -------------------------------------------------------------------------------------------- throughput
