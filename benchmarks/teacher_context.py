@@ -13,11 +13,12 @@ error is the MSE between the sample and the ground-truth target on the revisit f
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 from recipe_world import add_world_arguments, held_out
 
-from cf_lightning.diffusion import cfg_velocity, euler_sample, sampling_sigmas
+from cf_lightning.diffusion import euler_sample, guided, sampling_sigmas
 from cf_lightning.models import WanModel
 from cf_lightning.models.checkpoint import load_wan
 from cf_lightning.models.context import build_context_sequence
@@ -57,11 +58,8 @@ def sample_target(model: WanModel, batch: dict, contexts: list[list[int]], start
     sequence = build_context_sequence(history, contexts, noise, history_cond=cond.frames(slice(0, start)),
                                       target_cond=cond.frames(slice(start, start + TARGET)))
 
-    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return cfg_velocity(sequence.velocity(model, x, sigma, cond.context),
-                            sequence.velocity(model, x, sigma, torch.zeros_like(cond.context)), guidance)
-
-    return euler_sample(velocity, noise, sampling_sigmas(steps, 5.0))
+    return euler_sample(guided(partial(sequence.velocity, model), cond.context, guidance), noise,
+                        sampling_sigmas(steps, 5.0))
 
 
 def main() -> None:

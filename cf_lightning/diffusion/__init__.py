@@ -21,11 +21,14 @@ from cf_lightning.diffusion.flow import (
     x0_from_velocity,
 )
 from cf_lightning.diffusion.samplers import (
+    TextScoreFn,
     VelocityFn,
     ab2_sample,
     cfg_velocity,
     euler_sample,
     few_step_sample,
+    guided,
+    null_text,
 )
 from cf_lightning.diffusion.trajectory import guided_velocity, ode_trajectory
 
@@ -34,6 +37,7 @@ __all__ = [
     "ErrorBank",
     "ErrorInjection",
     "InjectedInputs",
+    "TextScoreFn",
     "VelocityFn",
     "ab2_sample",
     "add_noise",
@@ -46,8 +50,10 @@ __all__ = [
     "expand_sigma",
     "few_step_sample",
     "flow_matching_loss",
+    "guided",
     "guided_velocity",
     "inject_errors",
+    "null_text",
     "ode_trajectory",
     "sample_sigmas",
     "sampling_sigmas",

@@ -17,6 +17,7 @@ from torch import Tensor
 from cf_lightning.diffusion.flow import x0_from_velocity
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
+TextScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, sigma [B], text context) -> velocity
 
 
 def _schedule(sigmas: Sequence[float] | Tensor, min_len: int) -> list[float]:
@@ -45,6 +46,25 @@ def cfg_velocity(cond_v: Tensor, uncond_v: Tensor, scale: float) -> Tensor:
     if scale == 1.0:  # exactly the conditional prediction, not one rounded through the difference
         return cond_v
     return uncond_v + scale * (cond_v - uncond_v)
+
+
+def null_text(context: Tensor) -> Tensor:
+    """The unconditional text: zero embeddings of the same shape. Training drops text to it
+    (``cfg_dropout``) and guidance extrapolates from it, so both must use this one definition."""
+    return torch.zeros_like(context)
+
+
+def guided(score: TextScoreFn, context: Tensor, scale: float) -> VelocityFn:
+    """Classifier-free-guided velocity of ``score`` for one text ``context``: ``score`` is run with the
+    context and with :func:`null_text` and the two are combined by :func:`cfg_velocity`. At scale 1 the
+    result is the conditional prediction, so the unconditional forward is skipped."""
+    def velocity(x: Tensor, sigma: Tensor) -> Tensor:
+        cond_v = score(x, sigma, context)
+        if scale == 1.0:
+            return cond_v
+        return cfg_velocity(cond_v, score(x, sigma, null_text(context)), scale)
+
+    return velocity
 
 
 def euler_sample(velocity_fn: VelocityFn, noise: Tensor, sigmas: Sequence[float] | Tensor) -> Tensor:

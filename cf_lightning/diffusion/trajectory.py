@@ -15,25 +15,17 @@ import torch
 from torch import Tensor
 
 from cf_lightning.diffusion.flow import sampling_sigmas, timestep_from_sigma
-from cf_lightning.diffusion.samplers import VelocityFn, cfg_velocity, euler_sample
+from cf_lightning.diffusion.samplers import VelocityFn, euler_sample, guided
 
 
 def guided_velocity(model: Callable[..., Tensor], context: Tensor, context_mask: Tensor | None,
                     frame_cond: Tensor | None, guidance_scale: float) -> VelocityFn:
-    """``model``'s classifier-free-guided velocity for one batch of conditions.
+    """``model``'s classifier-free-guided velocity for one batch of conditions (:func:`guided`: the
+    unconditional branch is the null text with the same mask and frame condition)."""
+    def score(x: Tensor, sigma: Tensor, text: Tensor) -> Tensor:
+        return model(x, timestep_from_sigma(sigma), text, context_mask=context_mask, frame_cond=frame_cond)
 
-    The unconditional branch is the null text (zero embeddings, same mask and frame condition), which is
-    what ``cfg_dropout`` trains the backbones on.
-    """
-    null = torch.zeros_like(context)
-
-    def velocity(x: Tensor, sigma: Tensor) -> Tensor:
-        t = timestep_from_sigma(sigma)
-        v_cond = model(x, t, context, context_mask=context_mask, frame_cond=frame_cond)
-        v_uncond = model(x, t, null, context_mask=context_mask, frame_cond=frame_cond)
-        return cfg_velocity(v_cond, v_uncond, guidance_scale)
-
-    return velocity
+    return guided(score, context, guidance_scale)
 
 
 def ode_trajectory(velocity_fn: VelocityFn, noise: Tensor, levels: Sequence[float] | Tensor, ode_steps: int = 20,

@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from cf_lightning.diffusion import null_text
 from cf_lightning.ema import EMA
 from cf_lightning.models import WanConfig, WanModel
 from cf_lightning.models.attention import Backend
@@ -68,7 +69,7 @@ def batch_condition(batch: dict[str, Any], drop_text: float = 0.0, generator: to
     context = batch["text_emb"].float()
     if drop_text > 0:
         drop = torch.rand(context.shape[0], generator=generator) < drop_text
-        context = torch.where(drop.to(context.device)[:, None, None], torch.zeros_like(context), context)
+        context = torch.where(drop.to(context.device)[:, None, None], null_text(context), context)
     camera = batch.get("camera")
     return Condition(context, batch.get("text_mask"), None if camera is None else camera.float())
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import lightning as L
@@ -24,9 +25,9 @@ from lightning.pytorch.cli import OptimizerCallable
 
 from cf_lightning.diffusion import (
     add_noise,
-    cfg_velocity,
     denoising_sigmas,
     dmd_loss,
+    guided,
     sample_sigmas,
     velocity_target,
     x0_from_velocity,
@@ -202,10 +203,8 @@ class ContextForcingModule(L.LightningModule):
             sigma = torch.stack([sample_sigmas(1, g, h.shift)[0] for g in gens]).to(self.device)
             noisy = add_noise(target.detach(), randn(target.shape, gens).to(target), sigma)
             with torch.no_grad():
-                real_v = cfg_velocity(sequence.velocity(self.teacher, noisy, sigma, cond.context, cond.context_mask),
-                                      sequence.velocity(self.teacher, noisy, sigma, torch.zeros_like(cond.context),
-                                                        cond.context_mask),
-                                      h.guidance_scale)
+                real_v = guided(partial(sequence.velocity, self.teacher, context_mask=cond.context_mask),
+                                cond.context, h.guidance_scale)(noisy, sigma)
                 fake_v = sequence.velocity(self.critic, noisy, sigma, cond.context, cond.context_mask)
             loss, diagnostics = dmd_loss(target, x0_from_velocity(noisy, real_v, sigma),
                                          x0_from_velocity(noisy, fake_v, sigma))

@@ -6,7 +6,9 @@ import torch
 from cf_lightning.diffusion import (
     denoising_sigmas,
     euler_sample,
+    guided,
     guided_velocity,
+    null_text,
     ode_trajectory,
     sampling_sigmas,
 )
@@ -58,3 +60,17 @@ def test_guided_velocity_extrapolates_from_the_null_text():
     v = guided_velocity(model, context, mask, cond, guidance_scale=3.0)(torch.zeros(1, 4), torch.ones(1))
     assert torch.equal(v, torch.full((1, 4), 18.0)), "0 + 3 * (6 - 0)"
     assert torch.equal(calls[1][0], torch.zeros(1, 2, 3)) and calls[1][1] is mask and calls[1][2] is cond
+
+
+def test_guidance_scale_one_is_the_conditional_prediction_without_an_unconditional_forward():
+    texts = []
+
+    def score(x, sigma, text):
+        texts.append(text)
+        return x + text.sum()
+
+    context = torch.ones(1, 2, 3)
+    v = guided(score, context, 1.0)(torch.zeros(1, 4), torch.ones(1))
+    assert torch.equal(v, torch.full((1, 4), 6.0)) and len(texts) == 1 and texts[0] is context
+    guided(score, context, 2.0)(torch.zeros(1, 4), torch.ones(1))
+    assert torch.equal(texts[-1], null_text(context)) and not texts[-1].any()

@@ -117,7 +117,7 @@ def test_keys_stored_rotated_with_fixed_positions_give_the_same_numbers(model, n
 
 def _rotated_token_counts(model, policy, monkeypatch) -> list[int]:
     """Tokens of every RoPE rotation the model applies over a 6-chunk stream (the last 3 recorded)."""
-    import cf_lightning.models.wan as wan
+    from cf_lightning.models import wan
 
     counts: list[int] = []
     original = wan.apply_rope
