@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cf_lightning.registry import Registry
+
 __all__ = [
     "CODECS",
     "LatentCodec",
@@ -122,24 +124,15 @@ class LatentCodec(nn.Module, ABC):
         return height // s, width // s
 
 
-CODECS: dict[str, type[LatentCodec]] = {}
+_REGISTRY: Registry[LatentCodec] = Registry("codec")
+CODECS = _REGISTRY.classes
 
 
 def register_codec(name: str) -> Callable[[type[LatentCodec]], type[LatentCodec]]:
     """Class decorator adding a codec under ``name`` so configs and ``cf-data`` can pick it by name."""
-
-    def add(cls: type[LatentCodec]) -> type[LatentCodec]:
-        if name in CODECS and CODECS[name] is not cls:
-            raise ValueError(f"codec name {name!r} is already taken by {CODECS[name].__qualname__}")
-        cls.name = name
-        CODECS[name] = cls
-        return cls
-
-    return add
+    return _REGISTRY.register(name)
 
 
 def build_codec(name: str, **options: Any) -> LatentCodec:
     """Instantiate the codec registered as ``name`` with ``options`` (e.g. ``patch=8`` or ``path=...``)."""
-    if name not in CODECS:
-        raise ValueError(f"unknown codec {name!r}; choose one of: {', '.join(sorted(CODECS))}")
-    return CODECS[name](**options)
+    return _REGISTRY.build(name, **options)

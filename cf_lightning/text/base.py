@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from cf_lightning.registry import Registry
+
 __all__ = ["TEXT_ENCODERS", "TextEncoder", "build_text_encoder", "register_text_encoder"]
 
 
@@ -40,26 +42,15 @@ class TextEncoder(nn.Module, ABC):
         return {"name": self.name, "dim": self.dim, "max_length": self.max_length, **self.options()}
 
 
-TEXT_ENCODERS: dict[str, type[TextEncoder]] = {}
+_REGISTRY: Registry[TextEncoder] = Registry("text encoder")
+TEXT_ENCODERS = _REGISTRY.classes
 
 
 def register_text_encoder(name: str) -> Callable[[type[TextEncoder]], type[TextEncoder]]:
     """Class decorator adding a text encoder under ``name`` for configs and ``cf-data``."""
-
-    def add(cls: type[TextEncoder]) -> type[TextEncoder]:
-        if name in TEXT_ENCODERS and TEXT_ENCODERS[name] is not cls:
-            raise ValueError(
-                f"text encoder name {name!r} is already taken by {TEXT_ENCODERS[name].__qualname__}"
-            )
-        cls.name = name
-        TEXT_ENCODERS[name] = cls
-        return cls
-
-    return add
+    return _REGISTRY.register(name)
 
 
 def build_text_encoder(name: str, **options: Any) -> TextEncoder:
     """Instantiate the text encoder registered as ``name`` with ``options``."""
-    if name not in TEXT_ENCODERS:
-        raise ValueError(f"unknown text encoder {name!r}; choose one of: {', '.join(sorted(TEXT_ENCODERS))}")
-    return TEXT_ENCODERS[name](**options)
+    return _REGISTRY.build(name, **options)
