@@ -7,11 +7,12 @@ One *chunk* is what :func:`cf_lightning.rollout.rollout` does per chunk: ``--ste
 
 - ``latency``: per-chunk time at the given chunk indices for ``slow_fast``, ``sliding_window`` and
   ``keyframe`` at an equal budget, and ``full`` (unbounded, expected to grow; capped at ``--full-cap``
-  chunks so the run stays feasible). Policies advance in lockstep, one chunk each in turn, so machine
-  noise hits them alike; each number is the median of ``--window`` chunks around the index, printed
-  as a ratio to the first index. The memories are snapshotted at each index and the chunks that follow
-  are timed side by side, round robin (the stream's own times are printed too, but load drift over a
-  long run shows up in them). Also the K/V pool size per policy and the process RSS.
+  chunks so the run stays feasible). Policies advance in lockstep, one chunk each in turn. The memories
+  are snapshotted at each index and the chunks that follow are timed side by side, round robin, one
+  chunk per snapshot and round; each number is the median of ``--rounds`` rounds, printed as a ratio
+  to the first index with the memory frames the chunk attends to (the stream's own times, medians of
+  ``--window`` chunks, are printed too, but load drift over a long run shows up in them). Also the K/V
+  pool size per policy and the process RSS.
 - ``fastpaths``: the same chunk through the plain path (every forward re-reads the memory, re-gathers
   and re-rotates its keys, re-projects the text) and the cached paths, interleaved, plus a check that
   the outputs are identical; and, for absolute positions, keys rotated at every read vs stored rotated.
@@ -155,6 +156,7 @@ def bench_latency(bench: Bench) -> None:
     times: dict[str, list[float]] = {name: [] for name in chosen}
     snapshots: dict[tuple[str, int], KVMemory] = {}
     pool: dict[tuple[str, int], tuple[int, int]] = {}
+    attended: dict[tuple[str, int], int] = {}
     rss: dict[int, float] = {}
     print(f"\n## latency: one chunk = {args.steps} denoising forwards + 1 refresh, via rollout(); streamed to chunk "
           f"{total - 1} ({', '.join(f'{n} {c}' for n, c in caps.items())} chunks)")
@@ -167,6 +169,7 @@ def bench_latency(bench: Bench) -> None:
             memory = memories[name]
             if chunk in indices and memory is not None:  # the memory as chunk `chunk` finds it
                 snapshots[(name, chunk)] = copy.deepcopy(memory)
+                attended[(name, chunk)] = memory.read().num_frames
                 pool[(name, chunk)] = (memory.pool_bytes(), bench.attended_copy_bytes(memory))
             memories[name], _, elapsed = bench.rollout_chunk(policy, memory, gens[name])
             times[name].append(elapsed)
@@ -175,14 +178,14 @@ def bench_latency(bench: Bench) -> None:
         if args.verbose and chunk % 100 == 0:
             print(f"  chunk {chunk} ({time.perf_counter() - started:.0f} s)", flush=True)
     side: dict[tuple[str, int], list[float]] = {key: [] for key in snapshots}
-    for round_ in range(1 + args.window):  # round robin over every (policy, index); round 0 warms up
+    for round_ in range(1 + args.rounds):  # round robin over every (policy, index); round 0 warms up
         for (name, index), memory in snapshots.items():
             snapshots[(name, index)], _, elapsed = bench.rollout_chunk(chosen[name], memory, gens[name])
             if round_:
                 side[(name, index)].append(elapsed)
     base = indices[0]
-    print(f"side by side (chunks continued from snapshots at each index, round robin, median of {args.window}); "
-          f"in parentheses the ratio to chunk {base}:")
+    print(f"side by side (chunks continued from snapshots at each index, round robin, median of {args.rounds}); "
+          f"in parentheses the ratio to chunk {base} and the memory frames the chunk attends to:")
     print("| policy | budget | " + " | ".join(f"chunk {i}" for i in indices) + " |")
     print("|" + "---|" * (len(indices) + 2))
     for name, policy in chosen.items():
@@ -194,7 +197,7 @@ def bench_latency(bench: Bench) -> None:
                 cells.append(f"(capped at {caps[name]})")
                 continue
             value = statistics.median(side[(name, i)])
-            cells.append(f"{1000 * value:.1f} ms ({value / ref:.2f}x)")
+            cells.append(f"{1000 * value:.1f} ms ({value / ref:.2f}x, {attended[(name, i)]} frames)")
         print(f"| {name} | {budget if budget is not None else 'all'} | " + " | ".join(cells) + " |")
     print(f"during the stream (median of {args.window} chunks around each index; exposed to load drift over the run):")
     print("| policy | " + " | ".join(f"chunk {i}" for i in indices) + " |")
@@ -599,11 +602,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
     parser.add_argument("--text-len", type=int, default=16, help="text context tokens")
-    parser.add_argument("--window", type=int, default=15, help="chunks per median")
+    parser.add_argument("--window", type=int, default=15, help="chunks per median (stream, throughput)")
+    parser.add_argument("--rounds", type=int, default=61,
+                        help="side-by-side rounds of the latency table (its medians; a chunk from each snapshot per round)")
     parser.add_argument("--full-cap", type=int, default=200, help="chunks after which `full` stops")
     parser.add_argument("--throughput-at", type=int, default=100, help="chunk index of the throughput comparison")
-    parser.add_argument("--sizes", default="4x8,8x1,8x4,16x1",
-                        help="throughput sizes, LATENTxBATCH (default 4x8,8x1,8x4,16x1; '' = --latent x --batch)")
+    parser.add_argument("--sizes", default="4x8,8x1,8x4,16x1,24x1",
+                        help="throughput sizes, LATENTxBATCH (default 4x8,8x1,8x4,16x1,24x1; '' = --latent x --batch)")
     parser.add_argument("--warmup", type=int, default=25, help="chunks before timing (fastpaths, bookkeeping)")
     parser.add_argument("--timed", type=int, default=20, help="timed chunks (fastpaths, bookkeeping, compile)")
     parser.add_argument("--train-reps", type=int, default=3)
