@@ -67,7 +67,7 @@ def parse_policy(text: str) -> MemoryPolicy:
     return parser.instantiate_classes(parser.parse_args(["--memory", text])).memory
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def recache(model: WanModel, memory: KVMemory, history: torch.Tensor, context: torch.Tensor,
             frame_cond: torch.Tensor | None) -> KVMemory:
     """A fresh memory holding the clean history as if it had been streamed under ``context``."""
@@ -81,17 +81,21 @@ def recache(model: WanModel, memory: KVMemory, history: torch.Tensor, context: t
     return fresh
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def stream_video(model: WanModel, policy: MemoryPolicy, sigmas: torch.Tensor, chunk_frames: int,
                  latent_shape: tuple[int, int, int], segments: list[tuple[torch.Tensor, int]], num_frames: int,
                  frame_cond: torch.Tensor | None, seed: int = 0, progress: bool = True) -> torch.Tensor:
-    """Generate ``num_frames`` latent frames; ``segments`` = (text embedding [1, L, D], start frame)."""
+    """Generate ``num_frames`` latent frames; ``segments`` = (text embedding [1, L, D], start frame).
+
+    Chunks are collected in a list and joined only when a prompt switch needs the history, so the
+    per-chunk cost does not grow with the video (appending to one tensor would copy it every chunk).
+    Runs under ``inference_mode``: nothing generated here ever needs autograd."""
     channels, height, width = latent_shape
     if num_frames % chunk_frames:
         raise ValueError(f"--frames {num_frames} is not a multiple of chunk_frames={chunk_frames}")
     gens = [torch.Generator().manual_seed(seed)]
     memory: KVMemory | None = None
-    video = torch.zeros(1, channels, 0, height, width)
+    chunks: list[torch.Tensor] = []
     bounds = [start for _, start in segments[1:]] + [num_frames]
     with tqdm(total=num_frames // chunk_frames, disable=not progress, desc="chunks") as bar:
         for (context, start), end in zip(segments, bounds):
@@ -101,16 +105,17 @@ def stream_video(model: WanModel, policy: MemoryPolicy, sigmas: torch.Tensor, ch
                 continue
             cond = None if frame_cond is None else frame_cond[:, :end]
             if memory is not None:
-                memory = recache(model, memory, video, context, None if cond is None else cond[:, :start])
+                history = torch.cat(chunks, dim=2)
+                memory = recache(model, memory, history, context, None if cond is None else cond[:, :start])
             for chunk_start in range(start, end, chunk_frames):
                 part = slice(chunk_start, chunk_start + chunk_frames)
                 noise = randn((1, channels, chunk_frames, height, width), gens)
                 result = rollout(model, policy, noise, context, sigmas, chunk_frames=chunk_frames,
                                  frame_cond=None if cond is None else cond[:, part], generator=gens, memory=memory)
                 memory = result.memory
-                video = torch.cat([video, result.video], dim=2)
+                chunks.append(result.video)
                 bar.update(1)
-    return video
+    return torch.cat(chunks, dim=2) if chunks else torch.zeros(1, channels, 0, height, width)
 
 
 def main(argv: list[str] | None = None) -> None:
