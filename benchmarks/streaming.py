@@ -357,8 +357,13 @@ def throughput_row(bench: Bench, name: str) -> str:
     kept = len(policy.read(state).frames)
     batch, _, _, latent, _ = bench.shape
     tokens_per_chunk = batch * CHUNK * bench.tokens
-    return (f"| {latent}x{latent} | {bench.tokens} | {batch} | {name} | {kept} | {tokens_per_chunk / c:,.0f} | "
-            f"{tokens_per_chunk / r:,.0f} | {r / c:.2f}x |")
+    return (f"| {latent}x{latent} | {bench.tokens} | {batch} | {name} | {kept} | {rate(tokens_per_chunk / c)} | "
+            f"{rate(tokens_per_chunk / r)} | {r / c:.2f}x |")
+
+
+def rate(tokens_per_second: float) -> str:
+    """Whole tokens per second, or three significant digits below 100 (real model sizes on a CPU)."""
+    return f"{tokens_per_second:,.0f}" if tokens_per_second >= 100 else f"{tokens_per_second:.3g}"
 
 
 # ------------------------------------------------------------------------------------------- bookkeeping
