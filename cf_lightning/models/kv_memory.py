@@ -4,8 +4,9 @@ One :class:`KVMemory` per batch of videos is handed to the model and back; atten
 hold hidden cache state. Keys are stored un-rotated, so positions are chosen at read time by the
 policy, except when the policy's positions are fixed (absolute mode: a kept frame is always read at
 the position it was written at). Then only the query moves, and keys are stored rotated so the cache
-is never rotated again (``store_rotated``). Storage is a fixed pool of slots per video (sized by the policy budget, grown only for
-unbounded policies), so per-chunk memory use is bounded by ``budget x tokens_per_frame``.
+is never rotated again (``store_rotated``). Storage is a fixed pool of slots per video (sized by the
+policy budget, grown only for unbounded policies), so per-chunk memory use is bounded by
+``budget x tokens_per_frame``.
 
 Per-chunk cost: what a query chunk attends to only changes on :meth:`KVMemory.commit`, so
 :meth:`KVMemory.read` is computed once per chunk and reused by the chunk's denoising forwards and its
