@@ -11,6 +11,10 @@ generation for real-data models (no per-frame condition) is not wired into this 
 re-cached: the clean refresh passes of the history are replayed under the new prompt, so no key or
 value computed with the old prompt survives (one forward per history chunk, once per switch).
 Writes ``video.mp4`` (decoded by the codec) and ``latents.npy``.
+
+The world, codec and text encoder default to what the run trained on (its data module's settings,
+saved in the checkpoint), so the latents are conditioned and decoded as in training; ``--world``
+overrides fields of that world, ``--codec``/``--codec_options``/``--text_encoder`` replace them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,18 +123,27 @@ def stream_video(model: WanModel, policy: MemoryPolicy, sigmas: torch.Tensor, ch
     return torch.cat(chunks, dim=2) if chunks else torch.zeros(1, channels, 0, height, width)
 
 
+def training_data_settings(checkpoint: str | Path) -> dict[str, Any]:
+    """The data module settings a cf-fit checkpoint was trained with (empty if it has none).
+
+    Read with ``mmap``, so the weights are not loaded a second time just for these few values.
+    """
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    return dict(saved.get("datamodule_hyper_parameters") or {})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a cf-fit checkpoint of a ContextForcingModule run")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--frames", type=int, default=None, help="latent frames (default: the world video's)")
     parser.add_argument("--world_seed", type=int, required=True, help="revisit-world video giving camera + prompt")
-    parser.add_argument("--world", default="{}", help="JSON RevisitWorldConfig overrides (as in the recipe)")
+    parser.add_argument("--world", default="{}", help="JSON overrides of the training world's RevisitWorldConfig")
     parser.add_argument("--prompts", default=None, help="JSONL prompt switches")
     parser.add_argument("--memory", default=None, help="policy name or JSON {class_path, init_args}")
-    parser.add_argument("--text_encoder", default="hash")
-    parser.add_argument("--codec", default="pixel")
-    parser.add_argument("--codec_options", default='{"patch": 8}')
+    parser.add_argument("--text_encoder", default=None, help="default: the run's (else hash)")
+    parser.add_argument("--codec", default=None, help="default: the run's (else pixel)")
+    parser.add_argument("--codec_options", default=None, help="JSON; default: the run's when --codec is not given")
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--raw", action="store_true", help="use the live student instead of its EMA")
@@ -138,9 +152,19 @@ def main(argv: list[str] | None = None) -> None:
     module = ContextForcingModule.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=False)
     model: WanModel = module.student if args.raw else module.ema
     policy = parse_policy(args.memory) if args.memory else module.memory
-    codec = build_codec(args.codec, **json.loads(args.codec_options))
-    text = build_text_encoder(args.text_encoder)
-    world = RevisitWorldConfig(**json.loads(args.world))
+    trained = training_data_settings(args.checkpoint)
+    codec_options = trained.get("codec_options") if args.codec is None else None
+    if args.codec_options is not None:
+        codec_options = json.loads(args.codec_options)
+    codec = build_codec(args.codec or trained.get("codec") or "pixel", **(codec_options or {}))
+    if codec.latent_channels != model.config.in_dim:
+        raise SystemExit(f"codec {codec.name!r} with options {codec_options or {}} makes {codec.latent_channels}-channel "
+                         f"latents, but the model takes {model.config.in_dim}; the run trained with codec "
+                         f"{trained.get('codec')!r}, options {trained.get('codec_options')} (leave --codec and "
+                         "--codec_options out to use them)")
+    text = build_text_encoder(args.text_encoder or trained.get("text_encoder") or "hash",
+                              **((trained.get("text_encoder_options") or {}) if args.text_encoder is None else {}))
+    world = RevisitWorldConfig(**{**(trained.get("world") or {}), **json.loads(args.world)})
     video = generate_video(world, args.world_seed)
     truth = latent_truth(video, codec.frame_groups(world.num_frames))
     frame_cond, prompt, truth_frames = truth.camera[None].float(), video.prompt, truth.camera.shape[0]

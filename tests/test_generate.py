@@ -74,7 +74,13 @@ def test_stream_video_with_a_switch_has_the_requested_length():
     assert video.shape == (1, 4, 10, 4, 4)
 
 
-def test_cf_gen_writes_a_long_video_from_a_checkpoint(tmp_path):
+WORLD = {"frame_height": 16, "frame_width": 16, "canvas_height": 64, "canvas_width": 64, "num_frames": 16,
+         "segment_min": 2, "segment_max": 4, "num_places": 4, "gap_min": 2, "gap_max": 8, "object_size": 8,
+         "block_size": 4}
+
+
+def tiny_checkpoint(tmp_path):
+    """A ContextForcingModule checkpoint for 48-channel latents (pixel codec, patch 4), no data module."""
     torch.manual_seed(0)
     module = ContextForcingModule(backbone="tiny", latent_channels=48, text_dim=32, frame_cond_dim=2,
                                   memory=POLICY, min_rollout_chunks=2, max_rollout_chunks=2, target_chunks=1,
@@ -84,15 +90,37 @@ def test_cf_gen_writes_a_long_video_from_a_checkpoint(tmp_path):
     trainer.fit(module, DataLoader([{"latents": torch.zeros(48, 4, 4, 4)}]))
     checkpoint = tmp_path / "cf.ckpt"
     trainer.save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def test_cf_gen_writes_a_long_video_from_a_checkpoint(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path)
     switches = tmp_path / "switch.jsonl"
     switches.write_text(json.dumps({"prompt": "a calm loop", "start_frame": 0}) + "\n"
                         + json.dumps({"prompt": "now wander", "start_frame": 8}) + "\n")
-    world = json.dumps({"frame_height": 16, "frame_width": 16, "canvas_height": 64, "canvas_width": 64,
-                        "num_frames": 16, "segment_min": 2, "segment_max": 4, "num_places": 4, "gap_min": 2,
-                        "gap_max": 8, "object_size": 8, "block_size": 4})
-    cf_gen(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--world_seed", "3", "--world", world,
-            "--codec_options", '{"patch": 4}', "--prompts", str(switches), "--memory", "sliding_window"])
+    cf_gen(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--world_seed", "3",
+            "--world", json.dumps(WORLD), "--codec_options", '{"patch": 4}', "--prompts", str(switches),
+            "--memory", "sliding_window"])
     latents = np.load(tmp_path / "out" / "latents.npy")
     assert latents.shape == (48, 16, 4, 4)
     with av.open(str(tmp_path / "out" / "video.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 16
+
+
+def test_cf_gen_defaults_to_the_data_the_run_trained_on(tmp_path):
+    """The data module's settings saved by cf-fit pick the world, codec and text encoder; --world
+    overrides single fields of that world."""
+    checkpoint = tiny_checkpoint(tmp_path)
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["datamodule_hyper_parameters"] = {"codec": "pixel", "codec_options": {"patch": 4}, "text_encoder": "hash",
+                                            "text_encoder_options": None, "world": {**WORLD, "num_frames": 12}}
+    torch.save(saved, checkpoint)
+    cf_gen(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "trained"), "--world_seed", "3"])
+    assert np.load(tmp_path / "trained" / "latents.npy").shape == (48, 12, 4, 4)
+    cf_gen(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "longer"), "--world_seed", "3",
+            "--world", '{"num_frames": 16}'])
+    assert np.load(tmp_path / "longer" / "latents.npy").shape == (48, 16, 4, 4)
+    with pytest.raises(SystemExit, match="makes 192-channel latents, but the model takes 48; the run trained with "
+                                         "codec 'pixel', options {'patch': 4}"):
+        cf_gen(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "wrong"), "--world_seed", "3",
+                "--codec_options", '{"patch": 8}'])
