@@ -239,19 +239,11 @@ def bench_fastpaths(bench: Bench) -> None:
     print("|---|---|---|---|---|---|")
     for name in ("slow_fast", "sliding_window"):
         policy = policies()[name]
-        variants = {"plain": (False, False), "read": (True, False), "read+text": (True, True)}
-        memories = {v: bench.new_memory(policy, cache_reads=cache) for v, (cache, _) in variants.items()}
-        gens = {v: torch.Generator().manual_seed(2) for v in variants}
-        times: dict[str, list[float]] = {v: [] for v in variants}
-        identical = True
-        for chunk in range(args.warmup + args.timed):
-            outs = {}
-            for v, (_, text) in variants.items():
-                outs[v], elapsed = bench.manual_chunk(memories[v], gens[v], reuse_text=text)
-                if chunk >= args.warmup:
-                    times[v].append(elapsed)
-            identical &= all(torch.equal(outs["plain"], o) for o in outs.values())
-        med = {v: statistics.median(t) for v, t in times.items()}
+        med, identical, _ = interleaved_chunks(bench, {
+            "plain": (bench.new_memory(policy, cache_reads=False), False),
+            "read": (bench.new_memory(policy), False),
+            "read+text": (bench.new_memory(policy), True),
+        })
         print(f"| {name} | {1000 * med['plain']:.1f} ms | {1000 * med['read']:.1f} ms | {1000 * med['read+text']:.1f} ms"
               f" | {med['plain'] / med['read+text']:.2f}x | {'bit-identical' if identical else 'DIFFER'} |")
     print(f"\nfixed positions (absolute mode): keys rotated at every read vs stored rotated at commit, same chunks "
@@ -260,22 +252,34 @@ def bench_fastpaths(bench: Bench) -> None:
     print("|---|---|---|---|---|---|")
     fixed = {"full": Full(), "sliding_window (absolute)": SlidingWindow(sink=3, window=18, position_mode="absolute")}
     for name, policy in fixed.items():
-        variants = {"at read": False, "stored": True}
-        memories = {v: bench.new_memory(policy, store_rotated=rotated) for v, rotated in variants.items()}
-        gens = {v: torch.Generator().manual_seed(2) for v in variants}
-        times = {v: [] for v in variants}
-        identical = True
-        for chunk in range(args.warmup + args.timed):
-            outs = {}
-            for v in variants:
-                outs[v], elapsed = bench.manual_chunk(memories[v], gens[v], reuse_text=True)
-                if chunk >= args.warmup:
-                    times[v].append(elapsed)
-            identical &= torch.equal(outs["at read"], outs["stored"])
-        med = {v: statistics.median(t) for v, t in times.items()}
+        med, identical, memories = interleaved_chunks(bench, {
+            "at read": (bench.new_memory(policy, store_rotated=False), True),
+            "stored": (bench.new_memory(policy, store_rotated=True), True),
+        })
         print(f"| {name} | {memories['stored'].stored_frames()} | {1000 * med['at read']:.1f} ms | "
               f"{1000 * med['stored']:.1f} ms | {med['at read'] / med['stored']:.2f}x | "
               f"{'bit-identical' if identical else 'DIFFER'} |")
+
+
+def interleaved_chunks(bench: Bench, variants: dict[str, tuple[KVMemory, bool]]
+                       ) -> tuple[dict[str, float], bool, dict[str, KVMemory]]:
+    """Stream the same chunks through each variant's memory (``(memory, reuse_text)``), one chunk of each
+    in turn, for ``--warmup`` + ``--timed`` chunks. Returns the median time of the timed chunks per
+    variant, whether every variant's outputs equalled the first one's bitwise, and the memories."""
+    args = bench.args
+    memories = {v: memory for v, (memory, _) in variants.items()}
+    gens = {v: torch.Generator().manual_seed(2) for v in variants}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    identical = True
+    for chunk in range(args.warmup + args.timed):
+        outs = []
+        for v, (memory, reuse_text) in variants.items():
+            out, elapsed = bench.manual_chunk(memory, gens[v], reuse_text=reuse_text)
+            outs.append(out)
+            if chunk >= args.warmup:
+                times[v].append(elapsed)
+        identical &= all(torch.equal(outs[0], o) for o in outs[1:])
+    return {v: statistics.median(t) for v, t in times.items()}, identical, memories
 
 
 # -------------------------------------------------------------------------------------------- throughput
