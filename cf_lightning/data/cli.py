@@ -32,6 +32,7 @@ from cf_lightning.data.shards import (
     encode_sample,
     expand_shards,
     open_shard_writer,
+    per_frame_truth,
     read_shards,
 )
 from cf_lightning.data.trajectories import OdeSettings, write_trajectories
@@ -332,7 +333,6 @@ def _write(samples: Iterable[dict[str, Any]], output: str, shard_size: int) -> i
     count = 0
     with open_shard_writer(output, shard_size) as sink:
         for sample in samples:
-            truth = {name: sample[name] for name in ("camera", "view", "place") if name in sample}
             sink.write(
                 encode_sample(
                     sample["key"],
@@ -340,7 +340,7 @@ def _write(samples: Iterable[dict[str, Any]], output: str, shard_size: int) -> i
                     sample["prompt"],
                     sample["meta"],
                     text_emb=sample.get("text_emb"),
-                    **truth,
+                    **per_frame_truth(sample),
                 )
             )
             count += 1

@@ -62,6 +62,7 @@ __all__ = [
     "encode_sample",
     "expand_shards",
     "open_shard_writer",
+    "per_frame_truth",
     "read_shards",
 ]
 
@@ -108,6 +109,12 @@ def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
+
+
+def per_frame_truth(sample: dict[str, Any]) -> dict[str, Tensor]:
+    """The per-frame ground truth a (decoded) sample carries, as :func:`encode_sample` keyword arguments,
+    so a sample re-written from another (encoded, or integrated by a teacher) keeps it."""
+    return {name: sample[name] for name in _PER_FRAME if name in sample}
 
 
 def encode_sample(

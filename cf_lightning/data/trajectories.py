@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cf_lightning.data.shards import collate_samples, encode_sample, open_shard_writer
+from cf_lightning.data.shards import collate_samples, encode_sample, open_shard_writer, per_frame_truth
 from cf_lightning.diffusion import denoising_sigmas, guided_velocity, ode_trajectory, sampling_sigmas
 from cf_lightning.models import WanModel
 from cf_lightning.text import TextEncoder
@@ -154,7 +154,6 @@ def write_trajectories(
                 meta = {**sample["meta"], "ode": settings.describe(seed)}
                 if not stored_text and text is not None:
                     meta["text_encoder"] = text.describe()
-                truth = {name: sample[name] for name in ("camera", "view", "place") if name in sample}
                 sink.write(
                     encode_sample(
                         sample["key"],
@@ -163,7 +162,7 @@ def write_trajectories(
                         meta,
                         text_emb=conditions["text_emb"][row, conditions["text_mask"][row]],
                         ode_trajectory=states[row].cpu(),
-                        **truth,
+                        **per_frame_truth(sample),
                     )
                 )
             count += len(group)
