@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -42,16 +41,21 @@ def one_thread(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def cli_args(tmp_path: Path, stage: str, version: str | None, every: int = EVERY) -> list[str]:
+def cli_args(tmp_path: Path, stage: str, version: str | None, every: int = EVERY,
+             kill_at: int | None = None) -> list[str]:
+    """`cf-fit fit` arguments for a tiny run; ``kill_at`` adds a callback that SIGKILLs the run as that
+    training batch (0-based) starts: only for runs in another process."""
     recipe, tiny, steps = STAGES[stage]
-    overlay = tmp_path / f"{stage}.yaml"
+    overlay = tmp_path / f"{stage}-{version}{'-killed' if kill_at is not None else ''}.yaml"
     logger = {"save_dir": str(tmp_path / "runs"), "name": stage, "flush_logs_every_n_steps": 1}
     if version is not None:
         logger["version"] = version
     overlay.write_text(yaml.safe_dump({"trainer": {
         "max_steps": steps, "limit_val_batches": 0,
         "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger},
-        "callbacks": [{"class_path": "cf_lightning.callbacks.RunCheckpoint", "init_args": {"every_n_batches": every}}],
+        "callbacks": [{"class_path": "cf_lightning.callbacks.RunCheckpoint", "init_args": {"every_n_batches": every}},
+                      *([{"class_path": "tests.sigkill.SigkillAtBatch", "init_args": {"batch": kill_at}}]
+                        if kill_at is not None else [])],
     }}))
     return ["fit", "--config", str(recipe), *tiny, "--config", str(overlay)]
 
@@ -72,30 +76,14 @@ def saved_batches(run: Path) -> list[int]:
     return [int(p.stem.split("=")[1]) for p in (run / "checkpoints").glob("batch=*.ckpt")]
 
 
-def kill_after_training_passes_a_checkpoint(cmd: list[str], run: Path, log: Path) -> int:
-    """Start `cf-fit`, wait until a checkpoint exists and a later batch has been logged, SIGKILL it
-    (then it is inside the next batch) and return how many batches the checkpoint covers."""
+def run_until_killed(cmd: list[str], log: Path) -> None:
+    """Run `cf-fit` in another process; its arguments carry the callback that SIGKILLs it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "cf_lightning.cli", *cmd],
-                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            logged = max(losses(run / "metrics.csv"), default=-1)  # read before the checkpoints: no race
-            saved = saved_batches(run)
-            if saved and logged >= max(saved):
-                process.send_signal(signal.SIGKILL)
-                assert process.wait() == -signal.SIGKILL
-                return max(saved_batches(run))
-            time.sleep(0.05)
-        raise AssertionError(f"the run ended (code {process.poll()}) or stalled before it could be killed past a "
-                             f"checkpoint:\n{log.read_text()[-3000:]}")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        code = subprocess.run([sys.executable, "-m", "cf_lightning.cli", *cmd],
+                              cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    assert code == -signal.SIGKILL, f"the run was not killed (exit code {code}):\n{log.read_text()[-3000:]}"
 
 
 def assert_same(a: object, b: object, where: str = "checkpoint") -> None:
@@ -117,12 +105,15 @@ def assert_same(a: object, b: object, where: str = "checkpoint") -> None:
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_sigkilled_run_resumes_with_the_losses_of_an_uninterrupted_run(stage, tmp_path):
     runs = tmp_path / "runs" / stage
-    cmd = cli_args(tmp_path, stage, "killed")
-    checkpointed = kill_after_training_passes_a_checkpoint(cmd, runs / "killed", tmp_path / "killed.log")
+    # killed two batches past the first checkpoint: the resumed run redoes batches the killed one logged
+    kill_at = EVERY + 2
+    run_until_killed(cli_args(tmp_path, stage, "killed", kill_at=kill_at), tmp_path / "killed.log")
+    checkpointed = max(saved_batches(runs / "killed"))
+    assert checkpointed == EVERY, f"the kill at batch {kill_at} should follow the checkpoint at batch {EVERY}"
     before_kill = losses(runs / "killed" / "metrics.csv")
     assert max(before_kill) >= checkpointed, "training went on past the checkpoint before the kill"
 
-    main([*cmd, "--ckpt_path", "auto"])
+    main([*cli_args(tmp_path, stage, "killed"), "--ckpt_path", "auto"])
     resumed = losses(runs / "killed" / "metrics.csv")
     main(cli_args(tmp_path, stage, "uninterrupted"))
     reference = losses(runs / "uninterrupted" / "metrics.csv")
