@@ -35,7 +35,7 @@ from cf_lightning.diffusion import (
 from cf_lightning.ema import EMA
 from cf_lightning.metrics import RevisitError
 from cf_lightning.models.attention import Backend
-from cf_lightning.models.context import ContextPositions, build_context_sequence, last_frames
+from cf_lightning.models.context import ContextPositions, build_context_sequence, context_layout, last_frames
 from cf_lightning.modules.common import (
     Condition,
     batch_condition,
@@ -74,6 +74,9 @@ class ContextForcingModule(L.LightningModule):
         memory: the student's memory policy (also what ``teacher_context: memory`` shows the teacher).
         min_rollout_chunks / max_rollout_chunks / curriculum_steps: rollout-length curriculum in chunks.
         target_chunks: chunks at the end of the rollout that receive the DMD gradient.
+        context_positions: layout of the teacher's and critic's ``[context | target]``: ``student``
+            (each context frame where the student read it, :meth:`MemoryPolicy.context_positions`),
+            ``packed`` (context 0..n-1, the earlier teachers' layout) or ``absolute``.
         generator_every: critic updates per generator update (paper: 5).
         accumulate: micro-batches per optimizer step (the batch must divide evenly).
     """
@@ -86,7 +89,7 @@ class ContextForcingModule(L.LightningModule):
                  shift: float = 5.0, min_rollout_chunks: int = 4, max_rollout_chunks: int = 8,
                  curriculum_steps: int = 0, target_chunks: int = 2, teacher_context: TeacherContext = "memory",
                  teacher_context_frames: int = 8, short_teacher: bool = False,
-                 context_positions: ContextPositions = "bounded", guidance_scale: float = 3.0,
+                 context_positions: ContextPositions = "student", guidance_scale: float = 3.0,
                  generator_every: int = 5, accumulate: int = 1, grad_clip: float = 2.0,
                  generator_optimizer: OptimizerCallable = torch.optim.AdamW,
                  critic_optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -104,6 +107,7 @@ class ContextForcingModule(L.LightningModule):
             raise ValueError(f"generator_every and accumulate must be >= 1, got {generator_every}, {accumulate}")
         self.memory: MemoryPolicy = memory if memory is not None else SlowFast()
         self.memory.new_state(chunk_frames)  # fail now, with the policy's message, if the budget cannot work
+        self.context_layout = context_layout(context_positions, self.memory, chunk_frames)
         shapes = (latent_channels, text_dim, frame_cond_dim)
         self.student = build_backbone(backbone, *shapes, backbone_overrides, attention_backend,
                                       gradient_checkpointing)
@@ -196,7 +200,7 @@ class ContextForcingModule(L.LightningModule):
         history_cond = cond.frames(slice(0, history.shape[2]))
         target_cond = cond.frames(slice(history.shape[2], history.shape[2] + target.shape[2]))
         sequence = build_context_sequence(history.detach(), frames, target.detach(), history_cond=history_cond,
-                                          target_cond=target_cond, positions=h.context_positions)
+                                          target_cond=target_cond, layout=self.context_layout)
         gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
         logs: dict[str, torch.Tensor] = {}
         if generator_step:

@@ -30,7 +30,13 @@ from cf_lightning.ema import EMA
 from cf_lightning.lora import inject_lora, lora_parameters, merge_lora
 from cf_lightning.models import WanModel
 from cf_lightning.models.attention import Backend
-from cf_lightning.models.context import ContextPositions, ContextSequence, build_context_sequence, last_frames
+from cf_lightning.models.context import (
+    ContextPositions,
+    ContextSequence,
+    build_context_sequence,
+    context_layout,
+    last_frames,
+)
 from cf_lightning.modules.common import (
     Condition,
     EMAAfterStep,
@@ -69,6 +75,8 @@ class TeacherModule(EMAAfterStep):
         target_frames: latent frames the loss covers (a clip of this length for a short teacher).
         context_modes: per-sample context choice, drawn uniformly: ``none``, ``last_n``, ``policy``.
         context_frames: N for ``last_n``. memory: the policy for ``policy`` contexts.
+        context_positions: temporal layout of ``[context | target]``: ``student`` (where a student
+            streaming with ``memory`` reads each frame; needs ``memory``), ``packed`` or ``absolute``.
         revisit_targets: fraction of steps whose target window is chosen at a revisit of a view first
             seen before the last N frames (needs ``first_visit`` in the batch, as the revisit world gives).
         erft: Error-Recycling Fine-Tuning probabilities (``None`` disables it).
@@ -79,7 +87,7 @@ class TeacherModule(EMAAfterStep):
     def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
                  latent_channels: int = 16, text_dim: int = 32, frame_cond_dim: int = 0, chunk_frames: int = 2,
                  target_frames: int = 8, context_modes: list[ContextMode] | None = None, context_frames: int = 8,
-                 memory: MemoryPolicy | None = None, context_positions: ContextPositions = "bounded",
+                 memory: MemoryPolicy | None = None, context_positions: ContextPositions = "student",
                  revisit_targets: float = 0.0, shift: float = 5.0, cfg_dropout: float = 0.1,
                  erft: ErrorInjection | None = None,
                  erft_bins: int = 50, erft_capacity: int = 500, lora_rank: int = 0, lora_alpha: float = 1.0,
@@ -98,6 +106,7 @@ class TeacherModule(EMAAfterStep):
         if target_frames % chunk_frames:
             raise ValueError(f"target_frames={target_frames} must be a multiple of chunk_frames={chunk_frames}")
         self.context_modes = modes
+        self.layout = context_layout("packed" if modes == ["none"] else context_positions, memory, chunk_frames)
         self.optimizer = optimizer
         self.memory = memory
         self.model = build_backbone(backbone, latent_channels, text_dim, frame_cond_dim, backbone_overrides,
@@ -126,7 +135,7 @@ class TeacherModule(EMAAfterStep):
         hist_len = history.shape[2]
         return build_context_sequence(history, frames, target, history_cond=cond.frames(slice(0, hist_len)),
                                       target_cond=cond.frames(slice(hist_len, hist_len + target.shape[2])),
-                                      positions=self.hparams.context_positions)
+                                      layout=self.layout)
 
     # ------------------------------------------------------------------ training
     def _split(self, latents: torch.Tensor, generator: torch.Generator, first_visit: torch.Tensor | None = None
