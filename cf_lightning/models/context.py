@@ -27,6 +27,8 @@ from cf_lightning.diffusion.flow import timestep_from_sigma
 from memory_policies import MemoryPolicy
 
 ContextPositions = Literal["student", "packed", "absolute"]
+ContextTimestep = Literal["zero", "shared"]
+CONTEXT_TIMESTEPS: tuple[str, ...] = ("zero", "shared")
 CONTEXT_POSITIONS: tuple[str, ...] = ("student", "packed", "absolute")
 # (context frames, history length, target length) -> positions of context + target
 PositionFn = Callable[[list[int], int, int], list[int]]
@@ -63,15 +65,21 @@ class ContextSequence:
     frame_mask: torch.Tensor | None  # [B, n + T, n + T] True = may attend; None when nothing is padded
     frame_cond: torch.Tensor | None  # [B, n + T, k] per-frame condition, when given
     context_frames: int  # n: padded context length; the target is x[:, :, n:]
+    context_timestep: ContextTimestep = "zero"
 
     def velocity(self, model: nn.Module, noisy_target: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                  context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``model``'s velocity for the target when it sits, at noise ``sigma [B]``, after the clean context
-        (timestep 0), which is how teachers and critics score a sample given its history."""
+        """``model``'s velocity for the target when it sits, at noise ``sigma [B]``, after the clean context,
+        which is how teachers and critics score a sample given its history.
+
+        The clean context's timestep is 0 (``zero``, what a clean frame is) or the target's
+        (``shared``: one timestep for the whole sequence, as the reference code and its released
+        teacher do); a model must be scored the way it was trained."""
         x = self.x.clone()
         x[:, :, self.context_frames:] = noisy_target
         steps = torch.zeros(x.shape[0], x.shape[2], device=x.device)
-        steps[:, self.context_frames:] = timestep_from_sigma(sigma)[:, None]
+        first = 0 if self.context_timestep == "shared" else self.context_frames
+        steps[:, first:] = timestep_from_sigma(sigma)[:, None]
         out = model(x, steps, context, context_mask=context_mask, frame_cond=self.frame_cond,
                     positions=self.positions, frame_mask=self.frame_mask)
         return out[:, :, self.context_frames:]
@@ -92,14 +100,18 @@ def last_frames(history_frames: int, count: int, batch: int) -> list[list[int]]:
 
 def build_context_sequence(history: torch.Tensor, frames: list[list[int]], target: torch.Tensor, *,
                            history_cond: torch.Tensor | None = None, target_cond: torch.Tensor | None = None,
-                           layout: PositionFn = packed_positions) -> ContextSequence:
+                           layout: PositionFn = packed_positions,
+                           context_timestep: ContextTimestep = "zero") -> ContextSequence:
     """Gather the chosen history frames of each video in front of its target.
 
     ``history``: ``[B, C, Fh, H, W]`` clean frames; ``frames[b]``: sorted indices into it;
     ``target``: ``[B, C, T, H, W]`` (noisy) target that follows frame ``Fh - 1``.
-    ``layout`` gives each video's temporal positions (see :func:`context_layout`).
+    ``layout`` gives each video's temporal positions (see :func:`context_layout`);
+    ``context_timestep`` how :meth:`ContextSequence.velocity` times the context (``zero`` | ``shared``).
     """
     batch, channels, history_len, height, width = history.shape
+    if context_timestep not in CONTEXT_TIMESTEPS:
+        raise ValueError(f"unknown context timestep {context_timestep!r}; allowed: {', '.join(CONTEXT_TIMESTEPS)}")
     if len(frames) != batch:
         raise ValueError(f"frames has {len(frames)} lists for a batch of {batch}")
     if target.shape[:2] != history.shape[:2] or target.shape[3:] != history.shape[3:]:
@@ -132,4 +144,4 @@ def build_context_sequence(history: torch.Tensor, frames: list[list[int]], targe
         keys = valid[:, None, :].expand(batch, length, length).clone()
         keys |= torch.eye(length, dtype=torch.bool)[None]  # padded queries see themselves: no empty rows
         mask = keys.to(device)
-    return ContextSequence(x, pos.to(device), mask, cond, width_ctx)
+    return ContextSequence(x, pos.to(device), mask, cond, width_ctx, context_timestep)
