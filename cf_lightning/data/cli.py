@@ -145,6 +145,9 @@ def build_parser() -> ArgumentParser:
     prompts.add_argument("--width", type=int, required=True, help="video width the student generates")
     prompts.add_argument("--negative_prompt", type=str | None, default=None, help="the unconditional prompt")
     prompts.add_argument("--batch_size", type=int, default=16, help="prompts encoded together")
+    prompts.add_argument(
+        "--latent_frames", type=int, default=0, help="zero latent frames per sample (conditions for trajectories)"
+    )
     commands.add_subcommand("prompts", prompts, help="write prompt shards (stage 2)")
 
     check = ArgumentParser(description="Read shards and report unreadable shards and corrupt samples.")
@@ -239,7 +242,7 @@ def _prompts(parser: ArgumentParser, cfg: Namespace) -> int:
         text = _text_encoder(args)
         assert text is not None
         written = write_prompt_shards(prompts, text, (codec.latent_channels, height, width), args.output,
-                                      args.shard_size, args.batch_size, args.negative_prompt)
+                                      args.shard_size, args.batch_size, args.negative_prompt, args.latent_frames)
     except (ValueError, FileNotFoundError) as exc:
         parser.error(f"cf-data prompts: {exc}")
     negative = " and negative_prompt.safetensors" if args.negative_prompt is not None else ""

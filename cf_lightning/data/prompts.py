@@ -3,7 +3,9 @@
 A distillation step rolls the student out from noise, so its data is only the condition: each sample
 holds a prompt, its embedding and a latent array with **no frames** (``[C, 0, h, w]``, zero bytes)
 that tells the module the latent shape it generates. They are ordinary latent shards
-(:mod:`cf_lightning.data.shards`), read by ``ShardDataModule`` like any other.
+(:mod:`cf_lightning.data.shards`), read by ``ShardDataModule`` like any other. ``cf-data
+trajectories`` integrates its teacher over the stored latents' shape, so prompt conditions for it are
+written with ``latent_frames`` zero frames instead.
 
 The negative prompt, the unconditional branch of the reference code's guidance, is encoded once and
 stored next to the shards as ``negative_prompt.safetensors`` (tensor ``text_emb`` ``[n, D]``, valid
@@ -65,18 +67,20 @@ def _embedded(prompts: list[str], encoder: TextEncoder, batch_size: int) -> Iter
 
 def write_prompt_shards(prompts: list[str], encoder: TextEncoder, latent_shape: tuple[int, int, int],
                         output: str | Path, shard_size: int = 1024, batch_size: int = 16,
-                        negative_prompt: str | None = None) -> int:
+                        negative_prompt: str | None = None, latent_frames: int = 0) -> int:
     """Write ``prompts`` with their embeddings as shards ``prompts-*.tar`` in ``output``; returns the count.
 
-    ``latent_shape`` is ``(C, h, w)`` of the codec's latents at the training resolution. With a
-    ``negative_prompt`` its embedding is written once to ``output/negative_prompt.safetensors``.
+    ``latent_shape`` is ``(C, h, w)`` of the codec's latents at the training resolution; the stored
+    latents are ``latent_frames`` zero frames (0 for stage 2). With a ``negative_prompt`` its
+    embedding is written once to ``output/negative_prompt.safetensors``.
     """
     channels, height, width = latent_shape
-    if min(latent_shape) < 1:
-        raise ValueError(f"latent_shape must be positive (C, h, w), got {latent_shape}")
+    if min(latent_shape) < 1 or latent_frames < 0:
+        raise ValueError(f"latent_shape must be positive (C, h, w) and latent_frames >= 0, got {latent_shape} "
+                         f"and {latent_frames}")
     Path(output).mkdir(parents=True, exist_ok=True)
-    empty = torch.zeros(channels, 0, height, width)
-    meta = {"source": "prompts", "latent_shape": [channels, 0, height, width], "text_encoder": encoder.describe()}
+    empty = torch.zeros(channels, latent_frames, height, width)
+    meta = {"source": "prompts", "latent_shape": list(empty.shape), "text_encoder": encoder.describe()}
     count = 0
     with open_shard_writer(output, shard_size, prefix="prompts") as sink:
         for prompt, emb in _embedded(prompts, encoder, batch_size):
