@@ -176,7 +176,8 @@ def test_wan_recipes_run_end_to_end_on_tiny_stand_ins(tmp_path, monkeypatch):
     export_backbone(_fit("teacher.yaml", f), f.teacher)
     export_backbone(_fit("context_teacher.yaml", f), f.context_teacher)
     _data("trajectories", "--teacher", str(f.teacher), "--input", str(f.prompts_ode), "--output", str(f.ode),
-          "--denoising_steps", "4", "--shift", "5.0", "--ode_steps", "4")
+          "--denoising_steps", "4", "--shift", "5.0", "--ode_steps", "4", "--negative_prompt",
+          str(f.prompts / "negative_prompt.safetensors"))
     export_backbone(_fit("student_ode.yaml", f), f.student_ode)
     export_backbone(_fit("student_dmd.yaml", f), f.student_init)
     for recipe in ("slowfast.yaml", "sliding_window.yaml", "keyframe.yaml"):

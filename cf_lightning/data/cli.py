@@ -100,6 +100,13 @@ def _add_trajectory_arguments(parser: ArgumentParser) -> None:
     parser.add_argument(
         "--noise_seed", type=int, default=0, help="sample i starts from noise seeded noise_seed + i"
     )
+    parser.add_argument(
+        "--negative_prompt",
+        type=str | None,
+        default=None,
+        help="negative prompt embedding (negative_prompt.safetensors from cf-data prompts) for the "
+        "unconditional branch instead of the null text",
+    )
 
 
 def build_parser() -> ArgumentParser:
@@ -200,6 +207,7 @@ def _trajectories(parser: ArgumentParser, cfg: Namespace) -> int:
             args.guidance_scale,
             args.noise_seed,
             args.teacher,
+            args.negative_prompt,
         )
         text = _text_encoder(args)
         if args.input is not None:
