@@ -30,6 +30,9 @@ ContextPositions = Literal["student", "packed", "absolute"]
 ContextTimestep = Literal["zero", "shared"]
 CONTEXT_TIMESTEPS: tuple[str, ...] = ("zero", "shared")
 CONTEXT_POSITIONS: tuple[str, ...] = ("student", "packed", "absolute")
+# What checkpoints written before the student layout existed saved for the packed layout; accepted so
+# they still load (resume, export) and score as they were trained.
+LEGACY_PACKED = "bounded"
 # (context frames, history length, target length) -> positions of context + target
 PositionFn = Callable[[list[int], int, int], list[int]]
 
@@ -46,7 +49,7 @@ def absolute_positions(frames: list[int], history_frames: int, target_frames: in
 
 def context_layout(mode: ContextPositions, policy: MemoryPolicy | None = None, chunk_frames: int = 1) -> PositionFn:
     """The position function of layout ``mode``; ``student`` follows ``policy`` read in ``chunk_frames`` chunks."""
-    if mode == "packed":
+    if mode in ("packed", LEGACY_PACKED):
         return packed_positions
     if mode == "absolute":
         return absolute_positions

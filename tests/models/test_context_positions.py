@@ -57,11 +57,16 @@ def test_padded_batch_keeps_each_videos_layout():
     assert sequence.positions.tolist()[1][1:] == [0, 3, 4]  # the first slot is padding, masked out
 
 
+def test_checkpoints_of_the_packed_era_still_build_their_layout():
+    """Runs saved before this layout existed recorded ``context_positions='bounded'`` for the packed one."""
+    assert context_layout("bounded") is context_layout("packed")  # type: ignore[arg-type]
+
+
 def test_layout_errors_name_the_fix():
     with pytest.raises(ValueError, match="none was given"):
         context_layout("student", None, 2)
     with pytest.raises(ValueError, match="allowed: student, packed, absolute"):
-        context_layout("bounded", SlowFast(), 2)  # type: ignore[arg-type]
+        context_layout("relative", SlowFast(), 2)  # type: ignore[arg-type]
     policy = SlowFast(sink=0, slow=0, fast=2, rope_length=4)
     with pytest.raises(ValueError, match="do not fit rope_length=4"):
         policy.context_positions([0, 1, 2, 3], history_frames=4, target_frames=2, chunk_frames=2)
