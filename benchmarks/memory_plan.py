@@ -101,9 +101,10 @@ def _args(recipe: dict) -> dict:
 
 
 def _bytes(recipe: dict) -> tuple[int, int]:
-    """Activation bytes (autocast dtype) and K/V memory bytes (the weights' dtype: fp32 masters)."""
+    """Activation bytes and K/V memory bytes: both the autocast dtype under mixed precision."""
     precision = str(recipe.get("trainer", {}).get("precision", "32"))
-    return (2 if "16" in precision else 4), 4
+    size = 2 if "16" in precision else 4
+    return size, size
 
 
 def _policy_budget(args: dict) -> int:

@@ -296,9 +296,15 @@ class WanModel(nn.Module):
     def new_memory(self, policy: MemoryPolicy, batch_size: int, chunk_frames: int, latent_hw: tuple[int, int],
                    device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
                    cache_reads: bool = True, store_rotated: bool | None = None) -> KVMemory:
+        """A memory for this model's layers; ``dtype`` defaults to the autocast dtype when autocast is on
+        (mixed precision computes keys at that precision; fp32 storage would double the pool and the keys
+        each chunk that keeps a graph holds for its backward), else to the weights' dtype."""
         param = next(self.parameters())
+        device = torch.device(device) if device is not None else param.device
+        if dtype is None:
+            dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
         return KVMemory(policy, batch_size, chunk_frames, self.tokens_per_frame(latent_hw), self.config.num_layers,
-                        self.config.num_heads, self.config.head_dim, device or param.device, dtype or param.dtype,
+                        self.config.num_heads, self.config.head_dim, device, dtype,
                         cache_reads=cache_reads, store_rotated=store_rotated)
 
     def tokens_per_frame(self, latent_hw: tuple[int, int] | torch.Size) -> int:
