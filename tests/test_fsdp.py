@@ -37,7 +37,7 @@ def build(kind: str) -> L.LightningModule:
         return ContextForcingModule(
             latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, memory=policy, min_rollout_chunks=3,
             max_rollout_chunks=4, target_chunks=1, generator_every=1, denoising_steps=2, guidance_scale=2.0,
-            generator_optimizer=sgd, critic_optimizer=sgd, gradient_checkpointing=True)
+            accumulate=2, generator_optimizer=sgd, critic_optimizer=sgd, gradient_checkpointing=True)
     return TeacherModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, target_frames=4,
                          context_modes=["policy", "last_n"], context_frames=4, memory=policy, cfg_dropout=0.5,
                          lora_rank=2, lora_alpha=2.0, ema_decay=0.5, optimizer=sgd, gradient_checkpointing=True)
