@@ -46,6 +46,7 @@ from cf_lightning.inference import (
     text_conditions,
     world_conditions,
 )
+from cf_lightning.models import CONFIGS, WanConfig
 from cf_lightning.text import TextEncoder, build_text_encoder
 
 WAN_FRAME_SIZE = (480, 832)
@@ -61,6 +62,18 @@ def check_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise ValueError(f"cannot write the output folder {folder}: {error.strerror or error}") from None
+
+
+def wan_config(text: str | None) -> WanConfig | None:
+    """``--config``: a named size or a JSON object of WanConfig fields."""
+    if text is None:
+        return None
+    if text.lstrip().startswith("{"):
+        return WanConfig(**json.loads(text))
+    if text not in CONFIGS:
+        raise ValueError(f"unknown --config {text!r}; allowed: {', '.join(CONFIGS)} or a JSON object of WanConfig "
+                         "fields")
+    return CONFIGS[text]
 
 
 def resolve_preset(name: str | None, generator: LoadedGenerator) -> InferencePreset:
@@ -146,12 +159,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="a run's live weights instead of its EMA")
     p.add_argument("--use_ema", action="store_true", help="generator_ema of a Self-Forcing-style .pt")
+    p.add_argument("--config", default=None, help=f"for a .pt without a config of a non-released size: one of "
+                                                  f"{', '.join(CONFIGS)} or JSON WanConfig fields")
     return p
 
 
 def run(args: argparse.Namespace) -> Path:
     check_writable(args.out)
-    generator = load_generator(args.checkpoint, live=args.raw, use_ema=args.use_ema)
+    generator = load_generator(args.checkpoint, live=args.raw, use_ema=args.use_ema, config=wan_config(args.config))
     preset = resolve_preset(args.preset, generator)
     trained = generator.data_settings
     codec, text = build_parts(args, trained)

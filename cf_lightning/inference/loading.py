@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cf_lightning.inference.presets import OURS, InferencePreset
-from cf_lightning.models import WanModel
+from cf_lightning.models import WanConfig, WanModel
 from cf_lightning.models.checkpoint import load_wan
 from memory_policies import MemoryPolicy
 
@@ -37,11 +37,13 @@ class LoadedGenerator:
     data_settings: dict[str, Any] = field(default_factory=dict)  # the run's data module hyper-parameters
 
 
-def load_generator(path: str | Path, live: bool = False, use_ema: bool = False) -> LoadedGenerator:
+def load_generator(path: str | Path, live: bool = False, use_ema: bool = False,
+                   config: WanConfig | None = None) -> LoadedGenerator:
     """Load the generating backbone (eval mode, CPU, float32) from ``path`` (see the module docstring).
 
     ``live`` takes a run's live weights instead of its EMA; ``use_ema`` picks ``generator_ema`` in a
-    Self-Forcing-style ``.pt`` (their EMA, which such files keep under another name).
+    Self-Forcing-style ``.pt`` (their EMA, which such files keep under another name). ``config`` is for
+    Wan checkpoints that carry none and are not a released size (``.pt`` files ship without one).
     """
     from cf_lightning.modules.common import backbone_from_run, read_lightning_checkpoint
 
@@ -52,7 +54,9 @@ def load_generator(path: str | Path, live: bool = False, use_ema: bool = False) 
         if live:
             raise ValueError(f"live=True picks a run's live weights over its EMA in a {RUN_SUFFIX} file; {source} "
                              "is a Wan checkpoint")
-        return LoadedGenerator(load_wan(source, use_ema=use_ema), source)
+        return LoadedGenerator(load_wan(source, config=config, use_ema=use_ema), source)
+    if config is not None:
+        raise ValueError(f"{source} is a run checkpoint, which records its own config; leave config out")
     saved = read_lightning_checkpoint(source)
     model = backbone_from_run(saved, str(source), LIVE_FIRST if live else EMA_FIRST)
     hparams = saved.get("hyper_parameters") or {}
