@@ -49,12 +49,16 @@ class Mp4Writer:
         self.frames_written += frames.shape[0]
 
     def close(self) -> Path:
-        """Flush and publish the video under its name (idempotent)."""
-        if self._container is not None:
-            if self._stream is not None:
-                self._container.mux(self._stream.encode())
-            self._container.close()
-            self._container = None
+        """Flush and publish the video under its name (idempotent); without any frame nothing is written."""
+        if self._container is None:
+            return self.path
+        if self._stream is not None:
+            self._container.mux(self._stream.encode())
+        self._container.close()
+        self._container = None
+        if self._stream is None:  # no frame came: there is no video to publish
+            self.partial.unlink(missing_ok=True)
+        else:
             self.partial.replace(self.path)
         return self.path
 

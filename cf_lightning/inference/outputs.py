@@ -58,8 +58,12 @@ class LatentFile:
         return torch.from_numpy(np.array(stored[:, start:stop]))[None]
 
     def close(self) -> Path:
-        """Publish the finished frames under the file's name (the whole file when all were written)."""
+        """Publish the finished frames under the file's name (the whole file when all were written,
+        nothing when none was)."""
         if not self.partial.exists():
+            return self.path
+        if self.frames == 0:
+            self.partial.unlink()
             return self.path
         if self.frames == self.shape[1]:
             self.partial.replace(self.path)

@@ -88,6 +88,15 @@ def recache(model: WanModel, memory: KVMemory, history: Iterable[torch.Tensor], 
     return fresh
 
 
+def check_length(num_frames: int, chunk_frames: int, conditions: Conditions) -> None:
+    """A video is whole chunks, no longer than its per-frame condition."""
+    if num_frames < chunk_frames or num_frames % chunk_frames:
+        raise ValueError(f"{num_frames} latent frames is not a positive multiple of chunk_frames={chunk_frames}")
+    if conditions.max_frames is not None and num_frames > conditions.max_frames:
+        raise ValueError(f"{num_frames} latent frames exceed the {conditions.max_frames} frames of the per-frame "
+                         "condition")
+
+
 @torch.inference_mode()
 def stream_chunks(model: WanModel, preset: InferencePreset, conditions: Conditions, num_frames: int,
                   latent_hw: tuple[int, int], policy: MemoryPolicy | None = None, seed: int = 0,
@@ -99,12 +108,8 @@ def stream_chunks(model: WanModel, preset: InferencePreset, conditions: Conditio
     those finished frames (a :class:`LatentFile` reads them back from disk); without it the chunks
     are kept in memory. Switches are rounded down to a chunk boundary.
     """
+    check_length(num_frames, preset.chunk_frames, conditions)
     chunk_frames = preset.chunk_frames
-    if num_frames < chunk_frames or num_frames % chunk_frames:
-        raise ValueError(f"{num_frames} latent frames is not a positive multiple of chunk_frames={chunk_frames}")
-    if conditions.max_frames is not None and num_frames > conditions.max_frames:
-        raise ValueError(f"{num_frames} latent frames exceed the {conditions.max_frames} frames of the per-frame "
-                         "condition")
     policy = policy or preset.memory()
     sigmas = preset.sigmas()
     device = next(model.parameters()).device
@@ -149,6 +154,7 @@ def generate_video(model: WanModel, conditions: Conditions, out_dir: str | Path,
     if codec.latent_channels != model.config.in_dim:
         raise ValueError(f"codec {codec.name!r} makes {codec.latent_channels}-channel latents, but the model takes "
                          f"{model.config.in_dim}: the VAE and the DiT do not belong together")
+    check_length(num_frames, preset.chunk_frames, conditions)
     output = VideoOutput(out_dir, codec, (codec.latent_channels, *latent_hw), num_frames, fps)
     try:
         with signals_raise(), tqdm(total=num_frames // preset.chunk_frames, disable=not progress,
