@@ -29,9 +29,11 @@ class PromptSegment:
     start_frame: int  # latent frame at which this prompt takes over
 
 
-@dataclass(frozen=True)
+@dataclass
 class Conditions:
-    """Text embeddings per prompt segment and an optional per-frame condition for one video."""
+    """Text embeddings per prompt segment and an optional per-frame condition for one video.
+
+    Not frozen: Lightning moves a batch holding one to the module's device field by field."""
 
     segments: list[tuple[torch.Tensor, int]]  # (embedding [1, L, text_dim], start latent frame), first at 0
     frame_cond: torch.Tensor | None = None  # [1, F, k]; bounds the video to F latent frames

@@ -43,5 +43,12 @@ def student_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trainer.fit(module, DataLoader([{"latents": torch.zeros(VAE_CHANNELS, 4, 4, 4)}]))
     checkpoint = folder / "student.ckpt"
     trainer.save_checkpoint(checkpoint)
+    # as cf-fit saves it: the class path and the configs of policy and optimizers, no Python objects
+    saved = torch.load(checkpoint, weights_only=False)
+    adamw = {"class_path": "torch.optim.AdamW"}
+    saved["hyper_parameters"].update(_class_path="cf_lightning.modules.ContextForcingModule",
+                                     memory={"class_path": "sliding_window", "init_args": {"sink": 1, "window": 4}},
+                                     generator_optimizer=adamw, critic_optimizer=adamw)
+    torch.save(saved, checkpoint)
     init.unlink()
     return checkpoint

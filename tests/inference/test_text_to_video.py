@@ -27,6 +27,8 @@ from cf_lightning.inference import (
 from cf_lightning.models.checkpoint import load_wan, save_wan
 from cf_lightning.text import build_text_encoder
 
+RECIPES = Path(__file__).parents[2] / "recipes"
+
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
@@ -131,3 +133,25 @@ def test_presets_run_as_their_references_configure_them():
     assert forcing.sigmas().tolist() == pytest.approx([1.0, 0.9375, 0.8333333, 0.625], abs=1e-6)
     memory = forcing.memory()
     assert (memory.sink, memory.slow, memory.fast, memory.rope_length) == (3, 12, 6, 21)
+
+
+def test_cf_fit_predict_from_a_copied_checkpoint_in_another_folder(student_run, wan_release, tmp_path, monkeypatch):
+    """LightningCLI predict with the predict recipe streams the same video as cf-gen."""
+    from cf_lightning.cli import main as cf_fit
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(student_run, elsewhere / "copied.ckpt")
+    prompts = three_prompts(elsewhere)
+    monkeypatch.chdir(elsewhere)
+    release = json.dumps({"path": str(wan_release)})
+    cf_fit(["predict", "--config", str(RECIPES / "predict.yaml"), "--ckpt_path", "copied.ckpt",
+            "--trainer.accelerator", "cpu", "--data.prompts", prompts.name, "--data.num_frames", str(FRAMES),
+            "--data.height", str(SIZE), "--data.width", str(SIZE), "--data.codec_options", release,
+            "--data.text_encoder_options", release, "--data.seeds", "[0, 1]"])
+    assert video_facts(elsewhere / "videos" / "seed_0" / "video.mp4") == (PIXEL_FRAMES, 16.0, SIZE, SIZE)
+    predicted = np.load(elsewhere / "videos" / "seed_0" / "latents.npy")
+    assert not np.allclose(predicted, np.load(elsewhere / "videos" / "seed_1" / "latents.npy"))
+    cf_gen(["--checkpoint", "copied.ckpt", "--out", "gen", "--prompts", prompts.name, "--umt5", str(wan_release),
+            "--vae", str(wan_release), "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE)])
+    np.testing.assert_allclose(predicted, np.load(elsewhere / "gen" / "latents.npy"), atol=1e-6)
