@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cf_lightning.inference.loading import EMA_FIRST as BACKBONE_ATTRIBUTES
 from cf_lightning.models.checkpoint import save_wan
-
-#: Where each module keeps its backbones, best first.
-BACKBONE_ATTRIBUTES = ("ema", "model", "student")
 
 
 def export_backbone(checkpoint: str | Path, output: str | Path, attribute: str | None = None) -> Path:

@@ -76,14 +76,14 @@ def wan_config(text: str | None) -> WanConfig | None:
     return CONFIGS[text]
 
 
-def resolve_preset(name: str | None, generator: LoadedGenerator) -> InferencePreset:
+def resolve_preset(named: InferencePreset | None, generator: LoadedGenerator) -> InferencePreset:
     """``--preset``, or the run's own settings; a checkpoint without them must be given one."""
-    if name in (None, OURS):
-        if generator.preset is None:
-            raise ValueError(f"{generator.source} records no inference settings (chunk size, schedule, memory); "
-                             f"pass --preset, one of: {', '.join(n for n in preset_names() if n != OURS)}")
-        return generator.preset
-    return get_preset(name)
+    if named is not None:
+        return named
+    if generator.preset is None:
+        raise ValueError(f"{generator.source} records no inference settings (chunk size, schedule, memory); "
+                         f"pass --preset, one of: {', '.join(n for n in preset_names() if n != OURS)}")
+    return generator.preset
 
 
 def build_parts(args: argparse.Namespace, trained: dict[str, Any]) -> tuple[LatentCodec, TextEncoder]:
@@ -165,9 +165,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> Path:
+    named = None if args.preset in (None, OURS) else get_preset(args.preset)
     check_writable(args.out)
     generator = load_generator(args.checkpoint, live=args.raw, use_ema=args.use_ema, config=wan_config(args.config))
-    preset = resolve_preset(args.preset, generator)
+    preset = resolve_preset(named, generator)
     trained = generator.data_settings
     codec, text = build_parts(args, trained)
     model_channels = generator.model.config.in_dim
