@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from t2v_parts import build_parts
+from t2v_parts import build_parts, interleaved, medians, table
 
 from cf_lightning.codecs import unit_to_uint8
 from cf_lightning.data.video_write import Mp4Writer
@@ -92,27 +92,22 @@ def main() -> None:
         variants["compiled blocks"] = compiled
     frame = (args.height, args.width)
     warm = {name: run_once(model, parts, preset, 1, frame, args.device)["total"] for name, model in variants.items()}
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, model in variants.items():
-            runs[name].append(run_once(model, parts, preset, args.chunks, frame, args.device))
+    runs = interleaved(args.repeats, {name: partial(run_once, model, parts, preset, args.chunks, frame, args.device)
+                                      for name, model in variants.items()})
     frames = runs["eager"][0]["frames"]
     print(f"## prompt -> mp4, {args.config} DiT, {args.width}x{args.height}, preset {args.preset}, {args.chunks} chunks "
           f"= {frames} frames, {args.device}, {args.threads} thread(s), medians of {args.repeats}\n")
-    print("| variant | mp4 frames/s | first chunk (s) | DiT (s) | VAE decode (s) | mp4 encode (s) | total (s) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    medians = {}
-    for name, results in runs.items():
-        med = {key: statistics.median(r[key] for r in results) for key in ("fps", "first_chunk", *STAGES, "total")}
-        medians[name] = med
-        print(f"| {name} | {med['fps']:.3g} | {med['first_chunk']:.3g} | {med['dit']:.3g} | {med['decode']:.3g} | "
-              f"{med['encode']:.3g} | {med['total']:.3g} |")
-    eager = medians["eager"]
+    medians_by_variant = {name: medians(results) for name, results in runs.items()}
+    print(table(["variant", "mp4 frames/s", "first chunk (s)", "DiT (s)", "VAE decode (s)", "mp4 encode (s)",
+                 "total (s)"],
+                [[name, *(f"{med[key]:.3g}" for key in ("fps", "first_chunk", *STAGES, "total"))]
+                 for name, med in medians_by_variant.items()]))
+    eager = medians_by_variant["eager"]
     shares = ", ".join(f"{stage} {eager[stage] / eager['total']:.0%}" for stage in STAGES)
     print(f"\nshare of the eager run: {shares}; warm-up runs (1 chunk, compilation included): "
           + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in warm.items()))
     if args.compile:
-        print(f"compiled / eager frames per second: {medians['compiled blocks']['fps'] / eager['fps']:.2f}x")
+        print(f"compiled / eager frames per second: {medians_by_variant['compiled blocks']['fps'] / eager['fps']:.2f}x")
 
 
 if __name__ == "__main__":

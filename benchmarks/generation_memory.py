@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
+from t2v_parts import interleaved, medians, table
 
 FRAME = 64  # pixels: 8x8 latents
 
@@ -70,20 +71,17 @@ def main() -> None:
         child(args.child, args.config)
         return
     lengths = {"short": args.chunks, "long": args.chunks * args.factor}
-    runs: dict[str, list[dict[str, int]]] = {name: [] for name in lengths}
-    for _ in range(args.rounds):
-        for name, chunks in lengths.items():
-            runs[name].append(measure(chunks, args.config))
+    runs = interleaved(args.rounds, {name: partial(measure, chunks, args.config) for name, chunks in lengths.items()})
     print(f"## peak RSS of streaming text-to-video ({args.config} DiT, {FRAME}x{FRAME}, longlive preset; medians "
           f"of {args.rounds} fresh processes)\n")
-    print("| video | chunks | mp4 frames | RSS after setup (MiB) | peak RSS (MiB) | growth during generation (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    peaks = {}
+    peaks, rows = {}, []
     for name, chunks in lengths.items():
-        setup = statistics.median(r["setup_kb"] for r in runs[name]) / 1024
-        peak = statistics.median(r["peak_kb"] for r in runs[name]) / 1024
-        peaks[name] = peak
-        print(f"| {name} | {chunks} | {runs[name][0]['pixel_frames']} | {setup:.0f} | {peak:.0f} | {peak - setup:.0f} |")
+        med = medians(runs[name])
+        setup, peaks[name] = med["setup_kb"] / 1024, med["peak_kb"] / 1024
+        rows.append([name, str(chunks), f"{med['pixel_frames']:.0f}", f"{setup:.0f}", f"{peaks[name]:.0f}",
+                     f"{peaks[name] - setup:.0f}"])
+    print(table(["video", "chunks", "mp4 frames", "RSS after setup (MiB)", "peak RSS (MiB)",
+                 "growth during generation (MiB)"], rows))
     print(f"\npeak RSS long / short: {peaks['long'] / peaks['short']:.3f} ({args.factor}x the frames; target <= 1.10)")
 
 

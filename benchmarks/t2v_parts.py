@@ -8,7 +8,9 @@ saved to a temporary folder and loaded through the ``wan`` codec; the text encod
 
 from __future__ import annotations
 
+import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,3 +44,23 @@ def build_parts(config: str, device: str = "cpu", prompt: str = "a fox runs thro
     codec = build_codec("wan", path=str(folder)).to(device)
     text = build_text_encoder("hash", dim=model.config.text_dim, max_length=512)
     return Parts(model, codec, text_conditions(text, [PromptSegment(prompt, 0)], model.config.text_dim))
+
+
+def interleaved(rounds: int, variants: dict[str, Callable[[], dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
+    """Each variant once per round, in turn, so machine load drifts over all of them alike."""
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            results[name].append(run())
+    return results
+
+
+def medians(results: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key median over repeated runs."""
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table, the first column left-aligned and the numbers right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

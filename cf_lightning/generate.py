@@ -86,22 +86,26 @@ def resolve_preset(named: InferencePreset | None, generator: LoadedGenerator) ->
     return generator.preset
 
 
+def chosen(name: str | None, options: str | None, trained: dict[str, Any], key: str, default: str
+           ) -> tuple[str, dict[str, Any]]:
+    """A codec's or text encoder's registry name and options: the command line's, else the run's own
+    (``key`` and ``key_options`` of its data module), else ``default``."""
+    saved = trained.get(f"{key}_options") if name is None else None
+    return name or trained.get(key) or default, json.loads(options) if options is not None else (saved or {})
+
+
 def build_parts(args: argparse.Namespace, trained: dict[str, Any]) -> tuple[LatentCodec, TextEncoder]:
-    """The codec and text encoder: the command line's, else the run's own, else the weight-free ones."""
+    """The codec and text encoder: ``--vae``/``--umt5``, else the command line's, the run's or the weight-free ones."""
     if args.vae:
         codec = build_codec("wan", path=args.vae)
     else:
-        options = trained.get("codec_options") if args.codec is None else None
-        if args.codec_options is not None:
-            options = json.loads(args.codec_options)
-        codec = build_codec(args.codec or trained.get("codec") or "pixel", **(options or {}))
+        name, options = chosen(args.codec, args.codec_options, trained, "codec", "pixel")
+        codec = build_codec(name, **options)
     if args.umt5:
         text = build_text_encoder("umt5", path=args.umt5)
     else:
-        options = trained.get("text_encoder_options") if args.text_encoder is None else None
-        if args.text_encoder_options is not None:
-            options = json.loads(args.text_encoder_options)
-        text = build_text_encoder(args.text_encoder or trained.get("text_encoder") or "hash", **(options or {}))
+        name, options = chosen(args.text_encoder, args.text_encoder_options, trained, "text_encoder", "hash")
+        text = build_text_encoder(name, **options)
     return codec, text
 
 

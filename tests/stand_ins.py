@@ -17,7 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 UMT5_DIM = 16
 VAE_CHANNELS = 4
-WORDS = "a calm lake at dawn the camera pans to a forest then rain starts falling on city streets".split()
+PROMPT_TEXT = "a calm lake at dawn the camera pans to a forest then rain starts falling on city streets"
+WORDS = PROMPT_TEXT.split()
 
 
 def write_wan_vae(root: Path, z_dim: int = VAE_CHANNELS) -> Path:

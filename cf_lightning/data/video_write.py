@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import av
 import torch
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class Mp4Writer:
@@ -62,7 +66,7 @@ class Mp4Writer:
             self.partial.replace(self.path)
         return self.path
 
-    def __enter__(self) -> Mp4Writer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

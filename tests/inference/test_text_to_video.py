@@ -21,8 +21,8 @@ from cf_lightning.inference import (
     generate_video,
     get_preset,
     load_generator,
-    text_conditions,
     read_prompt_switches,
+    text_conditions,
 )
 from cf_lightning.models.checkpoint import load_wan, save_wan
 from cf_lightning.text import build_text_encoder
