@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cf_lightning.inference.conditions import parse_policy
 from cf_lightning.inference.presets import OURS, InferencePreset
 from cf_lightning.models import WanConfig, WanModel
 from cf_lightning.models.checkpoint import load_wan
-from memory_policies import MemoryPolicy
+from memory_policies import MemoryPolicy, SlowFast
 
 RUN_SUFFIX = ".ckpt"
 EMA_FIRST = ("ema", "model", "student")
@@ -76,11 +77,7 @@ def run_preset(hparams: dict[str, Any], source: str) -> InferencePreset | None:
 
 def saved_policy(saved: object) -> MemoryPolicy:
     """A memory policy as a run saved it: the object itself, or its ``{class_path, init_args}`` config."""
-    from cf_lightning.inference.conditions import parse_policy
-
     if saved is None:
-        from memory_policies import SlowFast
-
         return SlowFast()  # the modules' default when no policy was configured
     if isinstance(saved, MemoryPolicy):
         return saved
