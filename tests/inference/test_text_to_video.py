@@ -155,3 +155,23 @@ def test_cf_fit_predict_from_a_copied_checkpoint_in_another_folder(student_run, 
     cf_gen(["--checkpoint", "copied.ckpt", "--out", "gen", "--prompts", prompts.name, "--umt5", str(wan_release),
             "--vae", str(wan_release), "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE)])
     np.testing.assert_allclose(predicted, np.load(elsewhere / "gen" / "latents.npy"), atol=1e-6)
+
+
+def test_cf_gen_exits_with_the_signal_code_and_keeps_the_finished_part(student_run, wan_release, tmp_path,
+                                                                     monkeypatch, capsys):
+    """Ctrl-C (SIGINT) during cf-gen, delivered after the first chunk: exit status 130, a playable mp4."""
+    import cf_lightning.generate as cli
+
+    def interrupt_after_first_chunk(event: ChunkEvent) -> None:
+        if event.index == 0:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(cli, "generate_video", lambda *a, **k: generate_video(*a, **k, observer=interrupt_after_first_chunk))
+    with pytest.raises(SystemExit) as stopped:
+        cf_gen(["--checkpoint", str(student_run), "--out", str(tmp_path / "out"), "--prompt", "a calm lake at dawn",
+                "--umt5", str(wan_release), "--vae", str(wan_release), "--frames", str(FRAMES), "--height", str(SIZE),
+                "--width", str(SIZE)])
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert "interrupted by SIGINT: wrote 5 frames" in capsys.readouterr().err
+    assert video_facts(tmp_path / "out" / "video.mp4") == (5, 16.0, SIZE, SIZE)
+    assert np.load(tmp_path / "out" / "latents.npy").shape == (4, 2, 4, 4)
