@@ -175,3 +175,12 @@ def test_cf_gen_exits_with_the_signal_code_and_keeps_the_finished_part(student_r
     assert "interrupted by SIGINT: wrote 5 frames" in capsys.readouterr().err
     assert video_facts(tmp_path / "out" / "video.mp4") == (5, 16.0, SIZE, SIZE)
     assert np.load(tmp_path / "out" / "latents.npy").shape == (4, 2, 4, 4)
+
+
+def test_seconds_become_whole_chunks_of_latent_frames(wan_release):
+    from cf_lightning.generate import latent_frames_for
+
+    codec = build_codec("wan", path=str(wan_release))
+    assert latent_frames_for(60, 16, codec, 3) == 243  # 960 frames: 1 + 240 latent frames, rounded up to chunks
+    assert latent_frames_for(1, 16, codec, 2) == 6
+    assert latent_frames_for(1, 16, build_codec("pixel", patch=4), 2) == 16
