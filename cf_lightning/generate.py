@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cf_lightning.codecs import LatentCodec, build_codec
 from cf_lightning.data.revisit_world import RevisitWorldConfig
 from cf_lightning.inference import (
@@ -159,6 +161,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text_encoder_options", default=None, help="JSON")
     p.add_argument("--codec", default=None, help="default: the run's (else pixel)")
     p.add_argument("--codec_options", default=None, help="JSON; default: the run's when --codec is not given")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the DiT, VAE and text encoder run (default: cuda when available)")
     p.add_argument("--fps", type=float, default=16.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="a run's live weights instead of its EMA")
@@ -173,8 +177,11 @@ def run(args: argparse.Namespace) -> Path:
     check_writable(args.out)
     generator = load_generator(args.checkpoint, live=args.raw, use_ema=args.use_ema, config=wan_config(args.config))
     preset = resolve_preset(named, generator)
+    generator.model.to(args.device)
     trained = generator.data_settings
     codec, text = build_parts(args, trained)
+    codec.to(args.device)
+    text.to(args.device)
     model_channels = generator.model.config.in_dim
     if codec.latent_channels != model_channels:
         raise ValueError(f"codec {codec.name!r} with options {codec.options()} makes {codec.latent_channels}-channel latents, "
