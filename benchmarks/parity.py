@@ -43,10 +43,8 @@ def import_reference(checkout: Path) -> tuple[type, type]:
         sys.modules[name] = package
     from functools import partial
 
-    import wan.modules.attention as attention
-    import wan.modules.causal_model as causal_model
-    import wan.modules.model as model
     from utils.scheduler import FlowMatchScheduler
+    from wan.modules import attention, causal_model, model
 
     # Its self-attention runs flash-attn (or, without it, SDPA in bfloat16) and its cross-attention
     # flash-attn only (CUDA): both become SDPA in float32 here, so the comparison measures the
