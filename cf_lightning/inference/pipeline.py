@@ -112,7 +112,8 @@ def stream_chunks(model: WanModel, preset: InferencePreset, conditions: Conditio
     chunk_frames = preset.chunk_frames
     policy = policy or preset.memory()
     sigmas = preset.sigmas()
-    device = next(model.parameters()).device
+    weight = next(model.parameters())
+    device, dtype = weight.device, weight.dtype  # latents and text follow the model (bfloat16 on a GPU)
     kept: list[torch.Tensor] | None = [] if history is None else None
     read = history or (lambda start, stop: torch.cat(kept, dim=2)[:, :, start:stop])
     gens = [torch.Generator().manual_seed(seed)]
@@ -124,12 +125,12 @@ def stream_chunks(model: WanModel, preset: InferencePreset, conditions: Conditio
         start, end = start - start % chunk_frames, min(end - end % chunk_frames, num_frames)
         if end <= start:
             continue
-        context = context.to(device)
+        context = context.to(device, dtype)
         if memory is not None:
-            replay = (read(s, s + chunk_frames).to(device) for s in range(0, start, chunk_frames))
+            replay = (read(s, s + chunk_frames).to(device, dtype) for s in range(0, start, chunk_frames))
             memory = recache(model, memory, replay, context, cond, latent_hw)
         for chunk_start in range(start, end, chunk_frames):
-            noise = randn((1, channels, chunk_frames, *latent_hw), gens).to(device)
+            noise = randn((1, channels, chunk_frames, *latent_hw), gens).to(device, dtype)
             part = None if cond is None else cond[:, chunk_start:chunk_start + chunk_frames]
             result = rollout(model, policy, noise, context, sigmas, chunk_frames=chunk_frames, frame_cond=part,
                              generator=gens, memory=memory)

@@ -184,3 +184,14 @@ def test_seconds_become_whole_chunks_of_latent_frames(wan_release):
     assert latent_frames_for(60, 16, codec, 3) == 243  # 960 frames: 1 + 240 latent frames, rounded up to chunks
     assert latent_frames_for(1, 16, codec, 2) == 6
     assert latent_frames_for(1, 16, build_codec("pixel", patch=4), 2) == 16
+
+
+def test_cf_gen_in_bfloat16_stays_close_to_float32(student_run, wan_release, tmp_path):
+    args = ["--checkpoint", str(student_run), "--prompt", "a calm lake at dawn", "--umt5", str(wan_release),
+            "--vae", str(wan_release), "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE)]
+    cf_gen([*args, "--out", str(tmp_path / "fp32")])
+    cf_gen([*args, "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16"])
+    full, half = np.load(tmp_path / "fp32" / "latents.npy"), np.load(tmp_path / "bf16" / "latents.npy")
+    assert np.isfinite(half).all() and not np.array_equal(full, half)
+    assert np.abs(full - half).max() < 0.1 * np.abs(full).max()
+    assert video_facts(tmp_path / "bf16" / "video.mp4") == (PIXEL_FRAMES, 16.0, SIZE, SIZE)
