@@ -21,7 +21,8 @@ Sources (read from the reference repositories' configs and attention code):
   ``cache_size: 21`` (so 12 context frames), ``rope_length: 21`` with positions bounded to it,
   ``keyframe_sample: sim`` (a chunk is admitted when the cosine similarity of its mean key to the last
   admitted one is below ``sim_threshold`` 0.95, checked every chunk) and ``num_new_context_tokens: 1``
-  (one frame admitted per chunk).
+  (one frame admitted per chunk). The reference decides admission in each layer on that layer's keys;
+  ``slow_fast`` decides once per chunk for all layers (docs/parity.md lists the differences).
 """
 
 from __future__ import annotations
