@@ -15,7 +15,7 @@ import torch
 
 from cf_lightning.codecs import build_codec
 from cf_lightning.models import WanConfig, WanModel
-from tests.stand_ins import save_tiny_wan_vae
+from tests.stand_ins import write_wan_vae
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 surprisal = pytest.importorskip("surprisal")
@@ -47,7 +47,7 @@ def test_mp4_folder_with_known_cuts_splits_within_and_across(tmp_path):
     write_cut_video(tmp_path / "a.mp4", [(200, 30, 30), (20, 40, 220)], [9, 8])   # cut at frame 9
     write_cut_video(tmp_path / "b.mp4", [(10, 200, 10), (250, 250, 250)], [7, 10])  # cut at 7, inside a frame
     (tmp_path / "cuts.json").write_text(json.dumps({"a.mp4": [9], "b.mp4": [7]}))
-    codec = build_codec("wan", path=str(save_tiny_wan_vae(tmp_path / "wan")))
+    codec = build_codec("wan", path=str(write_wan_vae(tmp_path / "wan")))
     torch.manual_seed(0)
     model = WanModel(WanConfig.from_name("tiny")).eval()
     videos = list(surprisal.mp4_videos(tmp_path, codec, None, model.config.text_dim, None))

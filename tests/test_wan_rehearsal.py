@@ -25,7 +25,7 @@ from cf_lightning.models import WanConfig, WanModel
 from cf_lightning.models.checkpoint import load_wan, save_wan
 from tests.cli_helpers import RECIPES
 from tests.data.test_cli import write_mp4
-from tests.stand_ins import save_tiny_umt5, save_tiny_wan_vae
+from tests.stand_ins import write_umt5, write_wan_vae
 
 WAN = RECIPES / "wan2.1-1.3b"
 CAPTIONS = ["a red room with a white bar", "a blue room at night"]
@@ -159,7 +159,7 @@ def _data(*args: str) -> None:
 def test_wan_recipes_run_end_to_end_on_tiny_stand_ins(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["cf-fit"])
     f = Files(tmp_path)
-    stand_ins = save_tiny_umt5(save_tiny_wan_vae(tmp_path / "wan_pipeline"), CAPTIONS + PROMPTS + [NEGATIVE])
+    stand_ins = write_umt5(write_wan_vae(tmp_path / "wan_pipeline"), " ".join(CAPTIONS + PROMPTS + [NEGATIVE]).split())
     encoders = ["--codec", "wan", "--codec_options", json.dumps({"path": str(stand_ins)}), "--text_encoder", "umt5",
                 "--text_encoder_options", json.dumps({"path": str(stand_ins), "max_length": 16})]
     f.videos.mkdir()

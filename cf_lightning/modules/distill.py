@@ -34,6 +34,7 @@ from cf_lightning.diffusion import (
     velocity_target,
     x0_from_velocity,
 )
+from cf_lightning.distributed import shard_backbones
 from cf_lightning.ema import EMA
 from cf_lightning.metrics import RevisitError
 from cf_lightning.models.attention import Backend
@@ -322,6 +323,17 @@ class ContextForcingModule(L.LightningModule):
         cond = Condition(cond.context, cond.context_mask, cond.frames(slice(0, frames)))
         chunks = frames // self.hparams.chunk_frames
         return self.generate(cond, tuple(latents.shape), chunks, seed=seed, policy=policy).video
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2) every backbone is sharded block by block."""
+        if self.device_mesh is not None:
+            shard_backbones(self.device_mesh, [self.student, self.critic, self.teacher, self.ema])
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """``cf-fit predict``: stream one video from the EMA student (cf_lightning.inference.predict)."""
+        from cf_lightning.inference.predict import predict_latents
+
+        return predict_latents(self.ema, self.hparams, self.memory, batch)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.generator_optimizer(self.student.parameters()), self.critic_optimizer(self.critic.parameters())]

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from cf_lightning.codecs import PixelCodec, uint8_to_unit
 from cf_lightning.data.revisit_world import RevisitWorldConfig, generate_video, latent_truth
 from cf_lightning.data.shards import encode_sample, open_shard_writer
-from tests.stand_ins import save_tiny_wan_vae
 
 # No test may reach the Hugging Face hub; set before huggingface_hub reads its constants.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -71,4 +71,18 @@ def write_world_shards():
 @pytest.fixture(scope="session")
 def wan_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Wan VAE (z_dim 4, 8x spatial, 4x temporal) saved as <root>/vae."""
-    return save_tiny_wan_vae(tmp_path_factory.mktemp("wan"))
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0],
+        latents_std=[2.0, 1.5, 1.0, 0.5],
+    )
+    root = tmp_path_factory.mktemp("wan")
+    vae.save_pretrained(root / "vae")  # diffusers pipeline layout: <root>/vae
+    return root

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from cf_lightning.text import TEXT_ENCODERS, HashTextEncoder, UMT5TextEncoder, build_text_encoder
-from tests.stand_ins import save_tiny_umt5
 
 PROMPTS = ["the camera circles through 4 places in a loop", "a short one", ""]
 
@@ -38,7 +37,33 @@ def test_registry_lists_names_on_error() -> None:
 @pytest.fixture(scope="module")
 def umt5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random UMT5 encoder and a word-level tokenizer, saved in diffusers' Wan layout."""
-    return save_tiny_umt5(tmp_path_factory.mktemp("umt5"), PROMPTS)
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for word in " ".join(PROMPTS).split():
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    config = UMT5Config(
+        vocab_size=len(vocab),
+        d_model=16,
+        d_kv=4,
+        d_ff=32,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.5,
+    )
+    root = tmp_path_factory.mktemp("umt5")
+    UMT5EncoderModel(config).save_pretrained(root / "text_encoder")
+    tokenizer.save_pretrained(root / "tokenizer")
+    return root
 
 
 def test_umt5_encoder_matches_transformers_and_zeroes_padding(umt5_dir: Path) -> None:
