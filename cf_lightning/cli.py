@@ -9,7 +9,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from cf_lightning.resume import AUTO, check_resume, find_run_checkpoint, qualified_name
+from cf_lightning.resume import AUTO, LAST_ALIAS, check_resume, find_run_checkpoint, qualified_name
 from memory_policies import available_policies, load_plugins
 
 #: Shapes every module takes from the data, so no recipe states them twice.
@@ -29,7 +29,8 @@ class CFArgumentParser(LightningArgumentParser):
 
 class CFLightningCLI(LightningCLI):
     """LightningCLI with subclass mode, OmegaConf interpolation, explicit seeds, shape links and
-    ``fit --ckpt_path auto`` (resume from this run directory's ``last.ckpt``, or start fresh)."""
+    ``fit --ckpt_path last`` / ``auto`` (resume from this run directory's ``last.ckpt``, or start fresh;
+    ``auto`` also refuses a run directory that changes with every launch)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         for name in LINKED_SHAPES:
@@ -43,14 +44,22 @@ class CFLightningCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
-        if path not in (None, AUTO) and Path(path).exists():
+        if path not in (None, AUTO, LAST_ALIAS) and Path(path).exists():
             check_resume(path, self.config[subcommand]["model"]["class_path"])
 
     def before_fit(self) -> None:
-        """Resolve ``--ckpt_path auto`` to this run directory's ``last.ckpt`` (or a fresh start) and check
-        that this module class wrote it."""
+        """Resolve ``--ckpt_path auto`` to this run directory's ``last.ckpt`` (or a fresh start), and check
+        that this module class wrote the checkpoint ``auto`` or ``last`` picks."""
         config = self.config_init[self.subcommand]
-        if config.get("ckpt_path") != AUTO:
+        alias = config.get("ckpt_path")
+        if alias == LAST_ALIAS:
+            if not self.trainer.checkpoint_callbacks:
+                return  # Lightning warns that there is no last checkpoint and starts fresh
+            found = find_run_checkpoint(self.trainer, fixed_version=False)
+            if found is not None:  # Lightning resolves "last" to the same file and warns when there is none
+                check_resume(found, qualified_name(type(self.model)))
+            return
+        if alias != AUTO:
             return
         found = find_run_checkpoint(self.trainer)
         config["ckpt_path"] = None if found is None else str(found)
