@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 
 import pytest
@@ -93,3 +94,16 @@ def test_unknown_policy_and_unknown_key_fail_before_training(tmp_path, capsys):
         main([*base, "--model.memory.init_args.sinkk", "3"])
     assert "sinkk" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_student_recipe_validates_and_tests(tmp_path):
+    """Stage 1 logs val/loss while training, and `cf-fit test` scores the checkpoint on held-out clips."""
+    args = ["--config", str(RECIPES / "student_init.yaml"), *TINY_DATA, *logged(tmp_path, "s"),
+            "--model.backbone", "tiny", "--trainer.logger.init_args.version", "v", "--trainer.log_every_n_steps", "1"]
+    main(["fit", *args, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+          "--trainer.limit_val_batches", "1", "--trainer.callbacks.init_args.every_n_batches", "2"])
+    main(["test", *args, "--ckpt_path", str(tmp_path / "s" / "v" / "checkpoints" / "last.ckpt")])
+    events = EventAccumulator(str(tmp_path / "s" / "v"))
+    events.Reload()
+    assert {"train/loss", "val/loss", "test/loss"} <= set(events.Tags()["scalars"])
+    assert all(math.isfinite(e.value) for e in events.Scalars("test/loss"))

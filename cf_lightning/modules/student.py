@@ -138,15 +138,11 @@ class StudentModule(EMAAfterStep):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         h = self.hparams
-        latents = batch["latents"].float()[:, :, :h.clip_frames]
-        if latents.shape[2] < h.clip_frames:
-            raise ValueError(f"clips have {latents.shape[2]} latent frames, fewer than clip_frames={h.clip_frames}")
+        latents = self.clip(batch)
         frames = h.clip_frames
         cond = batch_condition(batch, h.cfg_dropout, self._generator)
         cond = Condition(cond.context, cond.context_mask, cond.frames(slice(0, frames)))
-        batch_size, chunks = latents.shape[0], frames // h.chunk_frames
-        level = torch.randint(len(self.sigmas), (batch_size, chunks), generator=self._generator)
-        sigma = self.sigmas.cpu()[level].repeat_interleave(h.chunk_frames, dim=1).to(self.device)
+        level, sigma = self.draw_levels(latents.shape[0], self._generator)
         if h.objective == "ode":
             clean, trajectory = self.ode_pairs(batch, cond)
             index = level.repeat_interleave(h.chunk_frames, dim=1).to(self.device)
@@ -160,6 +156,40 @@ class StudentModule(EMAAfterStep):
         check_finite(self.global_step, loss=loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def clip(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The first ``clip_frames`` latent frames of the batch, refused when the clips are shorter."""
+        frames = self.hparams.clip_frames
+        latents = batch["latents"].float()[:, :, :frames]
+        if latents.shape[2] < frames:
+            raise ValueError(f"clips have {latents.shape[2]} latent frames, fewer than clip_frames={frames}")
+        return latents
+
+    def draw_levels(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One of the student's denoising levels per chunk: indices ``[B, chunks]`` and per-frame sigmas."""
+        h = self.hparams
+        level = torch.randint(len(self.sigmas), (batch_size, h.clip_frames // h.chunk_frames), generator=generator)
+        return level, self.sigmas.cpu()[level].repeat_interleave(h.chunk_frames, dim=1).to(self.device)
+
+    def held_out_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """x0 error of the EMA student on held-out clips under teacher forcing (data latents noised at
+        the student's levels, whatever the training objective): noise and levels follow the batch index,
+        so the number only moves when the model does."""
+        latents = self.clip(batch)
+        cond = batch_condition(batch)
+        cond = Condition(cond.context, cond.context_mask, cond.frames(slice(0, latents.shape[2])))
+        generator = torch.Generator().manual_seed(batch_idx)
+        _, sigma = self.draw_levels(latents.shape[0], generator)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        pred_x0 = self.causal_x0(self.ema, latents, add_noise(latents, noise, sigma), sigma, cond)
+        return (pred_x0.float() - latents).square().mean()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("val/loss", self.held_out_loss(batch, batch_idx), prog_bar=True,
+                 batch_size=len(batch["latents"]))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("test/loss", self.held_out_loss(batch, batch_idx), batch_size=len(batch["latents"]))
 
     def causal_x0(self, model: WanModel, clean: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor,
                   cond: Condition) -> torch.Tensor:
