@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import sys
 
@@ -97,12 +98,19 @@ def test_unknown_policy_and_unknown_key_fail_before_training(tmp_path, capsys):
 
 
 def test_student_recipe_validates_and_tests(tmp_path):
-    """Stage 1 logs val/loss while training, and `cf-fit test` scores the checkpoint on held-out clips."""
+    """Stage 1 logs val/loss while training (with a warm-up + cosine schedule given by class path), and
+    `cf-fit test` scores the checkpoint on held-out clips."""
     args = ["--config", str(RECIPES / "student_init.yaml"), *TINY_DATA, *logged(tmp_path, "s"),
             "--model.backbone", "tiny", "--trainer.logger.init_args.version", "v", "--trainer.log_every_n_steps", "1"]
+    schedule = {"class_path": "cf_lightning.lr_schedules.WarmupCosineLR",
+                "init_args": {"warmup_steps": 1, "total_steps": 4}}
     main(["fit", *args, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
-          "--trainer.limit_val_batches", "1", "--trainer.callbacks.init_args.every_n_batches", "2"])
-    main(["test", *args, "--ckpt_path", str(tmp_path / "s" / "v" / "checkpoints" / "last.ckpt")])
+          "--trainer.limit_val_batches", "1", "--trainer.callbacks.init_args.every_n_batches", "2",
+          "--model.lr_scheduler", json.dumps(schedule)])
+    checkpoint = tmp_path / "s" / "v" / "checkpoints" / "last.ckpt"
+    [scheduler] = torch.load(checkpoint, weights_only=True)["lr_schedulers"]
+    assert scheduler["last_epoch"] == 2 and scheduler["warmup_steps"] == 1
+    main(["test", *args, "--ckpt_path", str(checkpoint)])
     events = EventAccumulator(str(tmp_path / "s" / "v"))
     events.Reload()
     assert {"train/loss", "val/loss", "test/loss"} <= set(events.Tags()["scalars"])

@@ -1,5 +1,6 @@
 """Pieces every stage shares: building the backbone from the data's shapes, batch conditioning,
-loading backbone weights from an earlier stage, and the EMA update of automatically optimized stages."""
+loading backbone weights from an earlier stage, the EMA update of automatically optimized stages and
+the optimizer configuration with its learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable
 
 from cf_lightning.diffusion import null_text
 from cf_lightning.ema import EMA
@@ -34,6 +36,15 @@ class EMAAfterStep(L.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         self.ema_rule.update(self.ema, self.model, self.global_step + 1)  # the step count once this step is done
+
+
+def optimizer_config(optimizer: torch.optim.Optimizer, lr_scheduler: LRSchedulerCallable | None
+                     ) -> dict[str, Any]:
+    """Lightning's configuration of one optimizer, its scheduler (if any) stepped per optimizer step."""
+    config: dict[str, Any] = {"optimizer": optimizer}
+    if lr_scheduler is not None:
+        config["lr_scheduler"] = {"scheduler": lr_scheduler(optimizer), "interval": "step"}
+    return config
 
 
 @dataclass(frozen=True)

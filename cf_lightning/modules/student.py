@@ -23,7 +23,7 @@ import copy
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from cf_lightning.diffusion import (
     add_noise,
@@ -43,6 +43,7 @@ from cf_lightning.modules.common import (
     build_backbone,
     check_finite,
     load_backbone_weights,
+    optimizer_config,
 )
 from memory_policies import MemoryPolicy, SlowFast
 
@@ -58,6 +59,11 @@ class StudentModule(EMAAfterStep):
         teacher_backbone, teacher_overrides: the teacher's config when it differs from the student's.
         ode_steps, guidance_scale: the on-the-fly integration (shards record their own).
         denoising_steps, shift: the student's levels; stored trajectories must have been taken there.
+
+    Args (optimisation):
+        optimizer: the optimizer of the student's weights.
+        lr_scheduler: its learning-rate schedule, stepped per optimizer step (e.g.
+            :class:`cf_lightning.lr_schedules.WarmupCosineLR`); ``None`` keeps the rate constant.
     """
 
     def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
@@ -67,8 +73,8 @@ class StudentModule(EMAAfterStep):
                  memory: MemoryPolicy | None = None, chunk_frames: int = 2, clip_frames: int = 8,
                  denoising_steps: int = 4, shift: float = 5.0, ode_steps: int = 20, guidance_scale: float = 3.0,
                  cfg_dropout: float = 0.1, ema_decay: float = 0.999, ema_start: int = 0,
-                 optimizer: OptimizerCallable = torch.optim.AdamW, attention_backend: Backend = "sdpa",
-                 gradient_checkpointing: bool = False) -> None:
+                 optimizer: OptimizerCallable = torch.optim.AdamW, lr_scheduler: LRSchedulerCallable | None = None,
+                 attention_backend: Backend = "sdpa", gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         if objective not in ("teacher_forcing", "ode"):
@@ -82,6 +88,7 @@ class StudentModule(EMAAfterStep):
                              "the same budget (e.g. slow_fast with admission: uniform)")
         self.memory.new_state(chunk_frames)
         self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
         shapes = (latent_channels, text_dim, frame_cond_dim)
         self.model = build_backbone(backbone, *shapes, backbone_overrides, attention_backend, gradient_checkpointing)
         if init_from:
@@ -203,8 +210,8 @@ class StudentModule(EMAAfterStep):
                     frame_cond=frame_cond, positions=positions, frame_mask=mask)
         return x0_from_velocity(noisy, out[:, :, frames:], sigma)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer(self.model.parameters())
+    def configure_optimizers(self) -> dict[str, Any]:
+        return optimizer_config(self.optimizer(self.model.parameters()), self.lr_scheduler)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["student_generator"] = self._generator.get_state()
