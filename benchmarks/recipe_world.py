@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from cf_lightning.codecs import build_codec
 from cf_lightning.data import RevisitWorldConfig
 from cf_lightning.data.datamodules import RevisitWorldDataModule
 
@@ -30,6 +31,6 @@ def add_world_arguments(parser: argparse.ArgumentParser) -> None:
 
 def held_out(args: argparse.Namespace, videos: int, frames: int = 96, batch_size: int = 1) -> RevisitWorldDataModule:
     """A data module whose validation loader yields ``videos`` held-out videos of ``frames`` frames."""
-    return RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)), codec=args.codec,
+    return RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)), codec=build_codec(args.codec),
                                   num_videos=batch_size, batch_size=batch_size, num_val_videos=videos,
                                   val_num_frames=frames)

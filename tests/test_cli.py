@@ -14,6 +14,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cf_lightning.cli import main
+from cf_lightning.codecs import build_codec
 from tests.cli_helpers import RECIPES, TINY_DATA, TINY_DISTILL, logged
 
 
@@ -108,8 +109,13 @@ def test_student_recipe_validates_and_tests(tmp_path):
           "--trainer.limit_val_batches", "1", "--trainer.callbacks.init_args.every_n_batches", "2",
           "--model.lr_scheduler", json.dumps(schedule)])
     checkpoint = tmp_path / "s" / "v" / "checkpoints" / "last.ckpt"
-    [scheduler] = torch.load(checkpoint, weights_only=True)["lr_schedulers"]
+    saved = torch.load(checkpoint, weights_only=True)
+    [scheduler] = saved["lr_schedulers"]
     assert scheduler["last_epoch"] == 2 and scheduler["warmup_steps"] == 1
+    # the recipe's `codec: PooledPixelCodec` is recorded as the spec cf-gen rebuilds the codec from
+    codec = saved["datamodule_hyper_parameters"]["codec"]
+    assert codec == {"class_path": "cf_lightning.codecs.pixel.PooledPixelCodec", "init_args": {"patch": 8}}
+    assert build_codec(codec).latent_channels == saved["hyper_parameters"]["latent_channels"]
     main(["test", *args, "--ckpt_path", str(checkpoint)])
     events = EventAccumulator(str(tmp_path / "s" / "v"))
     events.Reload()
