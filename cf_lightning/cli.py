@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NoReturn
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import OmegaConf
 
 from cf_lightning.resume import AUTO, LAST_ALIAS, check_resume, find_run_checkpoint, qualified_name
 from memory_policies import available_policies, load_plugins
@@ -25,6 +27,18 @@ class CFArgumentParser(LightningArgumentParser):
         if not listed and "memory" in message and ("class_path" in message or "import path" in message):
             message = f"{message}\nregistered memory policies: {', '.join(available_policies())}"
         super().error(message, ex)
+
+
+#: Arithmetic for recipe interpolations, so a budget is written once: ``rope_length: ${cf.sum:2,4,4}``
+#: or ``clip_frames: ${cf.mul:${model.init_args.max_rollout_chunks},${model.init_args.chunk_frames}}``.
+RESOLVERS = {"cf.sum": lambda *values: sum(values), "cf.mul": lambda *values: math.prod(values)}
+
+
+def register_resolvers() -> None:
+    """Make the ``cf.*`` interpolation resolvers known to OmegaConf (idempotent)."""
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 class CFLightningCLI(LightningCLI):
@@ -84,6 +98,7 @@ def main(args: list[str] | None = None) -> None:
     # Import third-party policies first so their class names and aliases resolve in YAML, and our
     # modules and data modules so recipes can name them by class name.
     load_plugins()
+    register_resolvers()
     import cf_lightning.data.datamodules
     import cf_lightning.modules  # noqa: F401
 
@@ -93,7 +108,11 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_class=CFArgumentParser,
-        parser_kwargs={"parser_mode": "omegaconf+"},
+        # Each recipe file is read by OmegaConf, so its interpolations resolve when it is loaded:
+        # a later --config or flag that changes a referenced value does not reach the values that
+        # interpolate it (jsonargparse's "omegaconf+" would, but rejects interpolations inside
+        # class_path / init_args blocks, where recipes need them).
+        parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         seed_everything_default=0,

@@ -6,11 +6,13 @@ import inspect
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from lightning.pytorch.strategies import DeepSpeedStrategy
+from omegaconf.errors import InterpolationKeyError
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cf_lightning.cli import main
@@ -121,3 +123,37 @@ def test_student_recipe_validates_and_tests(tmp_path):
     events.Reload()
     assert {"train/loss", "val/loss", "test/loss"} <= set(events.Tags()["scalars"])
     assert all(math.isfinite(e.value) for e in events.Scalars("test/loss"))
+
+
+def print_config(recipe: Path, capsys) -> dict:
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(recipe), "--print_config"])
+    assert done.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_recipe_numbers_are_written_once_and_interpolated(tmp_path, capsys):
+    """The slowfast recipe derives the clip length, the last revisit bucket and the position span from
+    the numbers they depend on, so changing one number changes them all."""
+    config = print_config(RECIPES / "slowfast.yaml", capsys)
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert data["clip_frames"] == model["max_rollout_chunks"] * model["chunk_frames"] == 48
+    assert model["eval_bucket_edges"][-1] == data["val_num_frames"] == 96
+    memory = model["memory"]["init_args"]
+    assert memory["rope_length"] == memory["sink"] + memory["slow"] + memory["fast"] == 10
+    text = (RECIPES / "slowfast.yaml").read_text()
+    changed = tmp_path / "slowfast.yaml"
+    changed.write_text(text.replace("max_rollout_chunks: 24", "max_rollout_chunks: 20")
+                       .replace("val_num_frames: 96", "val_num_frames: 64").replace("slow: 4,", "slow: 6,"))
+    config = print_config(changed, capsys)
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert (data["clip_frames"], model["eval_bucket_edges"][-1], model["memory"]["init_args"]["rope_length"]) == (
+        40, 64, 12)
+
+
+def test_a_bad_interpolation_fails_naming_the_key(tmp_path):
+    broken = tmp_path / "slowfast.yaml"
+    broken.write_text((RECIPES / "slowfast.yaml").read_text().replace("${model.init_args.chunk_frames}",
+                                                                        "${model.init_args.chunk_frame}"))
+    with pytest.raises(InterpolationKeyError, match=r"'model.init_args.chunk_frame' not found"):
+        main(["fit", "--config", str(broken), "--print_config"])
