@@ -72,7 +72,8 @@ def compare(name: str, mask: torch.Tensor, heads: int, head_dim: int, rounds: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head_dim", type=int, default=24)
@@ -85,8 +86,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, {args.heads} heads of "
           f"{args.head_dim}; medians of {args.rounds} interleaved rounds")
     for tokens in (int(t) for t in args.tokens.split(",")):
-        compare(f"streaming, {tokens} tok/frame", streaming_mask(args.batch, 10, 2, tokens, generator), args.heads,
-                args.head_dim, args.rounds)
+        streaming = streaming_mask(args.batch, 10, 2, tokens, generator)
+        compare(f"streaming, {tokens} tok/frame", streaming, args.heads, args.head_dim, args.rounds)
         compare(f"training, {tokens} tok/frame", training_mask(args.batch, tokens), args.heads, args.head_dim,
                 args.rounds)
 

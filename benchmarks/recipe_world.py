@@ -31,6 +31,7 @@ def add_world_arguments(parser: argparse.ArgumentParser) -> None:
 
 def held_out(args: argparse.Namespace, videos: int, frames: int = 96, batch_size: int = 1) -> RevisitWorldDataModule:
     """A data module whose validation loader yields ``videos`` held-out videos of ``frames`` frames."""
-    return RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)), codec=build_codec(args.codec),
+    return RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)),
+                                  codec=build_codec(args.codec),
                                   num_videos=batch_size, batch_size=batch_size, num_val_videos=videos,
                                   val_num_frames=frames)

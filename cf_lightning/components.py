@@ -25,7 +25,8 @@ def subclasses(base: type[T]) -> list[type[T]]:
     for cls in base.__subclasses__():
         found.append(cls)
         found.extend(subclasses(cls))
-    return [cls for cls in found if not getattr(cls, "__abstractmethods__", None) and not _made_by_jsonargparse(cls)]
+    return [cls for cls in found
+            if not getattr(cls, "__abstractmethods__", None) and not _made_by_jsonargparse(cls)]
 
 
 def component_spec(component: Any) -> dict[str, Any]:
@@ -71,8 +72,8 @@ def build_component(base: type[T], spec: str | Mapping[str, Any] | T, **options:
     if isinstance(spec, Mapping):
         unknown = sorted(set(spec) - {"class_path", "init_args"})
         if "class_path" not in spec or unknown:
-            raise ValueError(f"a {base.__name__} spec needs 'class_path' and optionally 'init_args', got keys "
-                             f"{sorted(spec)}")
+            raise ValueError(f"a {base.__name__} spec needs 'class_path' and optionally 'init_args', "
+                             f"got keys {sorted(spec)}")
         return resolve_class(base, spec["class_path"])(**{**(spec.get("init_args") or {}), **options})
     if not isinstance(spec, str):
         raise TypeError(f"a {base.__name__} is named by a string or a class_path mapping, got {spec!r}")

@@ -104,7 +104,8 @@ def test_student_recipe_validates_and_tests(tmp_path):
     """Stage 1 logs val/loss while training (with a warm-up + cosine schedule given by class path), and
     `cf-fit test` scores the checkpoint on held-out clips."""
     args = ["--config", str(RECIPES / "student_init.yaml"), *TINY_DATA, *logged(tmp_path, "s"),
-            "--model.backbone", "tiny", "--trainer.logger.init_args.version", "v", "--trainer.log_every_n_steps", "1"]
+            "--model.backbone", "tiny", "--trainer.logger.init_args.version", "v",
+            "--trainer.log_every_n_steps", "1"]
     schedule = {"class_path": "cf_lightning.lr_schedules.WarmupCosineLR",
                 "init_args": {"warmup_steps": 1, "total_steps": 4}}
     main(["fit", *args, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
@@ -147,8 +148,8 @@ def test_recipe_numbers_are_written_once_and_interpolated(tmp_path, capsys):
                        .replace("val_num_frames: 96", "val_num_frames: 64").replace("slow: 4,", "slow: 6,"))
     config = print_config(changed, capsys)
     model, data = config["model"]["init_args"], config["data"]["init_args"]
-    assert (data["clip_frames"], model["eval_bucket_edges"][-1], model["memory"]["init_args"]["rope_length"]) == (
-        40, 64, 12)
+    rope_length = model["memory"]["init_args"]["rope_length"]
+    assert (data["clip_frames"], model["eval_bucket_edges"][-1], rope_length) == (40, 64, 12)
 
 
 def test_a_bad_interpolation_fails_naming_the_key(tmp_path):

@@ -31,15 +31,16 @@ def test_class_names_and_short_names_build_with_options():
 
 
 def test_unknown_and_wrong_names_list_what_exists():
-    with pytest.raises(ValueError, match=r"unknown LatentCodec 'pixels'; choose one of: .*PixelCodec \(pixel\), "
-                                         r"PooledPixelCodec \(pooled_pixel\)"):
+    with pytest.raises(ValueError, match=r"unknown LatentCodec 'pixels'; choose one of: "
+                                         r".*PixelCodec \(pixel\), PooledPixelCodec \(pooled_pixel\)"):
         build_codec("pixels")
-    with pytest.raises(ValueError, match=r"unknown TextEncoder 't5'; choose one of: HashTextEncoder \(hash\), "
-                                         r"UMT5TextEncoder \(umt5\)"):
+    with pytest.raises(ValueError, match=r"unknown TextEncoder 't5'; choose one of: "
+                                         r"HashTextEncoder \(hash\), UMT5TextEncoder \(umt5\)"):
         build_text_encoder("t5")
     with pytest.raises(ValueError, match="'cf_lightning.text.HashTextEncoder' is not a LatentCodec subclass"):
         build_codec({"class_path": "cf_lightning.text.HashTextEncoder"})
-    with pytest.raises(ValueError, match=r"needs 'class_path' and optionally 'init_args', got keys \['patch'\]"):
+    with pytest.raises(ValueError, match=r"needs 'class_path' and optionally 'init_args', "
+                                         r"got keys \['patch'\]"):
         build_component(LatentCodec, {"patch": 4})
     with pytest.raises(ValueError, match=r"options \['dim'\] given with an already built HashTextEncoder"):
         build_component(TextEncoder, HashTextEncoder(), dim=3)

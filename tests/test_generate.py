@@ -110,8 +110,10 @@ def test_cf_gen_writes_a_long_video_from_a_checkpoint(tmp_path):
 #: Data module settings as cf-fit saves them (class_path specs), and as checkpoints made before
 #: codecs and text encoders were chosen by class_path recorded them (short names + options).
 TRAINED_DATA = {
-    "class_path": {"codec": {"class_path": "cf_lightning.codecs.PixelCodec", "init_args": {"patch": 4}},
-                   "text_encoder": {"class_path": "cf_lightning.text.HashTextEncoder", "init_args": {"dim": 32}}},
+    "class_path": {
+        "codec": {"class_path": "cf_lightning.codecs.PixelCodec", "init_args": {"patch": 4}},
+        "text_encoder": {"class_path": "cf_lightning.text.HashTextEncoder", "init_args": {"dim": 32}},
+    },
     "short_name": {"codec": "pixel", "codec_options": {"patch": 4}, "text_encoder": "hash",
                    "text_encoder_options": None},
 }

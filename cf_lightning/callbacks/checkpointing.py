@@ -117,7 +117,8 @@ class RunCheckpoint(ModelCheckpoint):
             raise ValueError(f"max_checkpoints must be >= 0 (0: last.ckpt only) or None (keep all), "
                              f"got {max_checkpoints}")
         # ModelCheckpoint's step and epoch triggers off: this callback saves on its batch count only.
-        super().__init__(dirpath=dirpath, every_n_train_steps=0, every_n_epochs=0, save_on_train_epoch_end=False)
+        super().__init__(dirpath=dirpath, every_n_train_steps=0, every_n_epochs=0,
+                         save_on_train_epoch_end=False)
         self.every_n_batches = every_n_batches
         self.max_checkpoints = max_checkpoints
         self.save_on_train_end = save_on_train_end

@@ -114,7 +114,8 @@ class RevisitError(Metric):
     (views are identified through ``first_visit``). It is what a model without memory would score at
     that gap, measured on the model's own output, so a model that paints everything one colour or drags
     an old scene into a new one gets a control near 0 and cannot pass as "perfect memory". At small gaps
-    these pairs straddle scene changes: the agreement of a scene change with the frame before it. Cost is O(B * F * max_gap * C * H * W); evaluate on latents or small frames.
+    these pairs straddle scene changes: the agreement of a scene change with the frame before it.
+    Cost is O(B * F * max_gap * C * H * W); evaluate on latents or small frames.
 
     States are per gap ``0..max_gap`` (sum-reducible; buckets are formed in :meth:`compute`); revisits
     beyond ``max_gap`` are counted in ``beyond_max_gap`` and not scored. Buckets are

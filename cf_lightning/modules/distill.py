@@ -298,8 +298,10 @@ class ContextForcingModule(L.LightningModule):
         return self.generate(cond, tuple(latents.shape), chunks, seed=seed, policy=policy).video
 
     def configure_optimizers(self) -> list[dict[str, Any]]:
-        return [optimizer_config(self.generator_optimizer(self.student.parameters()), self.generator_lr_scheduler),
-                optimizer_config(self.critic_optimizer(self.critic.parameters()), self.critic_lr_scheduler)]
+        generator = self.generator_optimizer(self.student.parameters())
+        critic = self.critic_optimizer(self.critic.parameters())
+        return [optimizer_config(generator, self.generator_lr_scheduler),
+                optimizer_config(critic, self.critic_lr_scheduler)]
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Bring each scheduler to its optimizer's step count before the batch steps it (manual

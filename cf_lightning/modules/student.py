@@ -73,8 +73,9 @@ class StudentModule(EMAAfterStep):
                  memory: MemoryPolicy | None = None, chunk_frames: int = 2, clip_frames: int = 8,
                  denoising_steps: int = 4, shift: float = 5.0, ode_steps: int = 20, guidance_scale: float = 3.0,
                  cfg_dropout: float = 0.1, ema_decay: float = 0.999, ema_start: int = 0,
-                 optimizer: OptimizerCallable = torch.optim.AdamW, lr_scheduler: LRSchedulerCallable | None = None,
-                 attention_backend: Backend = "sdpa", gradient_checkpointing: bool = False) -> None:
+                 optimizer: OptimizerCallable = torch.optim.AdamW,
+                 lr_scheduler: LRSchedulerCallable | None = None, attention_backend: Backend = "sdpa",
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         if objective not in ("teacher_forcing", "ode"):
@@ -175,7 +176,8 @@ class StudentModule(EMAAfterStep):
     def draw_levels(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One of the student's denoising levels per chunk: indices ``[B, chunks]`` and per-frame sigmas."""
         h = self.hparams
-        level = torch.randint(len(self.sigmas), (batch_size, h.clip_frames // h.chunk_frames), generator=generator)
+        chunks = h.clip_frames // h.chunk_frames
+        level = torch.randint(len(self.sigmas), (batch_size, chunks), generator=generator)
         return level, self.sigmas.cpu()[level].repeat_interleave(h.chunk_frames, dim=1).to(self.device)
 
     def held_out_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

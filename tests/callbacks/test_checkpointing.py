@@ -39,7 +39,8 @@ class Killed(Exception):
     """Stands for the process dying in the middle of writing a checkpoint."""
 
 
-def fit(tmp_path: Path, batches: int, callback: RunCheckpoint, ckpt_path: Path | str | None = None) -> L.Trainer:
+def fit(tmp_path: Path, batches: int, callback: RunCheckpoint,
+        ckpt_path: Path | str | None = None) -> L.Trainer:
     """Train until ``batches`` batches in all are done (3 optimizer steps per 2 batches)."""
     torch.manual_seed(0)
     trainer = L.Trainer(max_steps=batches + (batches + 1) // 2, accelerator="cpu", logger=False,
@@ -123,7 +124,7 @@ def test_bad_arguments_are_named(kwargs, message):
 
 
 def test_lightning_resumes_from_its_last_checkpoint(tmp_path):
-    """A ModelCheckpoint to Lightning: ``ckpt_path="last"`` finds its ``last.ckpt``, and the batch count goes on."""
+    """To Lightning a ModelCheckpoint: ``ckpt_path="last"`` finds its ``last.ckpt``; the count goes on."""
     first = fit(tmp_path, 2, RunCheckpoint(every_n_batches=2))
     assert first.checkpoint_callback.last_model_path == str(tmp_path / "checkpoints" / "last.ckpt")
     resumed = RunCheckpoint(every_n_batches=2)

@@ -64,8 +64,8 @@ def test_automatically_optimized_stages_step_their_schedule(loader, tmp_path):
     for module in (StudentModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, clip_frames=4,
                                  memory=SlowFast(sink=1, slow=2, fast=4, admission="uniform", rope_length=7),
                                  optimizer=optimizer, lr_scheduler=SCHEDULE),
-                   TeacherModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, target_frames=4,
-                                 optimizer=optimizer, lr_scheduler=SCHEDULE)):
+                   TeacherModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2,
+                                 target_frames=4, optimizer=optimizer, lr_scheduler=SCHEDULE)):
         trainer = fit(module, loader(num=2, batch_size=1), 3, tmp_path)
         assert current_rates(trainer) == pytest.approx([SCHEDULE(torch.optim.SGD(
             [torch.nn.Parameter(torch.zeros(1))], lr=1.0)).factor(3)])
@@ -76,7 +76,8 @@ def test_context_forcing_schedules_each_optimizer_in_its_own_steps(loader, tmp_p
     steps, and a resumed run uses the rates of an uninterrupted one."""
     def module() -> ContextForcingModule:
         return ContextForcingModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2,
-                                    min_rollout_chunks=2, max_rollout_chunks=2, target_chunks=1, generator_every=2,
+                                    min_rollout_chunks=2, max_rollout_chunks=2, target_chunks=1,
+                                    generator_every=2,
                                     generator_optimizer=functools.partial(torch.optim.SGD, lr=1.0),
                                     critic_optimizer=functools.partial(torch.optim.SGD, lr=0.5),
                                     generator_lr_scheduler=SCHEDULE, critic_lr_scheduler=SCHEDULE)
@@ -91,4 +92,5 @@ def test_context_forcing_schedules_each_optimizer_in_its_own_steps(loader, tmp_p
     trainer.save_checkpoint(tmp_path / "first.ckpt")
     resumed = fit(module(), data, 9, tmp_path, ckpt_path=tmp_path / "first.ckpt")  # 2 more batches
     uninterrupted = fit(module(), data, 9, tmp_path)
-    assert current_rates(resumed) == current_rates(uninterrupted) == pytest.approx([factor(3), 0.5 * factor(5)])
+    expected = pytest.approx([factor(3), 0.5 * factor(5)])
+    assert current_rates(resumed) == current_rates(uninterrupted) == expected
