@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from cf_lightning.cli import load_recipe
 from cf_lightning.codecs import build_codec
 from cf_lightning.data import RevisitWorldConfig
 from cf_lightning.data.datamodules import RevisitWorldDataModule
@@ -18,7 +17,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "slowfast.yaml"
 
 
 def _recipe_data(recipe: Path = RECIPE) -> dict[str, Any]:
-    return yaml.safe_load(recipe.read_text())["data"]["init_args"]
+    return load_recipe(recipe)["data"]["init_args"]
 
 
 def add_world_arguments(parser: argparse.ArgumentParser) -> None:

@@ -38,7 +38,14 @@ def register_resolvers() -> None:
     """Make the ``cf.*`` interpolation resolvers known to OmegaConf (idempotent)."""
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)
+            OmegaConf.register_resolver(name, resolver)
+
+
+def load_recipe(path: str | Path) -> dict:
+    """A recipe file as ``cf-fit`` reads it (OmegaConf, ``cf.*`` resolvers, interpolations resolved), for
+    tools that read recipes without parsing them into a run (e.g. ``benchmarks/memory_plan.py``)."""
+    register_resolvers()
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
 
 
 class CFLightningCLI(LightningCLI):
