@@ -9,7 +9,7 @@ ground truth such as camera positions must follow the codec's temporal compressi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -80,6 +80,15 @@ class LatentCodec(nn.Module, ABC):
     @abstractmethod
     def options(self) -> dict[str, Any]:
         """Constructor arguments, so shard metadata records how latents were made."""
+
+    def chunk_decoder(self) -> Callable[[Tensor], Tensor]:
+        """A decoder for the consecutive latent chunks of one video, called as each chunk is produced.
+
+        The whole video's decode must equal the concatenation of the chunks' decodes. The default
+        decodes each chunk on its own, which is exact for codecs that decode every latent frame
+        independently; a codec with temporal context (the causal Wan VAE) carries it across calls.
+        """
+        return self.decode
 
     def describe(self) -> dict[str, Any]:
         """``{"name": ..., **options}``: enough to rebuild this codec with :func:`build_codec`."""
