@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
+from cf_lightning.cli import load_recipe
 from cf_lightning.lora import inject_lora
 from cf_lightning.models import WanConfig, WanModel
 from memory_policies.registry import build_policy
@@ -178,7 +178,7 @@ def teacher_plan(recipe: dict, gpus: int, tokens_per_frame: int, tflops: float, 
 
 
 def plan(path: Path, gpus: int, tokens_per_frame: int, tflops: float, mfu: float) -> Plan:
-    recipe = yaml.safe_load(path.read_text())
+    recipe = load_recipe(path)
     kind = recipe["model"]["class_path"].rsplit(".", 1)[-1]
     build = stage2_plan if kind == "ContextForcingModule" else teacher_plan
     return build(recipe, gpus, tokens_per_frame, tflops, mfu)

@@ -89,9 +89,10 @@ def resolve_preset(named: InferencePreset | None, generator: LoadedGenerator) ->
 
 
 def chosen(name: str | None, options: str | None, trained: dict[str, Any], key: str, default: str
-           ) -> tuple[str, dict[str, Any]]:
-    """A codec's or text encoder's registry name and options: the command line's, else the run's own
-    (``key`` and ``key_options`` of its data module), else ``default``."""
+           ) -> tuple[str | dict[str, Any], dict[str, Any]]:
+    """A codec's or text encoder's spec (short name, class name or ``class_path`` mapping) and options:
+    the command line's, else the run's own (``key``, and ``key_options`` in older runs, of its data
+    module), else ``default``."""
     saved = trained.get(f"{key}_options") if name is None else None
     return name or trained.get(key) or default, json.loads(options) if options is not None else (saved or {})
 

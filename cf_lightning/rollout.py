@@ -5,7 +5,7 @@ refresh pass at t = 0 writes its keys/values into the memory (``mode="commit"``:
 read, so the model stops at the last block's keys and values). The refresh never carries
 gradient. During training the chunk may stop at a randomly drawn *exit step* and only the chunks from
 ``grad_from_chunk`` on keep the graph of that one step, which is what makes long rollouts
-affordable (design.md section 1, stage 2).
+affordable in stage 2.
 
 The text context is projected to cross-attention keys/values once per call and reused by every
 no-grad forward; the step that keeps a graph re-projects it, so gradients reach those weights.

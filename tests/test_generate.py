@@ -115,13 +115,25 @@ def test_cf_gen_writes_a_long_video_from_a_checkpoint(tmp_path):
         assert sum(1 for _ in container.decode(video=0)) == 16
 
 
-def test_cf_gen_defaults_to_the_data_the_run_trained_on(tmp_path):
+#: Data module settings as cf-fit saves them (class_path specs), and as checkpoints made before
+#: codecs and text encoders were chosen by class_path recorded them (short names + options).
+TRAINED_DATA = {
+    "class_path": {
+        "codec": {"class_path": "cf_lightning.codecs.PixelCodec", "init_args": {"patch": 4}},
+        "text_encoder": {"class_path": "cf_lightning.text.HashTextEncoder", "init_args": {"dim": 32}},
+    },
+    "short_name": {"codec": "pixel", "codec_options": {"patch": 4}, "text_encoder": "hash",
+                   "text_encoder_options": None},
+}
+
+
+@pytest.mark.parametrize("recorded", sorted(TRAINED_DATA))
+def test_cf_gen_defaults_to_the_data_the_run_trained_on(recorded, tmp_path):
     """The data module's settings saved by cf-fit pick the world, codec and text encoder; --world
     overrides single fields of that world."""
     checkpoint = tiny_checkpoint(tmp_path)
     saved = torch.load(checkpoint, weights_only=False)
-    saved["datamodule_hyper_parameters"] = {"codec": "pixel", "codec_options": {"patch": 4}, "text_encoder": "hash",
-                                            "text_encoder_options": None, "world": {**WORLD, "num_frames": 12}}
+    saved["datamodule_hyper_parameters"] = {**TRAINED_DATA[recorded], "world": {**WORLD, "num_frames": 12}}
     torch.save(saved, checkpoint)
     cf_gen(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "trained"), "--world_seed", "3"])
     assert np.load(tmp_path / "trained" / "latents.npy").shape == (48, 12, 4, 4)
@@ -129,6 +141,6 @@ def test_cf_gen_defaults_to_the_data_the_run_trained_on(tmp_path):
             "--world", '{"num_frames": 16}'])
     assert np.load(tmp_path / "longer" / "latents.npy").shape == (48, 16, 4, 4)
     with pytest.raises(SystemExit, match="makes 192-channel latents, but the model takes 48; the run trained with "
-                                         "codec 'pixel', options {'patch': 4}"):
+                                         "codec"):
         cf_gen(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "wrong"), "--world_seed", "3",
                 "--codec_options", '{"patch": 8}'])

@@ -8,12 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cf_lightning.codecs.base import LatentCodec, register_codec, resolve_dtype
+from cf_lightning.codecs.base import LatentCodec, resolve_dtype
 
 __all__ = ["WanChunkDecoder", "WanVAECodec"]
 
 
-@register_codec("wan")
 class WanVAECodec(LatentCodec):
     """Frozen Wan 2.x VAE loaded from a local directory; latents are normalised per channel.
 
@@ -22,6 +21,8 @@ class WanVAECodec(LatentCodec):
     statistics from the VAE config, the scaling Wan's diffusion models were trained on, and the
     posterior mode is used so that encoding a dataset is deterministic. Nothing is downloaded.
     """
+
+    name = "wan"
 
     def __init__(self, path: str, dtype: str | torch.dtype = "float32") -> None:
         super().__init__()

@@ -21,13 +21,14 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
-from cf_lightning.codecs import build_codec
+from cf_lightning.codecs import LatentCodec
+from cf_lightning.components import component_spec
 from cf_lightning.inference.conditions import read_prompt_switches, text_conditions
 from cf_lightning.inference.loading import run_preset
 from cf_lightning.inference.outputs import VideoOutput
 from cf_lightning.inference.pipeline import stream_chunks
 from cf_lightning.models import WanModel
-from cf_lightning.text import build_text_encoder
+from cf_lightning.text import TextEncoder
 from memory_policies import MemoryPolicy
 
 
@@ -36,19 +37,20 @@ class PromptVideos(L.LightningDataModule):
 
     Args:
         prompts: JSONL of ``{"prompt", "start_frame"}`` switches (one line for a single prompt).
-        codec, codec_options / text_encoder, text_encoder_options: as the data modules take them
-            (e.g. ``wan`` with ``{"path": ...}`` and ``umt5`` with ``{"path": ...}``).
+        codec, text_encoder: chosen as in the data modules, by ``class_path`` / ``init_args`` or class
+            name (e.g. ``WanVAECodec`` and ``UMT5TextEncoder`` with ``init_args: {path: ...}``).
         height, width: frame size in pixels.
     """
 
-    def __init__(self, prompts: str, num_frames: int, height: int = 480, width: int = 832, codec: str = "wan",
-                 codec_options: dict[str, Any] | None = None, text_encoder: str = "umt5",
-                 text_encoder_options: dict[str, Any] | None = None, seeds: list[int] | None = None) -> None:
+    def __init__(self, prompts: str, num_frames: int, codec: LatentCodec, text_encoder: TextEncoder,
+                 height: int = 480, width: int = 832, seeds: list[int] | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["codec", "text_encoder"])
+        self.hparams["codec"] = component_spec(codec)  # plain records, not modules
+        self.hparams["text_encoder"] = component_spec(text_encoder)
         self.switches = read_prompt_switches(prompts)
-        self.codec = build_codec(codec, **(codec_options or {}))
-        self.text = build_text_encoder(text_encoder, **(text_encoder_options or {}))
+        self.codec = codec
+        self.text = text_encoder
         self.latent_hw = self.codec.latent_size(height, width)
         self.num_frames = num_frames
         self.seeds = seeds if seeds is not None else [0]

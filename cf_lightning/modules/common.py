@@ -1,5 +1,6 @@
 """Pieces every stage shares: building the backbone from the data's shapes, batch conditioning,
-loading backbone weights from an earlier stage, and the EMA update of automatically optimized stages."""
+loading backbone weights from an earlier stage, the EMA update of automatically optimized stages and
+the optimizer configuration with its learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable
 
 from cf_lightning.diffusion import null_text
 from cf_lightning.distributed import is_sharded_checkpoint, read_sharded_checkpoint, shard_backbones
@@ -41,6 +43,15 @@ class EMAAfterStep(L.LightningModule):
         """Under ``ModelParallelStrategy`` (FSDP2) both backbones are sharded block by block."""
         if self.device_mesh is not None:
             shard_backbones(self.device_mesh, [self.model, self.ema])
+
+
+def optimizer_config(optimizer: torch.optim.Optimizer, lr_scheduler: LRSchedulerCallable | None
+                     ) -> dict[str, Any]:
+    """Lightning's configuration of one optimizer, its scheduler (if any) stepped per optimizer step."""
+    config: dict[str, Any] = {"optimizer": optimizer}
+    if lr_scheduler is not None:
+        config["lr_scheduler"] = {"scheduler": lr_scheduler(optimizer), "interval": "step"}
+    return config
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from cf_lightning.data.prompts import load_negative_prompt
 from cf_lightning.diffusion import (
@@ -51,6 +51,7 @@ from cf_lightning.modules.common import (
     build_backbone,
     check_finite,
     load_backbone_weights,
+    optimizer_config,
 )
 from cf_lightning.rollout import RolloutResult, randn, rollout
 from memory_policies import MemoryPolicy, SlowFast
@@ -98,6 +99,10 @@ class ContextForcingModule(L.LightningModule):
             as the unconditional text instead of the all-zero null text.
         schedule_unit: what ``curriculum_steps`` and ``ema_start`` count: ``generator`` steps, or
             ``trainer`` steps (one per batch, critic-only steps included; the reference code).
+        generator_optimizer / critic_optimizer: one optimizer each for the student and the critic.
+        generator_lr_scheduler / critic_lr_scheduler: a learning-rate schedule per optimizer, counted
+            in that optimizer's own steps (the generator steps every ``generator_every``-th batch);
+            ``None`` keeps the rate constant, as the Context Forcing reference does.
     """
 
     def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
@@ -114,6 +119,8 @@ class ContextForcingModule(L.LightningModule):
                  generator_every: int = 5, accumulate: int = 1, grad_clip: float = 2.0,
                  generator_optimizer: OptimizerCallable = torch.optim.AdamW,
                  critic_optimizer: OptimizerCallable = torch.optim.AdamW,
+                 generator_lr_scheduler: LRSchedulerCallable | None = None,
+                 critic_lr_scheduler: LRSchedulerCallable | None = None,
                  ema_decay: float = 0.99, ema_start: int = 0, eval_bucket_edges: list[int] | None = None,
                  attention_backend: Backend = "sdpa", gradient_checkpointing: bool = False) -> None:
         super().__init__()
@@ -121,6 +128,8 @@ class ContextForcingModule(L.LightningModule):
         self.automatic_optimization = False
         self.generator_optimizer = generator_optimizer
         self.critic_optimizer = critic_optimizer
+        self.generator_lr_scheduler = generator_lr_scheduler
+        self.critic_lr_scheduler = critic_lr_scheduler
         if not 1 <= target_chunks <= min_rollout_chunks <= max_rollout_chunks:
             raise ValueError(f"need 1 <= target_chunks <= min_rollout_chunks <= max_rollout_chunks, got "
                              f"{target_chunks}, {min_rollout_chunks}, {max_rollout_chunks}")
@@ -335,8 +344,20 @@ class ContextForcingModule(L.LightningModule):
 
         return predict_latents(self.ema, self.hparams, self.memory, batch)
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.generator_optimizer(self.student.parameters()), self.critic_optimizer(self.critic.parameters())]
+    def configure_optimizers(self) -> list[dict[str, Any]]:
+        generator = self.generator_optimizer(self.student.parameters())
+        critic = self.critic_optimizer(self.critic.parameters())
+        return [optimizer_config(generator, self.generator_lr_scheduler),
+                optimizer_config(critic, self.critic_lr_scheduler)]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Bring each scheduler to its optimizer's step count before the batch steps it (manual
+        optimization steps no scheduler by itself); a resumed run catches up here as well."""
+        generator, critic = self.trainer.optimizers
+        steps = {id(generator): int(self.generator_steps), id(critic): int(self.critic_steps)}
+        for config in self.trainer.lr_scheduler_configs:
+            while config.scheduler.last_epoch < steps[id(config.scheduler.optimizer)]:
+                config.scheduler.step()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["draw_generator"] = self._draw_generator.get_state()

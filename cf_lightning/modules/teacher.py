@@ -13,7 +13,7 @@ import copy
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from cf_lightning.diffusion import (
     ErrorBank,
@@ -45,6 +45,7 @@ from cf_lightning.modules.common import (
     build_backbone,
     check_finite,
     load_backbone_weights,
+    optimizer_config,
 )
 from cf_lightning.rollout import randn
 from memory_policies import MemoryPolicy
@@ -88,6 +89,8 @@ class TeacherModule(EMAAfterStep):
         erft: Error-Recycling Fine-Tuning probabilities (``None`` disables it).
         lora_rank: > 0 trains LoRA adapters on ``lora_targets`` only (fine-tuning a large teacher).
         init_from: backbone weights to start from (Lightning ``.ckpt`` or a Wan checkpoint).
+        optimizer, lr_scheduler: the optimizer and its learning-rate schedule, stepped per optimizer step
+            (``None``: constant rate).
     """
 
     def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
@@ -100,7 +103,8 @@ class TeacherModule(EMAAfterStep):
                  erft_bins: int = 50, erft_capacity: int = 500, lora_rank: int = 0, lora_alpha: float = 1.0,
                  lora_targets: list[str] | None = None, init_from: str | None = None, ema_decay: float = 0.999,
                  ema_start: int = 0, optimizer: OptimizerCallable = torch.optim.AdamW,
-                 attention_backend: Backend = "sdpa", gradient_checkpointing: bool = False) -> None:
+                 lr_scheduler: LRSchedulerCallable | None = None, attention_backend: Backend = "sdpa",
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         modes = context_modes or ["none"]
@@ -115,6 +119,7 @@ class TeacherModule(EMAAfterStep):
         self.context_modes = modes
         self.layout = context_layout("packed" if modes == ["none"] else context_positions, memory, chunk_frames)
         self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
         self.memory = memory
         self.model = build_backbone(backbone, latent_channels, text_dim, frame_cond_dim, backbone_overrides,
                                     attention_backend, gradient_checkpointing)
@@ -245,7 +250,9 @@ class TeacherModule(EMAAfterStep):
         # rows of the global batch (video_generators); a resumed run overwrites this state in on_load_checkpoint.
         self._generator.manual_seed(torch.initial_seed())
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def held_out_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Flow-matching loss of the EMA teacher at sigma 0.5, with the window, contexts and noise
+        fixed by the batch index, so the number only moves when the model does."""
         latents = batch["latents"].float()
         cond = batch_condition(batch)
         generator = torch.Generator().manual_seed(batch_idx)
@@ -254,11 +261,18 @@ class TeacherModule(EMAAfterStep):
         noise = torch.randn(target.shape, generator=generator).to(target)
         pred = self.velocity(self.ema, self.sequence(history, target, frames, cond), add_noise(target, noise, sigma),
                              sigma, cond)
-        self.log("val/loss", flow_matching_loss(pred, target, noise), prog_bar=True)
+        return flow_matching_loss(pred, target, noise)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("val/loss", self.held_out_loss(batch, batch_idx), prog_bar=True,
+                 batch_size=len(batch["latents"]))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("test/loss", self.held_out_loss(batch, batch_idx), batch_size=len(batch["latents"]))
+
+    def configure_optimizers(self) -> dict[str, Any]:
         params = lora_parameters(self.model) if self.hparams.lora_rank > 0 else self.model.parameters()
-        return self.optimizer(params)
+        return optimizer_config(self.optimizer(params), self.lr_scheduler)
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -144,11 +144,11 @@ def test_cf_fit_predict_from_a_copied_checkpoint_in_another_folder(student_run, 
     shutil.copy(student_run, elsewhere / "copied.ckpt")
     prompts = three_prompts(elsewhere)
     monkeypatch.chdir(elsewhere)
-    release = json.dumps({"path": str(wan_release)})
     cf_fit(["predict", "--config", str(RECIPES / "predict.yaml"), "--ckpt_path", "copied.ckpt",
             "--trainer.accelerator", "cpu", "--data.prompts", prompts.name, "--data.num_frames", str(FRAMES),
-            "--data.height", str(SIZE), "--data.width", str(SIZE), "--data.codec_options", release,
-            "--data.text_encoder_options", release, "--data.seeds", "[0, 1]"])
+            "--data.height", str(SIZE), "--data.width", str(SIZE), "--data.seeds", "[0, 1]",
+            "--data.codec.init_args.path", str(wan_release),
+            "--data.text_encoder.init_args.path", str(wan_release)])
     assert video_facts(elsewhere / "videos" / "seed_0" / "video.mp4") == (PIXEL_FRAMES, 16.0, SIZE, SIZE)
     predicted = np.load(elsewhere / "videos" / "seed_0" / "latents.npy")
     assert not np.allclose(predicted, np.load(elsewhere / "videos" / "seed_1" / "latents.npy"))
