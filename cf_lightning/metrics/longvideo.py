@@ -169,8 +169,8 @@ class LongVideoMetrics(Metric):
     """Per-timestamp means over videos (distributed-safe): ``compute()`` gives ``{series: [K]}``, one
     value per timestamp, never pooled across timestamps, plus ``quality_drift`` (mean over videos).
 
-    ``update(video [B, 3, T, H, W] in [0, 1], prompts)`` scores whole videos; :meth:`add` takes
-    scores computed elsewhere (e.g. from the few frames decoded out of an mp4).
+    ``update(video [B, 3, T, H, W] in [0, 1], prompts)`` scores whole videos; ``update(scores)`` takes
+    one video's :class:`VideoScores` computed elsewhere (e.g. from the few frames decoded out of an mp4).
     """
 
     is_differentiable = False
@@ -188,16 +188,19 @@ class LongVideoMetrics(Metric):
         self.add_state("drift_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("videos", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, video: torch.Tensor, prompts: Sequence[str] | None = None) -> None:
+    def update(self, video: torch.Tensor | VideoScores, prompts: Sequence[str] | None = None) -> None:
+        if isinstance(video, VideoScores):
+            self._add(video)
+            return
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"LongVideoMetrics expects video [B, 3, T, H, W] in [0, 1], got {tuple(video.shape)}")
         if prompts is not None and len(prompts) != video.shape[0]:
             raise ValueError(f"got {len(prompts)} prompts for {video.shape[0]} videos")
         for b in range(video.shape[0]):
-            self.add(score_dense_video(video[b], self.windows, self.extractors,
+            self._add(score_dense_video(video[b], self.windows, self.extractors,
                                        None if prompts is None else prompts[b]))
 
-    def add(self, scores: VideoScores) -> None:
+    def _add(self, scores: VideoScores) -> None:
         for row, name in enumerate(self.names):
             values = scores.series[name].to(self.sums.device)
             seen = ~values.isnan()
