@@ -44,7 +44,7 @@ import torch
 from cf_lightning.data.revisit_world import RevisitWorldConfig, generate_video
 from cf_lightning.eval_report import SystemResult, log_to_tensorboard, markdown_tables, plot_curves
 from cf_lightning.generate import main as cf_gen
-from cf_lightning.generate import training_data_settings
+from cf_lightning.generate import parse_policy, training_data_settings
 from cf_lightning.metrics import (
     Extractors,
     FeatureExtractor,
@@ -58,6 +58,7 @@ from cf_lightning.metrics import (
     score_video,
 )
 from cf_lightning.metrics.windows import PAPER_WIDTH, parse_timestamps
+from memory_policies import MemoryPolicy
 
 STAND_IN = "pixel_stats"
 PROMPT_SUFFIX = ".txt"
@@ -243,10 +244,18 @@ def write_reports(result: SystemResult, out: Path, tb_dir: Path, hparams: dict[s
 
 
 def checkpoint_hparams(checkpoint: Path) -> dict[str, Any]:
-    """The checkpoint's memory policy columns (as its training run logged them), when it has one."""
+    """HParams columns of the checkpoint's run: its memory policy's (as training logged them) and what
+    its teacher saw, so the rows of an ablation's evaluations tell the variants apart."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-    memory = (saved.get("hyper_parameters") or {}).get("memory")
-    return dict(memory.ablation_hparams()) if hasattr(memory, "ablation_hparams") else {}
+    trained = saved.get("hyper_parameters") or {}
+    memory = trained.get("memory")
+    if isinstance(memory, dict):  # LightningCLI saves the {class_path, init_args} it parsed
+        memory = parse_policy(json.dumps(memory))
+    columns = dict(memory.ablation_hparams()) if isinstance(memory, MemoryPolicy) else {}
+    for key, column in (("teacher_context", "teacher/context"), ("context_positions", "teacher/positions")):
+        if key in trained:
+            columns[column] = str(trained[key])
+    return columns
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
