@@ -87,6 +87,16 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ the generation seam
+def option_value(argv: list[str], name: str) -> str | None:
+    """The value of ``name`` in an argument list, given as ``name value`` or ``name=value``."""
+    for position, argument in enumerate(argv):
+        if argument == name and position + 1 < len(argv):
+            return argv[position + 1]
+        if argument.startswith(name + "="):
+            return argument[len(name) + 1:]
+    return None
+
+
 @dataclass(frozen=True)
 class GeneratedVideo:
     path: Path
@@ -118,8 +128,8 @@ def generate_long_video(checkpoint: str | Path, prompt: str, seed: int, out: Pat
     with av.open(str(out)) as container:
         frames = container.streams.video[0].frames
     out.with_suffix(PROMPT_SUFFIX).write_text(prompt)
-    world_args = gen_args[gen_args.index("--world") + 1] if "--world" in gen_args else "{}"
-    world = RevisitWorldConfig(**{**(training_data_settings(checkpoint).get("world") or {}), **json.loads(world_args)})
+    overrides = json.loads(option_value(gen_args, "--world") or "{}")
+    world = RevisitWorldConfig(**{**(training_data_settings(checkpoint).get("world") or {}), **overrides})
     first_visit = generate_video(world, seed).first_visit.tolist()
     out.with_name(out.stem + REVISIT_SUFFIX).write_text(json.dumps(first_visit))
     return GeneratedVideo(out, frames, seconds)

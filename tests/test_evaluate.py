@@ -13,7 +13,7 @@ from tensorboard.plugins.hparams import metadata
 from cf_lightning.data.video_write import write_mp4
 from cf_lightning.eval_report import SystemResult
 from cf_lightning.evaluate import main as cf_eval
-from cf_lightning.evaluate import read_prompts
+from cf_lightning.evaluate import option_value, read_prompts
 from tests.metrics.tiny_models import tiny_clip, tiny_dinov2
 from tests.test_generate import WORLD, tiny_checkpoint
 
@@ -85,6 +85,12 @@ def test_a_folder_of_mp4s_is_scored_per_timestamp_with_the_cut_where_it_is(tmp_p
     assert first[2] < 0.9  # the mean of 1 (static) and the cut video's drop
     assert "clip_t" not in result.series and "effective_context" not in result.scalars
     assert result.scalars["quality_drift"] == pytest.approx(0.0, abs=1e-2)
+
+
+def test_world_overrides_reach_the_revisit_sidecar_in_either_spelling():
+    assert option_value(["--memory", "x", "--world", '{"a": 1}'], "--world") == '{"a": 1}'
+    assert option_value(['--world={"a": 1}'], "--world") == '{"a": 1}'
+    assert option_value(["--worlds", "x"], "--world") is None
 
 
 def test_inputs_are_checked_by_name(tmp_path):

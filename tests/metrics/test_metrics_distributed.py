@@ -8,7 +8,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cf_lightning.metrics import (
+    Extractors,
     FrameConsistency,
+    LongVideoMetrics,
     PixelStatsExtractor,
     QualityDrift,
     RevisitError,
@@ -26,6 +28,7 @@ def all_metrics() -> dict[str, torch.nn.Module]:
         "revisit": RevisitError(max_gap=16, bucket_edges=[0, 4, 8, 16]),
         "consistency": FrameConsistency(extractor, "first", windows=TimeWindows(fps=4, timestamps=(2, 4), width=1)),
         "drift": QualityDrift(window_frames=3, extractor=extractor),
+        "long_video": LongVideoMetrics(TimeWindows(fps=4, timestamps=(2, 4), width=1), Extractors(structure=extractor)),
     }
 
 
@@ -35,6 +38,7 @@ def evaluate(video: torch.Tensor, first_visit: torch.Tensor) -> dict[str, object
     for chunk in video.split(8, dim=2):
         metrics["consistency"].update(chunk)
     metrics["drift"].update(video)
+    metrics["long_video"].update(video)
     return {name: metric.compute() for name, metric in metrics.items()}
 
 
