@@ -4,11 +4,15 @@ models' samples) compare side by side.
 
 A :class:`SystemResult` is what one system scored: per-timestamp means over its videos and its
 video-level numbers. It round-trips through ``scores.json``, so tables and plots of several
-evaluations are made later without re-scoring (``cf-ablate`` does this for its variants).
+evaluations are made later without re-scoring (``cf-ablate`` does this for its variants), also by
+hand::
+
+    python -m cf_lightning.eval_report eval/slowfast/scores.json eval/longlive/scores.json --out compare/
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -156,3 +160,19 @@ def log_to_tensorboard(result: SystemResult, log_dir: Path, hparams: Mapping[str
             writer.add_scalar(f"eval_curve/{name}", value, global_step=round(t * 1000))
     writer.flush()
     logger.finalize("success")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Side-by-side tables and curves of several cf-eval runs.")
+    parser.add_argument("scores", nargs="+", type=Path, help=f"{SCORES_FILE} files written by cf-eval")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    results = [SystemResult.load(path) for path in args.scores]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text(markdown_tables(results))
+    plot_curves(results, args.out / "curves.png")
+    print(args.out / "table.md")
+
+
+if __name__ == "__main__":
+    main()

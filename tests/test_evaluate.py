@@ -11,7 +11,8 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 from tensorboard.plugins.hparams import metadata
 
 from cf_lightning.data.video_write import write_mp4
-from cf_lightning.eval_report import SystemResult
+from cf_lightning.eval_report import SystemResult, markdown_tables
+from cf_lightning.eval_report import main as compare
 from cf_lightning.evaluate import main as cf_eval
 from cf_lightning.evaluate import option_value, read_prompts
 from tests.metrics.tiny_models import tiny_clip, tiny_dinov2
@@ -85,6 +86,20 @@ def test_a_folder_of_mp4s_is_scored_per_timestamp_with_the_cut_where_it_is(tmp_p
     assert first[2] < 0.9  # the mean of 1 (static) and the cut video's drop
     assert "clip_t" not in result.series and "effective_context" not in result.scalars
     assert result.scalars["quality_drift"] == pytest.approx(0.0, abs=1e-2)
+
+
+def test_saved_scores_compare_side_by_side_only_at_the_same_timestamps(tmp_path):
+    series = {"dino_first": [1.0, 0.5], "subject": [0.9, 0.8]}
+    first = SystemResult("a", [10.0, 20.0], series, {"quality_drift": 0.1})
+    second = SystemResult("b", [10.0, 20.0], {"dino_first": [0.9, 0.9]}, {"quality_drift": 0.0, "fps": 17.0})
+    compare([str(first.save(tmp_path / "a")), str(second.save(tmp_path / "b")), "--out", str(tmp_path / "both")])
+    table = (tmp_path / "both" / "table.md").read_text()
+    assert "| a | DINOv2 (to first frame) | 1.0000 | 0.5000 |" in table
+    assert "| b | DINOv2 (to first frame) | 0.9000 | 0.9000 |" in table
+    assert "| a | 0.9000 | 0.8000 | 0.1000 | - |" in table and "| b | - | - | 0.0000 | 17.0000 |" in table
+    assert (tmp_path / "both" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="different timestamps"):
+        markdown_tables([first, SystemResult("c", [5.0], {"dino_first": [1.0]}, {})])
 
 
 def test_world_overrides_reach_the_revisit_sidecar_in_either_spelling():
