@@ -7,7 +7,7 @@ Score a folder of mp4s from any model (other systems' samples included)::
 or generate prompts x seeds with a trained student first, then score them the same way::
 
     cf-eval --checkpoint runs/slowfast/version_0/checkpoints/last.ckpt --prompts prompts.jsonl \
-        --seeds 0 1 2 --out eval/ [--gen_args "--memory sliding_window"]
+        --seeds 0 1 2 --out eval/ [-- <cf-gen arguments, e.g. --memory sliding_window>]
 
 Each video is scored per timestamp (default: the paper's 0.5 s windows around 10, 20, ..., 60 s; the
 frame rate is the file's unless ``--fps``): DINOv2 / CLIP-F consistency to the first frame and to the
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -253,14 +254,16 @@ def write_reports(result: SystemResult, out: Path, tb_dir: Path, hparams: dict[s
     return table
 
 
-def checkpoint_hparams(checkpoint: Path) -> dict[str, Any]:
-    """HParams columns of the checkpoint's run: its memory policy's (as training logged them) and what
-    its teacher saw, so the rows of an ablation's evaluations tell the variants apart."""
+def checkpoint_hparams(checkpoint: Path, memory_override: str | None = None) -> dict[str, Any]:
+    """HParams columns of the generating student: its memory policy's (the checkpoint's, or the
+    ``--memory`` given to cf-gen) and what its teacher saw, so evaluation rows tell variants apart."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
     trained = saved.get("hyper_parameters") or {}
-    memory = trained.get("memory")
+    memory = trained.get("memory") if memory_override is None else memory_override
     if isinstance(memory, dict):  # LightningCLI saves the {class_path, init_args} it parsed
-        memory = parse_policy(json.dumps(memory))
+        memory = json.dumps(memory)
+    if isinstance(memory, str):
+        memory = parse_policy(memory)
     columns = dict(memory.ablation_hparams()) if isinstance(memory, MemoryPolicy) else {}
     for key, column in (("teacher_context", "teacher/context"), ("context_positions", "teacher/positions")):
         if key in trained:
@@ -268,7 +271,10 @@ def checkpoint_hparams(checkpoint: Path) -> dict[str, Any]:
     return columns
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """cf-eval's own options; arguments after a ``--`` go to cf-gen unchanged (``gen_args``)."""
+    split = argv.index("--") if "--" in argv else len(argv)
+    argv, gen_args = argv[:split], argv[split + 1:]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", type=Path, help="score the mp4s of this folder")
@@ -277,7 +283,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--frames", type=int, default=None, help="latent frames per video (default: cf-gen's)")
     parser.add_argument("--gen_fps", type=float, default=16.0, help="frame rate the generated mp4s are written at")
-    parser.add_argument("--gen_args", default="", help="extra cf-gen arguments, e.g. \"--memory sliding_window\"")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tb_dir", type=Path, default=None, help="TensorBoard run directory (default: --out)")
     parser.add_argument("--name", default=None, help="system name in tables and TensorBoard")
@@ -292,11 +297,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--checkpoint needs --prompts")
     if args.dinov2 is None and args.clip is None:
         parser.error(f"give --dinov2 and/or --clip (local directories, or {STAND_IN} for a weight-free smoke run)")
+    if gen_args and args.checkpoint is None:
+        parser.error(f"cf-gen arguments {gen_args} after '--' need --checkpoint")
+    args.gen_args = gen_args
     return args
 
 
-def main(argv: list[str] | None = None) -> Path:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
     extractors, features = load_extractors(args.dinov2, args.clip)
     scoring = Scoring(extractors, parse_timestamps(args.timestamps), args.width, args.fps,
                       [int(b) for b in args.revisit_buckets.split(",")])
@@ -304,27 +312,24 @@ def main(argv: list[str] | None = None) -> Path:
                                **{f"eval/{k.split(' ')[0]}": v for k, v in features.items()}}
     generation_fps = None
     if args.checkpoint is not None:
-        gen_args = shlex.split(args.gen_args)
         folder = args.out / "videos"
         files, seconds, frames = [], 0.0, 0
         for number, prompt in enumerate(read_prompts(args.prompts)):
             for seed in args.seeds:
                 made = generate_long_video(args.checkpoint, prompt, seed, folder / f"p{number:03d}_s{seed}.mp4",
-                                           args.frames, args.gen_fps, gen_args)
+                                           args.frames, args.gen_fps, args.gen_args)
                 files.append(made.path)
                 seconds += made.seconds
                 frames += made.frames
         generation_fps = frames / seconds
-        hparams.update({"eval/checkpoint": str(args.checkpoint), "eval/gen_args": args.gen_args,
-                        **checkpoint_hparams(args.checkpoint)})
+        hparams.update({"eval/checkpoint": str(args.checkpoint), "eval/gen_args": shlex.join(args.gen_args),
+                        **checkpoint_hparams(args.checkpoint, option_value(args.gen_args, "--memory"))})
     else:
         files = video_files(args.videos)
     name = args.name or (args.checkpoint.stem if args.checkpoint is not None else args.videos.name)
     result = score_folder(files, scoring, name, generation_fps)
     result.features = features
-    table = write_reports(result, args.out, args.tb_dir or args.out, hparams)
-    print(table)
-    return table
+    print(write_reports(result, args.out, args.tb_dir or args.out, hparams))
 
 
 if __name__ == "__main__":

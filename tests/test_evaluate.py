@@ -38,7 +38,8 @@ def test_two_prompts_two_seeds_give_the_papers_tables_curves_and_tensorboard(tmp
     out = tmp_path / "eval"
     cf_eval(["--checkpoint", str(trained_checkpoint(tmp_path)), "--prompts", str(prompts), "--seeds", "0", "1",
              "--gen_fps", "8", "--dinov2", str(tiny_dinov2(tmp_path / "dinov2")),
-             "--clip", str(tiny_clip(tmp_path / "clip")), "--out", str(out), "--name", "tiny", *SHORT])
+             "--clip", str(tiny_clip(tmp_path / "clip")), "--out", str(out), "--name", "tiny", *SHORT,
+             "--", "--memory", '{"class_path": "sliding_window", "init_args": {"sink": 1, "window": 4}}'])
     videos = sorted(p.name for p in (out / "videos").glob("*.mp4"))
     assert videos == ["p000_s0.mp4", "p000_s1.mp4", "p001_s0.mp4", "p001_s1.mp4"]
     assert (out / "videos" / "p001_s0.txt").read_text() == "the camera wanders"
@@ -60,7 +61,7 @@ def test_two_prompts_two_seeds_give_the_papers_tables_curves_and_tensorboard(tmp
     content = runs.PluginRunToTagToContent(metadata.PLUGIN_NAME)[run]
     start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
     assert start.hparams["eval/system"].string_value == "tiny"
-    assert start.hparams["memory/policy"].string_value == "SlowFast"
+    assert start.hparams["memory/policy"].string_value == "SlidingWindow"  # what generated, not what trained
     experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
     assert "eval/dino_first/1s" in {m.name.tag for m in experiment.metric_infos}
 
@@ -118,6 +119,8 @@ def test_inputs_are_checked_by_name(tmp_path):
         read_prompts(bad)
     with pytest.raises(SystemExit):
         cf_eval(["--videos", str(tmp_path), "--out", str(tmp_path / "o")])  # no feature network named
+    with pytest.raises(SystemExit):
+        cf_eval(["--videos", str(tmp_path), "--dinov2", "pixel_stats", "--out", str(tmp_path / "o"), "--", "--seed", "1"])
     with pytest.raises(FileNotFoundError, match="no .mp4 files"):
         cf_eval(["--videos", str(tmp_path), "--dinov2", "pixel_stats", "--out", str(tmp_path / "o")])
     folder = tmp_path / "short"
