@@ -142,7 +142,6 @@ class DecodedVideo:
     frames: torch.Tensor  # [N, 3, H, W] in [0, 1]: frame index[j] of the video
     index: list[int]
     num_frames: int
-    fps: float
 
 
 def decode(path: Path, keep: set[int] | None) -> DecodedVideo:
@@ -151,10 +150,8 @@ def decode(path: Path, keep: set[int] | None) -> DecodedVideo:
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{str(path)!r} has no video stream")
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         count = 0
-        for frame in container.decode(stream):
+        for frame in container.decode(container.streams.video[0]):
             if keep is None or count in keep:
                 kept.append(frame.to_ndarray(format="rgb24"))
                 index.append(count)
@@ -162,7 +159,7 @@ def decode(path: Path, keep: set[int] | None) -> DecodedVideo:
     if not count:
         raise ValueError(f"{str(path)!r} has no decodable frames")
     frames = torch.from_numpy(np.stack(kept)).permute(0, 3, 1, 2).float() / 255.0
-    return DecodedVideo(frames, index, count, fps)
+    return DecodedVideo(frames, index, count)
 
 
 def video_files(folder: Path) -> list[Path]:
@@ -216,8 +213,8 @@ def score_folder(files: list[Path], scoring: Scoring, name: str,
     metric = LongVideoMetrics(windows, scoring.extractors)
     revisit = RevisitError(max_gap=scoring.revisit_buckets[-1], bucket_edges=scoring.revisit_buckets)
     for path in files:
-        if scoring.windows(file_fps(path)) != windows:
-            raise ValueError(f"{path.name} has {file_fps(path)} fps, {files[0].name} {windows.fps}; pass --fps")
+        if scoring.windows(fps := file_fps(path)) != windows:
+            raise ValueError(f"{path.name} has {fps} fps, {files[0].name} {windows.fps}; pass --fps")
         prompt_file, revisit_file = path.with_suffix(PROMPT_SUFFIX), path.with_name(path.stem + REVISIT_SUFFIX)
         if scoring.extractors.text is not None and not prompt_file.is_file():
             raise ValueError(f"CLIP-T needs the prompt of {path.name}: put it in {prompt_file.name}")

@@ -123,6 +123,11 @@ def test_inputs_are_checked_by_name(tmp_path):
         cf_eval(["--videos", str(tmp_path), "--dinov2", "pixel_stats", "--out", str(tmp_path / "o"), "--", "--seed", "1"])
     with pytest.raises(FileNotFoundError, match="no .mp4 files"):
         cf_eval(["--videos", str(tmp_path), "--dinov2", "pixel_stats", "--out", str(tmp_path / "o")])
+    mixed = tmp_path / "mixed"
+    write_mp4(mixed / "a.mp4", still((0.5, 0.5, 0.5)), fps=8)
+    write_mp4(mixed / "b.mp4", still((0.5, 0.5, 0.5)), fps=4)
+    with pytest.raises(ValueError, match="b.mp4 has 4.0 fps, a.mp4 8.0; pass --fps"):
+        cf_eval(["--videos", str(mixed), "--dinov2", "pixel_stats", "--out", str(tmp_path / "o"), *SHORT])
     folder = tmp_path / "short"
     write_mp4(folder / "one_second.mp4", still((0.5, 0.5, 0.5), 8), fps=8)
     with pytest.raises(ValueError, match=r"no frame in the windows at \[20.0, 30.0"):
