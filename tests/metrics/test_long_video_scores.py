@@ -68,6 +68,18 @@ def test_a_cut_drops_consistency_at_the_timestamp_after_it():
     assert scores.series["flicker"].tolist() == [1.0, 1.0, 1.0]  # the cut is not inside a window
 
 
+def test_vbench_consistency_averages_the_previous_and_the_first_frame_term():
+    video = scene(0)
+    video[:, 9:] = scene(1)[:, 9:]  # the 3 s window and both its predecessors show the second scene
+    scores = score_dense_video(video, SHORT, PIXELS)
+    for role, name in (("structure", "subject"), ("appearance", "background")):
+        features = torch.nn.functional.normalize(getattr(PIXELS, role)(video[:, [0, 9]].transpose(0, 1)).double())
+        across_the_cut = max(0.0, (features[0] @ features[1]).item())
+        # previous-frame term 1 (same scene), first-frame term the cosine across the cut: neither alone
+        assert scores.series[name][2].item() == pytest.approx((1.0 + across_the_cut) / 2, abs=1e-9)
+        assert across_the_cut < 0.9
+
+
 def test_a_cut_inside_a_window_is_flicker_and_lowers_the_vbench_previous_frame_term():
     video = scene(0)
     video[:, 12:] = scene(1)[:, 12:]  # between frames 11 and 12 of the 3 s window
