@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from cf_lightning.metrics.consistency import to_unit_range
 from cf_lightning.metrics.features import FeatureExtractor, laplacian_sharpness
 from cf_lightning.metrics.windows import TimeWindows
 
@@ -113,7 +114,11 @@ def score_video(frames: torch.Tensor, index: Sequence[int], num_frames: int, win
         raise ValueError(f"frames {missing[:8]} are needed by the windows but were not given")
     frames = frames.float().clamp(0, 1)
     opening, spans = windows.opening(num_frames), windows.windows(num_frames)
-    rows = lambda frame_ids: torch.tensor([position[i] for i in frame_ids], dtype=torch.long)
+
+    def rows(frame_ids: Sequence[int]) -> torch.Tensor:
+        """Positions in ``frames`` of the given video frame indices."""
+        return torch.tensor([position[i] for i in frame_ids], dtype=torch.long)
+
     series: dict[str, list[float]] = {name: [] for name in extractors.series()}
     features = {}
     for role in ("structure", "appearance"):
@@ -169,7 +174,7 @@ class LongVideoMetrics(Metric):
     """Per-timestamp means over videos (distributed-safe): ``compute()`` gives ``{series: [K]}``, one
     value per timestamp, never pooled across timestamps, plus ``quality_drift`` (mean over videos).
 
-    ``update(video [B, 3, T, H, W] in [0, 1], prompts)`` scores whole videos; ``update(scores)`` takes
+    ``update(video [B, 3, T, H, W] in value_range, prompts)`` scores whole videos; ``update(scores)`` takes
     one video's :class:`VideoScores` computed elsewhere (e.g. from the few frames decoded out of an mp4).
     """
 
@@ -177,9 +182,11 @@ class LongVideoMetrics(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, windows: TimeWindows, extractors: Extractors, **kwargs: Any) -> None:
+    def __init__(self, windows: TimeWindows, extractors: Extractors,
+                 value_range: tuple[float, float] = (0.0, 1.0), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.windows = windows
+        self.value_range = value_range
         self.extractors = extractors
         self.names = extractors.series()
         shape = (len(self.names), len(windows.timestamps))
@@ -196,6 +203,7 @@ class LongVideoMetrics(Metric):
             raise ValueError(f"LongVideoMetrics expects video [B, 3, T, H, W] in [0, 1], got {tuple(video.shape)}")
         if prompts is not None and len(prompts) != video.shape[0]:
             raise ValueError(f"got {len(prompts)} prompts for {video.shape[0]} videos")
+        video = to_unit_range(video.detach(), self.value_range)
         for b in range(video.shape[0]):
             self._add(score_dense_video(video[b], self.windows, self.extractors,
                                        None if prompts is None else prompts[b]))

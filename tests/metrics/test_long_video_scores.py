@@ -142,6 +142,11 @@ def test_metric_keeps_one_mean_per_timestamp_over_videos():
     assert result["dino_first"][0] == 1.0 and result["dino_first"][2] < 0.95
     with pytest.raises(ValueError, match=r"\[B, 3, T, H, W\]"):
         metric.update(videos[0])
+    with pytest.raises(ValueError, match=r"far outside value_range=\(0.0, 1.0\)"):
+        metric.update(videos * 2 - 1)
+    signed = LongVideoMetrics(SHORT, PIXELS, value_range=(-1.0, 1.0))
+    signed.update(videos * 2 - 1)
+    torch.testing.assert_close(signed.compute(), result)
 
 
 def test_sparse_frames_score_like_the_whole_video_and_missing_ones_are_named():
