@@ -81,8 +81,8 @@ def recache(model: WanModel, memory: KVMemory, history: torch.Tensor, context: t
     zero = torch.zeros(batch, memory.chunk_frames, device=history.device)
     for start in range(0, frames, memory.chunk_frames):
         part = slice(start, start + memory.chunk_frames)
-        model.commit_chunk(history[:, :, part], zero, context, fresh,
-                           frame_cond=None if frame_cond is None else frame_cond[:, part])
+        model(history[:, :, part], zero, context, memory=fresh,
+              frame_cond=None if frame_cond is None else frame_cond[:, part], mode="commit")
     return fresh
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import yaml
-from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cf_lightning.cli import main
@@ -45,6 +45,24 @@ def test_deepspeed_overlay_swaps_the_teacher_strategy_only(capsys):
     fsdp["model"]["init_args"].pop("gradient_checkpointing")
     assert deepspeed == fsdp, "only the strategy and activation checkpointing change"
     inspect.signature(DeepSpeedStrategy).bind(**strategy["init_args"])  # every argument is DeepSpeedStrategy's
+
+
+@pytest.mark.parametrize("recipe", ["context_teacher.yaml", "slowfast.yaml"])
+def test_fsdp2_overlay_swaps_the_strategy_only(recipe, capsys):
+    printed = []
+    for extra in ([], ["--config", str(RECIPES / "wan2.1-1.3b" / "strategies" / "fsdp2.yaml")]):
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", str(RECIPES / "wan2.1-1.3b" / recipe), *extra, "--print_config"])
+        printed.append(yaml.safe_load(capsys.readouterr().out))
+    fsdp1, fsdp2 = printed
+    strategy = fsdp2["trainer"].pop("strategy")
+    assert strategy["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    assert strategy["init_args"]["data_parallel_size"] == fsdp1["trainer"]["devices"]
+    inspect.signature(ModelParallelStrategy).bind(**strategy["init_args"])
+    assert fsdp2["model"]["init_args"].pop("gradient_checkpointing") is True
+    fsdp1["trainer"].pop("strategy")
+    fsdp1["model"]["init_args"].pop("gradient_checkpointing")
+    assert fsdp2 == fsdp1, "only the strategy and activation checkpointing change"
 
 
 def test_teacher_recipe_trains_and_resumes(tmp_path):

@@ -24,8 +24,8 @@ POLICY = SlowFast(sink=1, slow=2, fast=4, threshold=0.9, interval=1, rope_length
 def stream_clean(model, policy, history, context, cond):
     memory = model.new_memory(policy, 1, 2, (4, 4))
     for start in range(0, history.shape[2], 2):
-        model.forward_chunk(history[:, :, start:start + 2], torch.zeros(1, 2), context, memory, commit=True,
-                            frame_cond=cond[:, start:start + 2])
+        model(history[:, :, start:start + 2], torch.zeros(1, 2), context, memory=memory,
+              frame_cond=cond[:, start:start + 2], mode="predict_commit")
     return memory
 
 

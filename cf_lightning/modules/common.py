@@ -14,6 +14,7 @@ import lightning as L
 import torch
 
 from cf_lightning.diffusion import null_text
+from cf_lightning.distributed import is_sharded_checkpoint, read_sharded_checkpoint, shard_backbones
 from cf_lightning.ema import EMA
 from cf_lightning.models import WanConfig, WanModel
 from cf_lightning.models.attention import Backend
@@ -34,6 +35,11 @@ class EMAAfterStep(L.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         self.ema_rule.update(self.ema, self.model, self.global_step + 1)  # the step count once this step is done
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2) both backbones are sharded block by block."""
+        if self.device_mesh is not None:
+            shard_backbones(self.device_mesh, [self.model, self.ema])
 
 
 @dataclass(frozen=True)
@@ -59,16 +65,19 @@ def build_backbone(backbone: str, latent_channels: int, text_dim: int, frame_con
     return model
 
 
-def batch_condition(batch: dict[str, Any], drop_text: float = 0.0, generator: torch.Generator | None = None
-                    ) -> Condition:
+def batch_condition(batch: dict[str, Any], drop_text: float = 0.0,
+                    generator: torch.Generator | list[torch.Generator] | None = None) -> Condition:
     """Condition from a data batch (``text_emb``, ``text_mask``, ``camera``); ``drop_text`` zeroes the
-    text of that fraction of samples, so the model also learns the unconditional score for CFG."""
+    text of that fraction of samples, so the model also learns the unconditional score for CFG. With a
+    list of generators, video ``b`` draws its dropout from ``generator[b]``."""
     if "text_emb" not in batch:
         raise KeyError(f"batch has no 'text_emb' (keys: {sorted(batch)}); configure the data module with a "
                        "text encoder or shards that carry prompt embeddings")
     context = batch["text_emb"].float()
     if drop_text > 0:
-        drop = torch.rand(context.shape[0], generator=generator) < drop_text
+        draws = (torch.cat([torch.rand(1, generator=g) for g in generator]) if isinstance(generator, list)
+                 else torch.rand(context.shape[0], generator=generator))
+        drop = draws < drop_text
         context = torch.where(drop.to(context.device)[:, None, None], null_text(context), context)
     camera = batch.get("camera")
     return Condition(context, batch.get("text_mask"), None if camera is None else camera.float())
@@ -123,6 +132,9 @@ def _existing(path: str) -> Path:
 
 
 def _read_lightning_checkpoint(file: Path) -> dict[str, Any]:
+    """One checkpoint file, or a sharded checkpoint directory gathered whole (FSDP2 runs)."""
+    if is_sharded_checkpoint(file):
+        return read_sharded_checkpoint(file, _read_lightning_checkpoint)
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -32,6 +32,7 @@ from cf_lightning.diffusion import (
     velocity_target,
     x0_from_velocity,
 )
+from cf_lightning.distributed import shard_backbones
 from cf_lightning.ema import EMA
 from cf_lightning.metrics import RevisitError
 from cf_lightning.models.attention import Backend
@@ -287,6 +288,11 @@ class ContextForcingModule(L.LightningModule):
         cond = Condition(cond.context, cond.context_mask, cond.frames(slice(0, frames)))
         chunks = frames // self.hparams.chunk_frames
         return self.generate(cond, tuple(latents.shape), chunks, seed=seed, policy=policy).video
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2) every backbone is sharded block by block."""
+        if self.device_mesh is not None:
+            shard_backbones(self.device_mesh, [self.student, self.critic, self.teacher, self.ema])
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.generator_optimizer(self.student.parameters()), self.critic_optimizer(self.critic.parameters())]

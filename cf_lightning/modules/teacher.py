@@ -39,6 +39,7 @@ from cf_lightning.modules.common import (
     check_finite,
     load_backbone_weights,
 )
+from cf_lightning.rollout import randn
 from memory_policies import MemoryPolicy
 
 ContextMode = Literal["none", "last_n", "policy"]
@@ -129,9 +130,11 @@ class TeacherModule(EMAAfterStep):
                                       positions=self.hparams.context_positions)
 
     # ------------------------------------------------------------------ training
-    def _split(self, latents: torch.Tensor, generator: torch.Generator, first_visit: torch.Tensor | None = None
+    def _split(self, latents: torch.Tensor, generator: torch.Generator, first_visit: torch.Tensor | None = None,
+               video_generators: list[torch.Generator] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-        """Pick a target window in the clip and, per video, the context frames before it.
+        """Pick a target window in the clip and, per video, the context frames before it (video ``b``
+        draws its context mode from ``video_generators[b]`` when given, else from ``generator``).
 
         With ``revisit_targets`` > 0 and ground truth in the batch, that fraction of steps picks a
         window that revisits views first seen before the recent context, so recall from distant
@@ -150,7 +153,8 @@ class TeacherModule(EMAAfterStep):
         history, target = latents[:, :, :start], latents[:, :, start:start + target_len]
         frames = []
         for b in range(latents.shape[0]):
-            mode = self.context_modes[int(torch.randint(len(self.context_modes), (1,), generator=generator))]
+            video_generator = generator if video_generators is None else video_generators[b]
+            mode = self.context_modes[int(torch.randint(len(self.context_modes), (1,), generator=video_generator))]
             if mode == "none" or start == 0:
                 frames.append([])
             elif mode == "last_n":
@@ -171,12 +175,22 @@ class TeacherModule(EMAAfterStep):
         best = max(scores, default=0)
         return [s for s, score in zip(starts, scores) if best > 0 and score == best]
 
+    def video_generators(self, batch_size: int) -> list[torch.Generator]:
+        """One generator per video of this rank's rows of the global batch, seeded from a stream every
+        rank draws alike: a video's noise, noise level, text dropout and context mode then do not depend
+        on how the global batch is split over ranks (two ranks equal one on the doubled batch)."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        seeds = torch.randint(0, 2**62, (batch_size * world,), generator=self._generator)
+        mine = seeds[self.global_rank * batch_size:(self.global_rank + 1) * batch_size]
+        return [torch.Generator().manual_seed(int(seed)) for seed in mine]
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         latents = batch["latents"].float()
-        cond = batch_condition(batch, self.hparams.cfg_dropout, self._generator)
-        history, target, frames = self._split(latents, self._generator, batch.get("first_visit"))
-        sigma = sample_sigmas(target.shape[0], self._generator, shift=self.hparams.shift, max_sigma=1.0).to(self.device)
-        noise = torch.randn(target.shape, generator=self._generator).to(target)
+        gens = self.video_generators(latents.shape[0])
+        cond = batch_condition(batch, self.hparams.cfg_dropout, gens)
+        history, target, frames = self._split(latents, self._generator, batch.get("first_visit"), gens)
+        sigma = torch.cat([sample_sigmas(1, g, shift=self.hparams.shift, max_sigma=1.0) for g in gens]).to(self.device)
+        noise = randn(target.shape, gens).to(target)
         clean_target = target
         if self.erft is not None:
             assert self.x0_errors is not None and self.noise_errors is not None
@@ -207,9 +221,9 @@ class TeacherModule(EMAAfterStep):
         self.noise_errors.add(sigma.cpu(), (eps_from_velocity(noisy, pred, sigma) - noise).cpu())
 
     def setup(self, stage: str) -> None:
-        # Seeded from seed_everything and the rank, so DDP ranks draw different noise; a resumed run
-        # overwrites this state in on_load_checkpoint.
-        self._generator.manual_seed(torch.initial_seed() + self.global_rank)
+        # Seeded from seed_everything alike on every rank: ranks draw their videos' seeds from their own
+        # rows of the global batch (video_generators); a resumed run overwrites this state in on_load_checkpoint.
+        self._generator.manual_seed(torch.initial_seed())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         latents = batch["latents"].float()
