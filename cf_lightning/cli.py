@@ -12,6 +12,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from cf_lightning.resume import AUTO, check_resume, find_run_checkpoint, qualified_name
 from memory_policies import available_policies, load_plugins
 
+#: Module arguments naming weight files to start from; a checkpoint being evaluated replaces them all.
+INIT_FILES = ("student_init", "teacher", "critic_init", "init_from")
+
 #: Shapes every module takes from the data, so no recipe states them twice.
 LINKED_SHAPES = ("latent_channels", "text_dim", "frame_cond_dim")
 
@@ -45,6 +48,18 @@ class CFLightningCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
         if path not in (None, AUTO) and Path(path).exists():
             check_resume(path, self.config[subcommand]["model"]["class_path"])
+
+    def before_instantiate_classes(self) -> None:
+        """Outside ``fit``, a ``--ckpt_path`` checkpoint supplies every weight: the init files its
+        hyper-parameters name (student init, teacher, critic) are not read, so a checkpoint copied to
+        another machine predicts, validates and tests there."""
+        subcommand = self.config.get("subcommand")
+        if subcommand in (None, "fit") or not self.config[subcommand].get("ckpt_path"):
+            return
+        init_args = self.config[subcommand]["model"].get("init_args")
+        for name in INIT_FILES:
+            if init_args is not None and init_args.get(name) is not None:
+                init_args[name] = None
 
     def before_fit(self) -> None:
         """Resolve ``--ckpt_path auto`` to this run directory's ``last.ckpt`` (or a fresh start) and check

@@ -11,9 +11,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cf_lightning.diffusion import denoising_sigmas
 from cf_lightning.generate import main as cf_gen
-from cf_lightning.generate import parse_policy, read_prompt_switches, recache, stream_video
+from cf_lightning.inference import (
+    Conditions,
+    InferencePreset,
+    parse_policy,
+    read_prompt_switches,
+    recache,
+    stream_chunks,
+)
 from cf_lightning.models import build_wan
 from cf_lightning.modules import ContextForcingModule
 from memory_policies import SlidingWindow, SlowFast
@@ -36,7 +42,7 @@ def test_recache_equals_streaming_the_history_under_the_new_prompt():
     history, cond = torch.randn(1, 4, 10, 4, 4), torch.randn(1, 10, 2)
     old, new = torch.randn(1, 3, 16), torch.randn(1, 3, 16)
     memory = stream_clean(model, POLICY, history, old, cond)
-    fresh = recache(model, memory, history, new, cond)
+    fresh = recache(model, memory, history.split(2, dim=2), new, cond, (4, 4))
     reference = stream_clean(model, POLICY, history, new, cond)
     read, expected = fresh.read(), reference.read()
     assert read.views == expected.views
@@ -68,10 +74,12 @@ def test_policy_override_parses_like_a_recipe():
 def test_stream_video_with_a_switch_has_the_requested_length():
     torch.manual_seed(0)
     model = build_wan("tiny", frame_cond_dim=2).eval()
-    segments = [(torch.randn(1, 3, 16), 0), (torch.randn(1, 3, 16), 6)]
-    video = stream_video(model, POLICY, denoising_sigmas(2), 2, (4, 4, 4), segments, 10, torch.randn(1, 10, 2),
-                         progress=False)
-    assert video.shape == (1, 4, 10, 4, 4)
+    conditions = Conditions([(torch.randn(1, 3, 16), 0), (torch.randn(1, 3, 16), 6)], torch.randn(1, 10, 2))
+    preset = InferencePreset("test", chunk_frames=2, denoising_steps=2, shift=5.0, make_memory=lambda: POLICY,
+                             source="this test")
+    chunks = list(stream_chunks(model, preset, conditions, 10, (4, 4)))
+    assert [start for start, _, _ in chunks] == [0, 2, 4, 6, 8]
+    assert torch.cat([chunk for _, chunk, _ in chunks], dim=2).shape == (1, 4, 10, 4, 4)
 
 
 WORLD = {"frame_height": 16, "frame_width": 16, "canvas_height": 64, "canvas_width": 64, "num_frames": 16,

@@ -82,6 +82,15 @@ class LatentCodec(nn.Module, ABC):
     def options(self) -> dict[str, Any]:
         """Constructor arguments, so shard metadata records how latents were made."""
 
+    def chunk_decoder(self) -> Callable[[Tensor], Tensor]:
+        """A decoder for the consecutive latent chunks of one video, called as each chunk is produced.
+
+        The whole video's decode must equal the concatenation of the chunks' decodes. The default
+        decodes each chunk on its own, which is exact for codecs that decode every latent frame
+        independently; a codec with temporal context (the causal Wan VAE) carries it across calls.
+        """
+        return self.decode
+
     def describe(self) -> dict[str, Any]:
         """``{"name": ..., **options}``: enough to rebuild this codec with :func:`build_codec`."""
         return {"name": self.name, **self.options()}

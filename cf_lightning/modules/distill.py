@@ -294,6 +294,12 @@ class ContextForcingModule(L.LightningModule):
         if self.device_mesh is not None:
             shard_backbones(self.device_mesh, [self.student, self.critic, self.teacher, self.ema])
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """``cf-fit predict``: stream one video from the EMA student (cf_lightning.inference.predict)."""
+        from cf_lightning.inference.predict import predict_latents
+
+        return predict_latents(self.ema, self.hparams, self.memory, batch)
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.generator_optimizer(self.student.parameters()), self.critic_optimizer(self.critic.parameters())]
 

@@ -173,6 +173,12 @@ class StudentModule(EMAAfterStep):
                     frame_cond=frame_cond, positions=positions, frame_mask=mask)
         return x0_from_velocity(noisy, out[:, :, frames:], sigma)
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """``cf-fit predict``: stream one video from the EMA student (cf_lightning.inference.predict)."""
+        from cf_lightning.inference.predict import predict_latents
+
+        return predict_latents(self.ema, self.hparams, self.memory, batch)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer(self.model.parameters())
 

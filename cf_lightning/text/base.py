@@ -37,6 +37,10 @@ class TextEncoder(nn.Module, ABC):
     def options(self) -> dict[str, Any]:
         """Constructor arguments, so shard metadata records how embeddings were made."""
 
+    @abstractmethod
+    def num_tokens(self, prompt: str) -> int:
+        """Tokens ``prompt`` makes before truncation (end token included): above ``max_length`` it is cut."""
+
     def describe(self) -> dict[str, Any]:
         """``{"name", "dim", "max_length", **options}`` for shard metadata."""
         return {"name": self.name, "dim": self.dim, "max_length": self.max_length, **self.options()}

@@ -44,6 +44,9 @@ class HashTextEncoder(TextEncoder):
     def options(self) -> dict[str, Any]:
         return {"seed": self.seed, "vocab_size": self.vocab_size}
 
+    def num_tokens(self, prompt: str) -> int:
+        return len(_WORD.findall(prompt.lower())) + 1
+
     def token_ids(self, prompt: str) -> list[int]:
         """Word ids (1..vocab_size-1) truncated so the end token (id 0) always fits."""
         ids = [

@@ -52,6 +52,9 @@ class UMT5TextEncoder(TextEncoder):
         self.model.eval()
         return self
 
+    def num_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=True).input_ids)
+
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         tokens = self.tokenizer(
