@@ -115,8 +115,9 @@ def evaluate_variants(logs: dict[str, Path], eval_args: str, out: Path) -> list[
     """cf-eval on every variant's final checkpoint into ``<run>/eval``; tables and curves side by side."""
     results = []
     for variant, log_dir in logs.items():
-        cf_eval([*shlex.split(eval_args), "--checkpoint", str(final_checkpoint(log_dir)),
-                 "--out", str(log_dir / "eval"), "--name", variant])
+        # the user's arguments last: cf-gen arguments after their '--' must stay at the end
+        cf_eval(["--checkpoint", str(final_checkpoint(log_dir)), "--out", str(log_dir / "eval"), "--name", variant,
+                 *shlex.split(eval_args)])
         results.append(SystemResult.load(log_dir / "eval" / SCORES_FILE))
     (out / "evaluation.md").write_text(markdown_tables(results))
     plot_curves(results, out / "evaluation_curves.png")

@@ -21,9 +21,9 @@ Feature networks load from local directories only (``--dinov2``, ``--clip``); ``
 weight-free stand-in (:class:`~cf_lightning.metrics.PixelStatsExtractor`), for CPU smoke runs only:
 its numbers are not comparable with the paper's.
 
-Generation seam: every generated video comes from :func:`generate_long_video`, which today runs
-``cf-gen`` (a trained checkpoint's student streamed over a revisit-world video's conditions) and
-later can run the text-to-video path instead; everything after it reads only the mp4 and sidecars.
+Generation seam: every generated video comes from :func:`generate_long_video`, which runs ``cf-gen``
+(text-to-video, or over a revisit-world video's camera path for runs trained on that world); everything
+after it reads only the mp4 and its sidecars.
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ import av
 import numpy as np
 import torch
 
-from cf_lightning.data.revisit_world import RevisitWorldConfig, generate_video
+from cf_lightning.data.revisit_world import RevisitWorldConfig
+from cf_lightning.data.revisit_world import generate_video as revisit_video
 from cf_lightning.eval_report import SystemResult, log_to_tensorboard, markdown_tables, plot_curves
 from cf_lightning.generate import main as cf_gen
-from cf_lightning.generate import parse_policy, training_data_settings
+from cf_lightning.inference import parse_policy
+from cf_lightning.inference.loading import RUN_SUFFIX, saved_policy
 from cf_lightning.metrics import (
     Extractors,
     FeatureExtractor,
@@ -59,6 +61,7 @@ from cf_lightning.metrics import (
     score_video,
 )
 from cf_lightning.metrics.windows import PAPER_WIDTH, parse_timestamps
+from cf_lightning.modules.common import read_lightning_checkpoint
 from memory_policies import MemoryPolicy
 
 STAND_IN = "pixel_stats"
@@ -105,22 +108,31 @@ class GeneratedVideo:
     seconds: float  # wall time of the generation call, checkpoint loading included
 
 
-def generate_long_video(checkpoint: str | Path, prompt: str, seed: int, out: Path, frames: int | None,
+def run_settings(checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A cf-fit run's module and data module hyper-parameters (empty for other checkpoint files)."""
+    if checkpoint.suffix != RUN_SUFFIX:
+        return {}, {}
+    saved = read_lightning_checkpoint(checkpoint)
+    return dict(saved.get("hyper_parameters") or {}), dict(saved.get("datamodule_hyper_parameters") or {})
+
+
+def generate_long_video(checkpoint: Path, prompt: str, seed: int, out: Path, frames: int | None,
                         fps: float, gen_args: list[str]) -> GeneratedVideo:
     """Generate one long video for ``prompt`` and ``seed`` into ``out`` (an mp4 plus its sidecars).
 
-    The one place where cf-eval makes videos. Today it runs ``cf-gen``: the checkpoint's student
-    streams over the camera path of revisit-world video ``seed`` with ``prompt`` as its text (the
-    run's own text encoder), noise seed ``seed``; the world's first visits are written beside the mp4
-    so effective context is measured. Swapping in a text-to-video path means changing this function
-    only: it must leave ``out`` as an mp4 (and optionally ``<out>.txt`` / ``<out>.first_visit.json``).
+    The one place where cf-eval makes videos; it runs ``cf-gen`` with noise seed ``seed``. A run
+    trained on the revisit world (its saved data settings name a world) streams over the camera path
+    of revisit-world video ``seed`` with ``prompt`` as its text, and the world's first visits are
+    written beside the mp4 so effective context is measured; any other checkpoint is text-to-video
+    from ``prompt`` alone (``gen_args`` add e.g. ``--seconds 60 --umt5 DIR --vae DIR --preset NAME``).
+    Another generator fits here if it leaves ``out`` as an mp4 (optionally with ``<out>.txt`` and
+    ``<out>.first_visit.json``): scoring reads nothing else.
     """
+    world = run_settings(checkpoint)[1].get("world")
     with tempfile.TemporaryDirectory() as scratch:
-        switches = Path(scratch) / "prompt.jsonl"
-        switches.write_text(json.dumps({"prompt": prompt, "start_frame": 0}) + "\n")
-        argv = ["--checkpoint", str(checkpoint), "--out", scratch, "--world_seed", str(seed), "--seed", str(seed),
-                "--prompts", str(switches), "--fps", str(fps), *(["--frames", str(frames)] if frames else []),
-                *gen_args]
+        argv = ["--checkpoint", str(checkpoint), "--out", scratch, "--prompt", prompt, "--seed", str(seed),
+                "--fps", str(fps), *(["--frames", str(frames)] if frames else []),
+                *(["--world_seed", str(seed)] if world is not None else []), *gen_args]
         start = time.perf_counter()
         cf_gen(argv)
         seconds = time.perf_counter() - start
@@ -129,10 +141,10 @@ def generate_long_video(checkpoint: str | Path, prompt: str, seed: int, out: Pat
     with av.open(str(out)) as container:
         frames = container.streams.video[0].frames
     out.with_suffix(PROMPT_SUFFIX).write_text(prompt)
-    overrides = json.loads(option_value(gen_args, "--world") or "{}")
-    world = RevisitWorldConfig(**{**(training_data_settings(checkpoint).get("world") or {}), **overrides})
-    first_visit = generate_video(world, seed).first_visit.tolist()
-    out.with_name(out.stem + REVISIT_SUFFIX).write_text(json.dumps(first_visit))
+    if world is not None:
+        overrides = json.loads(option_value(gen_args, "--world") or "{}")
+        first_visit = revisit_video(RevisitWorldConfig(**{**world, **overrides}), seed).first_visit.tolist()
+        out.with_name(out.stem + REVISIT_SUFFIX).write_text(json.dumps(first_visit))
     return GeneratedVideo(out, frames, seconds)
 
 
@@ -252,16 +264,14 @@ def write_reports(result: SystemResult, out: Path, tb_dir: Path, hparams: dict[s
 
 
 def checkpoint_hparams(checkpoint: Path, memory_override: str | None = None) -> dict[str, Any]:
-    """HParams columns of the generating student: its memory policy's (the checkpoint's, or the
-    ``--memory`` given to cf-gen) and what its teacher saw, so evaluation rows tell variants apart."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-    trained = saved.get("hyper_parameters") or {}
-    memory = trained.get("memory") if memory_override is None else memory_override
-    if isinstance(memory, dict):  # LightningCLI saves the {class_path, init_args} it parsed
-        memory = json.dumps(memory)
-    if isinstance(memory, str):
-        memory = parse_policy(memory)
-    columns = dict(memory.ablation_hparams()) if isinstance(memory, MemoryPolicy) else {}
+    """HParams columns of the generating student: its memory policy's (the run's, or the ``--memory``
+    given to cf-gen) and what its teacher saw, so evaluation rows tell variants apart."""
+    trained = run_settings(checkpoint)[0]
+    if memory_override is not None:
+        memory: MemoryPolicy | None = parse_policy(memory_override)
+    else:
+        memory = saved_policy(trained["memory"]) if "memory" in trained else None
+    columns = dict(memory.ablation_hparams()) if memory is not None else {}
     for key, column in (("teacher_context", "teacher/context"), ("context_positions", "teacher/positions")):
         if key in trained:
             columns[column] = str(trained[key])

@@ -23,7 +23,7 @@ def test_tiny_ablation_logs_hparams_and_metrics_per_policy(tmp_path, monkeypatch
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the camera circles through 4 places in a loop, returning to each in turn\n")
     evaluation = (f"--eval=--prompts {prompts} --seeds 0 --dinov2 pixel_stats --gen_fps 8 --frames 16 "
-                  "--timestamps 0.5,1,1.5 --width 0.25 --revisit_buckets 0,2,4,8")
+                  "--timestamps 0.5,1,1.5 --width 0.25 --revisit_buckets 0,2,4,8 -- --raw")
     variants = tmp_path / "variants.yaml"
     variants.write_text('slow_fast: []\n'
                         'sliding_window: [--model.memory, sliding_window, --model.memory.init_args.sink, "2",'
