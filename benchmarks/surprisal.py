@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -140,11 +141,11 @@ def main() -> None:
     model = load_wan(args.backbone).eval()
     if args.videos_dir is None:
         data = held_out(args, args.videos)
-        videos = lambda: world_videos(data)
+        videos = partial(world_videos, data)
     else:
         codec = build_codec(args.codec, **args.codec_options)
         text = build_text_encoder(args.text_encoder, **args.text_encoder_options) if args.text_encoder else None
-        videos = lambda: mp4_videos(args.videos_dir, codec, text, model.config.text_dim, args.size)
+        videos = partial(mp4_videos, args.videos_dir, codec, text, model.config.text_dim, args.size)
     print("| summary | layer | within scene: min / 5 % / median | cuts: median / 95 % / max | separated |")
     print("|---|---|---|---|---|")
     for summary, layer in itertools.product(("mean_key", "token_keys"), (0, None)):
