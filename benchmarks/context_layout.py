@@ -57,7 +57,9 @@ def sample(model: WanModel, batch: dict, frames: list[int], start: int, target: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("teachers", nargs="+", help="name=backbone file (Wan safetensors) or .ckpt export")
     parser.add_argument("--videos", type=int, default=32)
     parser.add_argument("--target_chunks", type=int, default=2)
@@ -87,9 +89,15 @@ def main() -> None:
         for index, batch in enumerate(data.val_dataloader()):
             for start, frames in starts:
                 truth = batch["latents"][:, :, start:start + target]
-                noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(index * 1000 + start))
-                outs = {layout: sample(model, batch, frames, start, target, noise, layouts[layout], args.steps,
-                                       args.guidance) for layout in LAYOUTS}
+                noise = torch.randn(
+                    truth.shape, generator=torch.Generator().manual_seed(index * 1000 + start)
+                )
+                outs = {
+                    layout: sample(
+                        model, batch, frames, start, target, noise, layouts[layout], args.steps, args.guidance
+                    )
+                    for layout in LAYOUTS
+                }
                 for layout, out in outs.items():
                     errors[layout].append(float((out - truth).square().mean()))
                 moved.append(float((outs["student"] - outs["packed"]).abs().mean()))

@@ -39,7 +39,9 @@ def synchronize(device: str) -> None:
 
 
 @torch.inference_mode()
-def run_once(model: WanModel, parts, preset, chunks: int, frame: tuple[int, int], device: str) -> dict[str, float]:
+def run_once(
+    model: WanModel, parts, preset, chunks: int, frame: tuple[int, int], device: str
+) -> dict[str, float]:
     """One video; seconds per stage, first-chunk latency and frames per second."""
     times = dict.fromkeys(STAGES, 0.0)
     first_chunk = None
@@ -70,7 +72,9 @@ def run_once(model: WanModel, parts, preset, chunks: int, frame: tuple[int, int]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="small")
     parser.add_argument("--preset", default="self_forcing", help="chunking, schedule and memory")
     parser.add_argument("--height", type=int, default=64)
@@ -91,12 +95,23 @@ def main() -> None:
             block.compile()
         variants["compiled blocks"] = compiled
     frame = (args.height, args.width)
-    warm = {name: run_once(model, parts, preset, 1, frame, args.device)["total"] for name, model in variants.items()}
-    runs = interleaved(args.repeats, {name: partial(run_once, model, parts, preset, args.chunks, frame, args.device)
-                                      for name, model in variants.items()})
+    warm = {
+        name: run_once(model, parts, preset, 1, frame, args.device)["total"]
+        for name, model in variants.items()
+    }
+    runs = interleaved(
+        args.repeats,
+        {
+            name: partial(run_once, model, parts, preset, args.chunks, frame, args.device)
+            for name, model in variants.items()
+        },
+    )
     frames = runs["eager"][0]["frames"]
-    print(f"## prompt -> mp4, {args.config} DiT, {args.width}x{args.height}, preset {args.preset}, {args.chunks} chunks "
-          f"= {frames} frames, {args.device}, {args.threads} thread(s), medians of {args.repeats}\n")
+    print(
+        f"## prompt -> mp4, {args.config} DiT, {args.width}x{args.height}, preset {args.preset}, "
+        f"{args.chunks} chunks = {frames} frames, {args.device}, {args.threads} thread(s), medians of "
+        f"{args.repeats}\n"
+    )
     medians_by_variant = {name: medians(results) for name, results in runs.items()}
     print(table(["variant", "mp4 frames/s", "first chunk (s)", "DiT (s)", "VAE decode (s)", "mp4 encode (s)",
                  "total (s)"],
@@ -107,7 +122,10 @@ def main() -> None:
     print(f"\nshare of the eager run: {shares}; warm-up runs (1 chunk, compilation included): "
           + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in warm.items()))
     if args.compile:
-        print(f"compiled / eager frames per second: {medians_by_variant['compiled blocks']['fps'] / eager['fps']:.2f}x")
+        print(
+            f"compiled / eager frames per second: "
+            f"{medians_by_variant['compiled blocks']['fps'] / eager['fps']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 Each measurement is a fresh process that builds the parts (random DiT, a Wan-architecture VAE, the
 hash text encoder; ``benchmarks/t2v_parts.py``), notes its resident memory, then streams a video of
 ``--chunks`` chunks (and, side by side, ``factor`` times as many) through :func:`generate_video` with
-the ``longlive`` preset: rollout over a bounded memory (6-frame chunks, sink 3 + window 9), chunk-by-chunk VAE decode with the causal
+the ``longlive`` preset: rollout over a bounded memory (6-frame chunks, sink 3 + window 9), chunk-by-chunk VAE
+decode with the causal
 cache, incremental mp4 and latent file. Printed: the peak RSS of each (median over ``--rounds``
 interleaved runs), the ratio, and the growth over the RSS after setup. Numbers are measured, never
 asserted.
@@ -60,7 +61,9 @@ def measure(chunks: int, config: str) -> dict[str, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--chunks", type=int, default=3)
     parser.add_argument("--factor", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
@@ -71,9 +74,13 @@ def main() -> None:
         child(args.child, args.config)
         return
     lengths = {"short": args.chunks, "long": args.chunks * args.factor}
-    runs = interleaved(args.rounds, {name: partial(measure, chunks, args.config) for name, chunks in lengths.items()})
-    print(f"## peak RSS of streaming text-to-video ({args.config} DiT, {FRAME}x{FRAME}, longlive preset; medians "
-          f"of {args.rounds} fresh processes)\n")
+    runs = interleaved(
+        args.rounds, {name: partial(measure, chunks, args.config) for name, chunks in lengths.items()}
+    )
+    print(
+        f"## peak RSS of streaming text-to-video ({args.config} DiT, {FRAME}x{FRAME}, longlive preset; "
+        f"medians of {args.rounds} fresh processes)\n"
+    )
     peaks, rows = {}, []
     for name, chunks in lengths.items():
         med = medians(runs[name])
@@ -82,7 +89,10 @@ def main() -> None:
                      f"{peaks[name] - setup:.0f}"])
     print(table(["video", "chunks", "mp4 frames", "RSS after setup (MiB)", "peak RSS (MiB)",
                  "growth during generation (MiB)"], rows))
-    print(f"\npeak RSS long / short: {peaks['long'] / peaks['short']:.3f} ({args.factor}x the frames; target <= 1.10)")
+    print(
+        f"\npeak RSS long / short: {peaks['long'] / peaks['short']:.3f} ({args.factor}x the frames; target "
+        f"<= 1.10)"
+    )
 
 
 if __name__ == "__main__":

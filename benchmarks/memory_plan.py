@@ -59,7 +59,9 @@ class Backbone:
         with torch.device("meta"):
             model = WanModel(config)
             if lora_rank:
-                inject_lora(model, lora_targets or DEFAULT_LORA_TARGETS, rank=lora_rank, alpha=float(lora_rank))
+                inject_lora(
+                    model, lora_targets or DEFAULT_LORA_TARGETS, rank=lora_rank, alpha=float(lora_rank)
+                )
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return cls(config, total, trainable, sum(p.numel() for p in model.blocks[0].parameters()))
@@ -137,10 +139,14 @@ def stage2_plan(recipe: dict, gpus: int, tokens_per_frame: int, tflops: float, m
     micro = recipe["data"]["init_args"].get("batch_size", 1) // a.get("accumulate", 1)
     query, keys = chunk * tokens_per_frame, (budget + chunk) * tokens_per_frame
     target_chunks = a.get("target_chunks", 2)
-    context_frames = budget if a.get("teacher_context", "memory") == "memory" else a.get("teacher_context_frames", 8)
+    context_frames = (
+        budget if a.get("teacher_context", "memory") == "memory" else a.get("teacher_context_frames", 8)
+    )
     scored = (context_frames + target_chunks * chunk) * tokens_per_frame
     pool = student.config.num_layers * budget * tokens_per_frame * 2 * student.config.dim * kv * micro
-    student_graph = target_chunks * micro * (student.checkpoint_inputs(query, act) + student.attended_kv(keys, kv))
+    student_graph = (
+        target_chunks * micro * (student.checkpoint_inputs(query, act) + student.attended_kv(keys, kv))
+    )
     generator_phase = student_graph + micro * max(student.block_peak(query, keys, act),
                                                    teacher.block_peak(scored, scored, act))
     critic_phase = micro * (teacher.checkpoint_inputs(scored, act) + teacher.block_peak(scored, scored, act))
@@ -160,10 +166,13 @@ def stage2_plan(recipe: dict, gpus: int, tokens_per_frame: int, tflops: float, m
 
 
 def teacher_plan(recipe: dict, gpus: int, tokens_per_frame: int, tflops: float, mfu: float) -> Plan:
-    """Teacher / context teacher: one backbone (maybe LoRA) and its EMA, flow matching on [context | target]."""
+    """Teacher / context teacher: one backbone (maybe LoRA) and its EMA, flow matching on [context |
+    target]."""
     a = _args(recipe)
     act, _ = _bytes(recipe)
-    model = Backbone.build(a["backbone"], a.get("backbone_overrides"), a.get("lora_rank", 0), a.get("lora_targets"))
+    model = Backbone.build(
+        a["backbone"], a.get("backbone_overrides"), a.get("lora_rank", 0), a.get("lora_targets")
+    )
     ema = Backbone(model.config, model.total, 0, model.per_block)
     modes = a.get("context_modes") or ["none"]
     context = 0 if modes == ["none"] else max(_policy_budget(a), a.get("context_frames", 8))
@@ -172,7 +181,9 @@ def teacher_plan(recipe: dict, gpus: int, tokens_per_frame: int, tflops: float, 
     rows = _states([model, ema], gpus)
     rows.append(("activations (checkpoint inputs + one block)",
                  micro * (model.checkpoint_inputs(tokens, act) + model.block_peak(tokens, tokens, act))))
-    checkpointing = 1 if a.get("gradient_checkpointing") or "activation_checkpointing_policy" in str(recipe) else 0
+    checkpointing = (
+        1 if a.get("gradient_checkpointing") or "activation_checkpointing_policy" in str(recipe) else 0
+    )
     flops = (3 + checkpointing) * model.forward_flops(tokens, tokens) * micro
     return Plan(rows, flops / (tflops * 1e12 * mfu))
 
@@ -230,8 +241,13 @@ def check() -> None:
     per_chunk = model.checkpoint_inputs(query, 4) + model.attended_kv(keys, 4)
     measured = {}
     for target in (1, 4):
-        out = subprocess.run([sys.executable, __file__, "--measure", str(target)], capture_output=True, text=True,
-                             check=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+        out = subprocess.run(
+            [sys.executable, __file__, "--measure", str(target)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+        )
         measured[target] = int(out.stdout.strip().splitlines()[-1])
     predicted = 3 * per_chunk
     delta = measured[4] - measured[1]
@@ -241,7 +257,9 @@ def check() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("recipes", nargs="*", type=Path)
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--latent-hw", type=int, nargs=2, default=[60, 104],

@@ -61,28 +61,58 @@ REFERENCE_CACHE = {"self_forcing": (-1, 0), "longlive": (12, 3)}
 
 def reference_model(cls: type, ours: WanModel, local_attn_size: int, sink_size: int) -> torch.nn.Module:
     c = ours.config
-    model = cls(model_type="t2v", patch_size=c.patch_size, text_len=TEXT_LEN, in_dim=c.in_dim, dim=c.dim,
-                ffn_dim=c.ffn_dim, freq_dim=c.freq_dim, text_dim=c.text_dim, out_dim=c.out_dim, num_heads=c.num_heads,
-                num_layers=c.num_layers, local_attn_size=local_attn_size, sink_size=sink_size, cross_attn_norm=c.cross_attn_norm,
-                eps=c.eps)
+    model = cls(
+        model_type="t2v",
+        patch_size=c.patch_size,
+        text_len=TEXT_LEN,
+        in_dim=c.in_dim,
+        dim=c.dim,
+        ffn_dim=c.ffn_dim,
+        freq_dim=c.freq_dim,
+        text_dim=c.text_dim,
+        out_dim=c.out_dim,
+        num_heads=c.num_heads,
+        num_layers=c.num_layers,
+        local_attn_size=local_attn_size,
+        sink_size=sink_size,
+        cross_attn_norm=c.cross_attn_norm,
+        eps=c.eps,
+    )
     model.load_state_dict(ours.state_dict())
     return model.eval()
 
 
 @torch.no_grad()
-def reference_rollout(model: torch.nn.Module, scheduler, steps: torch.Tensor, context: torch.Tensor, chunks: int,
-                      chunk_frames: int, latent: int, seed: int) -> list[torch.Tensor]:
-    """Self-Forcing's causal inference loop over its own model, with our noise draws; chunks ``[1, C, f, H, W]``."""
+def reference_rollout(
+    model: torch.nn.Module,
+    scheduler,
+    steps: torch.Tensor,
+    context: torch.Tensor,
+    chunks: int,
+    chunk_frames: int,
+    latent: int,
+    seed: int,
+) -> list[torch.Tensor]:
+    """Self-Forcing's causal inference loop over its own model, with our noise draws; chunks ``[1, C, f, H,
+    W]``."""
     c = model.in_dim
     tokens = (latent // 2) ** 2
     frames = chunks * chunk_frames
-    cached = frames if model.local_attn_size == -1 else model.local_attn_size  # as its pipeline sizes the cache
+    cached = (
+        frames if model.local_attn_size == -1 else model.local_attn_size
+    )  # as its pipeline sizes the cache
     head_dim = model.dim // model.num_heads
     kv = [{"k": torch.zeros(1, cached * tokens, model.num_heads, head_dim),
            "v": torch.zeros(1, cached * tokens, model.num_heads, head_dim),
            "global_end_index": torch.tensor([0]), "local_end_index": torch.tensor([0])} for _ in model.blocks]
-    cross = [{"k": torch.zeros(1, TEXT_LEN, model.num_heads, head_dim),
-              "v": torch.zeros(1, TEXT_LEN, model.num_heads, head_dim), "is_init": False} for _ in model.blocks]
+    cross = [
+        {
+            "k": torch.zeros(1, TEXT_LEN, model.num_heads, head_dim),
+            "v": torch.zeros(1, TEXT_LEN, model.num_heads, head_dim),
+            "is_init": False,
+        }
+        for _ in model.blocks
+    ]
     gens = [torch.Generator().manual_seed(seed)]
     out = []
     for chunk in range(chunks):
@@ -97,7 +127,9 @@ def reference_rollout(model: torch.nn.Module, scheduler, steps: torch.Tensor, co
             if index < len(steps) - 1:
                 fresh = randn(x0.shape, gens)
                 nxt = torch.full((chunk_frames,), float(steps[index + 1]))
-                x = scheduler.add_noise(x0[0].transpose(0, 1), fresh[0].transpose(0, 1), nxt).transpose(0, 1)[None]
+                x = scheduler.add_noise(x0[0].transpose(0, 1), fresh[0].transpose(0, 1), nxt).transpose(0, 1)[
+                    None
+                ]
         model(x0, t=torch.zeros(1, chunk_frames), context=context, seq_len=frames * tokens, kv_cache=kv,
               crossattn_cache=cross, current_start=start)
         out.append(x0)
@@ -105,11 +137,18 @@ def reference_rollout(model: torch.nn.Module, scheduler, steps: torch.Tensor, co
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--self_forcing", type=Path, default=None, help="a guandeh17/Self-Forcing checkout")
     parser.add_argument("--preset", default="self_forcing", choices=sorted(REFERENCE_CACHE))
-    parser.add_argument("--chunks", type=int, default=7, help="self_forcing: 7 chunks of 3 = the 21 frames its "
-                                                             "cache holds; longlive: past 12 frames, the cache rolls")
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=7,
+        help="self_forcing: 7 chunks of 3 = the 21 frames its "
+        "cache holds; longlive: past 12 frames, the cache rolls",
+    )
     parser.add_argument("--latent", type=int, default=8, help="latent height = width")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -133,13 +172,25 @@ def main() -> None:
     print(f"ours (denoising_sigmas x 1000):  {[round(float(s) * 1000, 3) for s in preset.sigmas()]}\n")
     context = torch.zeros(1, TEXT_LEN, ours.config.text_dim)
     context[:, :8] = torch.randn(1, 8, ours.config.text_dim)
-    theirs = reference_rollout(reference, scheduler, steps, context, args.chunks, preset.chunk_frames, args.latent,
-                               args.seed)
-    mine = [chunk for _, chunk, _ in stream_chunks(ours, preset, Conditions([(context, 0)]),
-                                                   args.chunks * preset.chunk_frames, (args.latent, args.latent),
-                                                   seed=args.seed)]
-    print(f"## {args.preset}: max abs difference per chunk ({args.chunks} chunks of {preset.chunk_frames} frames, "
-          f"{args.latent}x{args.latent} latents, tiny backbone, |x0| ~ {float(mine[0].abs().mean()):.2f})\n")
+    theirs = reference_rollout(
+        reference, scheduler, steps, context, args.chunks, preset.chunk_frames, args.latent, args.seed
+    )
+    mine = [
+        chunk
+        for _, chunk, _ in stream_chunks(
+            ours,
+            preset,
+            Conditions([(context, 0)]),
+            args.chunks * preset.chunk_frames,
+            (args.latent, args.latent),
+            seed=args.seed,
+        )
+    ]
+    print(
+        f"## {args.preset}: max abs difference per chunk ({args.chunks} chunks of {preset.chunk_frames} "
+        f"frames, {args.latent}x{args.latent} latents, tiny backbone, |x0| ~ "
+        f"{float(mine[0].abs().mean()):.2f})\n"
+    )
     print("| chunk | max abs diff |")
     print("|---:|---:|")
     for index, (a, b) in enumerate(zip(mine, theirs)):

@@ -28,7 +28,9 @@ def add_world_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codec", default=data["codec"], help="latent codec (default: the recipes')")
 
 
-def held_out(args: argparse.Namespace, videos: int, frames: int = 96, batch_size: int = 1) -> RevisitWorldDataModule:
+def held_out(
+    args: argparse.Namespace, videos: int, frames: int = 96, batch_size: int = 1
+) -> RevisitWorldDataModule:
     """A data module whose validation loader yields ``videos`` held-out videos of ``frames`` frames."""
     return RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)),
                                   codec=build_codec(args.codec),

@@ -28,7 +28,9 @@ EDGES = [0, 8, 16, 32, 96]
 
 
 @torch.no_grad()
-def evaluate(module: ContextForcingModule, data: RevisitWorldDataModule, edges: list[int]) -> dict[str, object]:
+def evaluate(
+    module: ContextForcingModule, data: RevisitWorldDataModule, edges: list[int]
+) -> dict[str, object]:
     """Revisit error per bucket, controls, effective context (midpoint and 0.9) and nominal span."""
     midpoint = RevisitError(max_gap=edges[-1], bucket_edges=edges)
     strict = RevisitError(max_gap=edges[-1], bucket_edges=edges, criterion=0.9)
@@ -61,8 +63,10 @@ def table(results: dict[str, dict[str, object]], edges: list[int]) -> str:
              "|---|---|---|---|---|" + "---|" * len(buckets)]
     for name, r in results.items():
         errors = " | ".join(f"{e:.4f} (ctl {c:.4f})" for e, c in zip(r["error"], r["control"]))  # type: ignore[arg-type]
-        lines.append(f"| {name} | {r['effective_context']} | {r['effective_context_0.9']} | {r['nominal_span']} | "
-                     f"{r['auc']:.3f} | {errors} |")
+        lines.append(
+            f"| {name} | {r['effective_context']} | {r['effective_context_0.9']} | {r['nominal_span']} | "
+            f"{r['auc']:.3f} | {errors} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -90,7 +94,9 @@ def plot(results: dict[str, dict[str, object]], edges: list[int], path: Path) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("students", nargs="+", help="name=checkpoint of a ContextForcingModule run")
     parser.add_argument("--videos", type=int, default=64)
     parser.add_argument("--frames", type=int, default=96)

@@ -93,13 +93,22 @@ class Bench:
         self.sync()
         start = time.perf_counter()
         with torch.no_grad():
-            result = rollout(self.model, policy, noise, self.context, self.sigmas, chunk_frames=CHUNK, memory=memory,
-                             generator=gen)
+            result = rollout(
+                self.model,
+                policy,
+                noise,
+                self.context,
+                self.sigmas,
+                chunk_frames=CHUNK,
+                memory=memory,
+                generator=gen,
+            )
         self.sync()
         return result.memory, result.video, time.perf_counter() - start
 
-    def manual_chunk(self, memory: KVMemory, gen: torch.Generator, reuse_text: bool, model: WanModel | None = None
-                     ) -> tuple[torch.Tensor, float]:
+    def manual_chunk(
+        self, memory: KVMemory, gen: torch.Generator, reuse_text: bool, model: WanModel | None = None
+    ) -> tuple[torch.Tensor, float]:
         """The rollout chunk written out with streaming forwards (and ``mode="commit"`` for the refresh, as
         :func:`rollout` does), with the text projection reuse switchable."""
         model = model or self.model
@@ -112,9 +121,13 @@ class Bench:
             x = noise
             for step, sigma in enumerate(self.sigmas.tolist()):
                 t = torch.full((batch, CHUNK), timestep_from_sigma(sigma), device=self.device)
-                x0 = x0_from_velocity(x, model(x, t, self.context, memory=memory, context_kv=context_kv), sigma)
+                x0 = x0_from_velocity(
+                    x, model(x, t, self.context, memory=memory, context_kv=context_kv), sigma
+                )
                 if step + 1 < len(self.sigmas):
-                    x = add_noise(x0, torch.randn(x0.shape, generator=gen).to(x0), float(self.sigmas[step + 1]))
+                    x = add_noise(
+                        x0, torch.randn(x0.shape, generator=gen).to(x0), float(self.sigmas[step + 1])
+                    )
             zero = torch.zeros(batch, CHUNK, device=self.device)
             model(x0, zero, self.context, memory=memory, context_kv=context_kv, mode="commit")
         self.sync()
@@ -158,8 +171,10 @@ def bench_latency(bench: Bench) -> None:
     pool: dict[tuple[str, int], tuple[int, int]] = {}
     attended: dict[tuple[str, int], int] = {}
     rss: dict[int, float] = {}
-    print(f"\n## latency: one chunk = {args.steps} denoising forwards + 1 refresh, via rollout(); streamed to chunk "
-          f"{total - 1} ({', '.join(f'{n} {c}' for n, c in caps.items())} chunks)")
+    print(
+        f"\n## latency: one chunk = {args.steps} denoising forwards + 1 refresh, via rollout(); streamed to "
+        f"chunk {total - 1} ({', '.join(f'{n} {c}' for n, c in caps.items())} chunks)"
+    )
     started = time.perf_counter()
     for chunk in range(total):
         for name, policy in chosen.items():
@@ -184,8 +199,11 @@ def bench_latency(bench: Bench) -> None:
             if round_:
                 side[(name, index)].append(elapsed)
     base = indices[0]
-    print(f"side by side (chunks continued from snapshots at each index, round robin, median of {args.rounds}); "
-          f"in parentheses the ratio to chunk {base} and the memory frames the chunk attends to:")
+    print(
+        f"side by side (chunks continued from snapshots at each index, round robin, median of "
+        f"{args.rounds}); in parentheses the ratio to chunk {base} and the memory frames the chunk attends "
+        f"to:"
+    )
     print("| policy | budget | " + " | ".join(f"chunk {i}" for i in indices) + " |")
     print("|" + "---|" * (len(indices) + 2))
     for name, policy in chosen.items():
@@ -199,7 +217,10 @@ def bench_latency(bench: Bench) -> None:
             value = statistics.median(side[(name, i)])
             cells.append(f"{1000 * value:.1f} ms ({value / ref:.2f}x, {attended[(name, i)]} frames)")
         print(f"| {name} | {budget if budget is not None else 'all'} | " + " | ".join(cells) + " |")
-    print(f"during the stream (median of {args.window} chunks around each index; exposed to load drift over the run):")
+    print(
+        f"during the stream (median of {args.window} chunks around each index; exposed to load drift over "
+        f"the run):"
+    )
     print("| policy | " + " | ".join(f"chunk {i}" for i in indices) + " |")
     print("|" + "---|" * (len(indices) + 1))
     for name in chosen:
@@ -244,13 +265,21 @@ def bench_fastpaths(bench: Bench) -> None:
             "read": (bench.new_memory(policy), False),
             "read+text": (bench.new_memory(policy), True),
         })
-        print(f"| {name} | {1000 * med['plain']:.1f} ms | {1000 * med['read']:.1f} ms | {1000 * med['read+text']:.1f} ms"
-              f" | {med['plain'] / med['read+text']:.2f}x | {'bit-identical' if identical else 'DIFFER'} |")
-    print(f"\nfixed positions (absolute mode): keys rotated at every read vs stored rotated at commit, same chunks "
-          f"{args.warmup}..{args.warmup + args.timed}, interleaved, median")
+        print(
+            f"| {name} | {1000 * med['plain']:.1f} ms | {1000 * med['read']:.1f} ms | "
+            f"{1000 * med['read+text']:.1f} ms"
+            f" | {med['plain'] / med['read+text']:.2f}x | {'bit-identical' if identical else 'DIFFER'} |"
+        )
+    print(
+        f"\nfixed positions (absolute mode): keys rotated at every read vs stored rotated at commit, same "
+        f"chunks {args.warmup}..{args.warmup + args.timed}, interleaved, median"
+    )
     print("| policy | memory frames at the end | rotated at read | stored rotated | speedup | outputs |")
     print("|---|---|---|---|---|---|")
-    fixed = {"full": Full(), "sliding_window (absolute)": SlidingWindow(sink=3, window=18, position_mode="absolute")}
+    fixed = {
+        "full": Full(),
+        "sliding_window (absolute)": SlidingWindow(sink=3, window=18, position_mode="absolute"),
+    }
     for name, policy in fixed.items():
         med, identical, memories = interleaved_chunks(bench, {
             "at read": (bench.new_memory(policy, store_rotated=False), True),
@@ -302,7 +331,9 @@ def recompute_chunk(bench: Bench, policy: MemoryPolicy, state: MemoryState, clea
         history = torch.cat([clean[f] for f in view.frames], dim=2) if kept else noise[:, :, :0]
         x = noise
         for step, sigma in enumerate(bench.sigmas.tolist()):
-            t = torch.cat([torch.zeros(batch, kept), torch.full((batch, CHUNK), timestep_from_sigma(sigma))], 1)
+            t = torch.cat(
+                [torch.zeros(batch, kept), torch.full((batch, CHUNK), timestep_from_sigma(sigma))], 1
+            )
             velocity = bench.model(torch.cat([history, x], 2), t.to(bench.device), bench.context,
                                    positions=positions, context_kv=context_kv)[:, :, kept:]
             x0 = x0_from_velocity(x, velocity, sigma)
@@ -313,7 +344,9 @@ def recompute_chunk(bench: Bench, policy: MemoryPolicy, state: MemoryState, clea
     return time.perf_counter() - start
 
 
-def keep_clean(policy: MemoryPolicy, state: MemoryState, clean: dict[int, torch.Tensor], chunk: torch.Tensor) -> None:
+def keep_clean(
+    policy: MemoryPolicy, state: MemoryState, clean: dict[int, torch.Tensor], chunk: torch.Tensor
+) -> None:
     """Commit a chunk to a data-independent policy and keep the clean latents of the frames it keeps."""
     first = state.frames_committed
     policy.commit(state, None)
@@ -327,8 +360,11 @@ def bench_throughput(bench: Bench) -> None:
     args = bench.args
     at = args.throughput_at
     lo, hi = at - args.window // 2, at - args.window // 2 + args.window
-    print(f"\n## throughput at chunk {at} (median of chunks {lo}..{hi - 1}), cached streaming (rollout) vs "
-          f"recompute (no cache), interleaved; the recompute loop starts from the cached run's history at chunk {lo}")
+    print(
+        f"\n## throughput at chunk {at} (median of chunks {lo}..{hi - 1}), cached streaming (rollout) vs "
+        f"recompute (no cache), interleaved; the recompute loop starts from the cached run's history at "
+        f"chunk {lo}"
+    )
     print("| latent | tokens/frame | batch | policy | kept frames | cached tokens/s | recompute tokens/s | "
           "cached / recompute |")
     print("|---|---|---|---|---|---|---|---|")
@@ -361,8 +397,10 @@ def throughput_row(bench: Bench, name: str) -> str:
     kept = len(policy.read(state).frames)
     batch, _, _, latent, _ = bench.shape
     tokens_per_chunk = batch * CHUNK * bench.tokens
-    return (f"| {latent}x{latent} | {bench.tokens} | {batch} | {name} | {kept} | {rate(tokens_per_chunk / c)} | "
-            f"{rate(tokens_per_chunk / r)} | {r / c:.2f}x |")
+    return (
+        f"| {latent}x{latent} | {bench.tokens} | {batch} | {name} | {kept} | {rate(tokens_per_chunk / c)} | "
+        f"{rate(tokens_per_chunk / r)} | {r / c:.2f}x |"
+    )
 
 
 def rate(tokens_per_second: float) -> str:
@@ -412,8 +450,10 @@ def bench_bookkeeping(bench: Bench) -> None:
     ]
     print(f"\n## bookkeeping share, slow_fast (surprisal), chunks {args.warmup}..{args.warmup + args.timed}, "
           "per chunk")
-    print("| path | chunk time | policy decisions | KVMemory read+commit+gather | **share** | rotate + stage memory K/V | "
-          "RoPE tables | frame summaries | extended share |")
+    print(
+        "| path | chunk time | policy decisions | KVMemory read+commit+gather | **share** | rotate + stage "
+        "memory K/V | RoPE tables | frame summaries | extended share |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     variants = {"plain (no caches)": (False, False), "cached": (True, True)}
     memories = {v: bench.new_memory(policy, cache_reads=cache) for v, (cache, _) in variants.items()}
@@ -436,9 +476,11 @@ def bench_bookkeeping(bench: Bench) -> None:
         rotate = t.get("memory_kv", 0) - t.get("gather", 0)
         extended = core + rotate + t.get("rope", 0) + t.get("summaries", 0)
         ms = [1000 * x for x in (chunk, t.get("policy", 0), core)]
-        print(f"| {v} | {ms[0]:.1f} ms | {ms[1]:.2f} ms | {ms[2]:.2f} ms | **{100 * core / chunk:.1f} %** | "
-              f"{1000 * rotate:.2f} ms | {1000 * t.get('rope', 0):.2f} ms | {1000 * t.get('summaries', 0):.2f} ms | "
-              f"{100 * extended / chunk:.1f} % |")
+        print(
+            f"| {v} | {ms[0]:.1f} ms | {ms[1]:.2f} ms | {ms[2]:.2f} ms | **{100 * core / chunk:.1f} %** | "
+            f"{1000 * rotate:.2f} ms | {1000 * t.get('rope', 0):.2f} ms | {1000 * t.get('summaries', 0):.2f} "
+            f"ms | {100 * extended / chunk:.1f} % |"
+        )
 
 
 @contextmanager
@@ -460,13 +502,23 @@ def bench_train(bench: Bench) -> None:
     args = bench.args
     config = bench.model.config
     torch.manual_seed(0)
-    module = ContextForcingModule(backbone=args.config, latent_channels=config.in_dim, text_dim=config.text_dim,
-                                  memory=policies()["slow_fast"], chunk_frames=CHUNK, denoising_steps=args.steps,
-                                  min_rollout_chunks=8, max_rollout_chunks=8, target_chunks=2)
+    module = ContextForcingModule(
+        backbone=args.config,
+        latent_channels=config.in_dim,
+        text_dim=config.text_dim,
+        memory=policies()["slow_fast"],
+        chunk_frames=CHUNK,
+        denoising_steps=args.steps,
+        min_rollout_chunks=8,
+        max_rollout_chunks=8,
+        target_chunks=2,
+    )
     gen = torch.Generator().manual_seed(0)
     frames = 8 * CHUNK
-    batch = {"latents": torch.randn(args.batch, config.in_dim, frames, args.latent, args.latent, generator=gen),
-             "text_emb": bench.context.cpu()}
+    batch = {
+        "latents": torch.randn(args.batch, config.in_dim, frames, args.latent, args.latent, generator=gen),
+        "text_emb": bench.context.cpu(),
+    }
     draws = StepDraws(num_chunks=8, exit_step=args.steps - 1, seeds=list(range(args.batch)))
     mode = {"backward": lambda loss: loss.backward(), "forward only": lambda loss: None}
     times: dict[str, list[float]] = {m: [] for m in mode}
@@ -479,8 +531,10 @@ def bench_train(bench: Bench) -> None:
             if rep:
                 times[name].append(time.perf_counter() - start)
     med = {m: statistics.median(t) for m, t in times.items()}
-    print(f"\n## training micro-step (Context Forcing generator step: 8-chunk rollout, 2 target chunks with one "
-          f"graph step, teacher CFG + critic scores, DMD + critic losses), median of {args.train_reps}")
+    print(
+        f"\n## training micro-step (Context Forcing generator step: 8-chunk rollout, 2 target chunks with "
+        f"one graph step, teacher CFG + critic scores, DMD + critic losses), median of {args.train_reps}"
+    )
     print(f"| with backward | forward only | ratio |\n|---|---|---|\n| {1000 * med['backward']:.0f} ms | "
           f"{1000 * med['forward only']:.0f} ms | {med['backward'] / med['forward only']:.2f}x |")
 
@@ -503,15 +557,22 @@ def bench_compile(bench: Bench) -> None:
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(args.timed):
         for name, model in models.items():
-            times[name].append(bench.manual_chunk(memories[name], gens[name], reuse_text=True, model=model)[1])
+            times[name].append(
+                bench.manual_chunk(memories[name], gens[name], reuse_text=True, model=model)[1]
+            )
     eager, comp = statistics.median(times["eager"]), statistics.median(times["compiled blocks"])
-    print(f"\n## torch.compile (blocks compiled, sliding_window, steady state; warm-up incl. compilation {warm:.0f} s)")
+    print(
+        f"\n## torch.compile (blocks compiled, sliding_window, steady state; warm-up incl. compilation "
+        f"{warm:.0f} s)"
+    )
     print(f"| eager | compiled | speedup |\n|---|---|---|\n| {1000 * eager:.1f} ms | {1000 * comp:.1f} ms | "
           f"{eager / comp:.2f}x |")
     compiled_bench = copy.copy(bench)
     compiled_bench.model = compiled
-    print(f"\nthroughput with compiled blocks on both sides, as in the throughput section (latent {args.latent}, "
-          f"batch {args.batch}):")
+    print(
+        f"\nthroughput with compiled blocks on both sides, as in the throughput section (latent "
+        f"{args.latent}, batch {args.batch}):"
+    )
     print("| latent | tokens/frame | batch | policy | kept frames | cached tokens/s | recompute tokens/s | "
           "cached / recompute |")
     print("|---|---|---|---|---|---|---|---|")
@@ -582,7 +643,9 @@ def bench_profile(bench: Bench) -> None:
         for event in prof.key_averages():
             group = OP_GROUPS.get(event.key, "other elementwise and reductions")
             per_group[group] = per_group.get(group, 0.0) + event.self_cpu_time_total / 1e6 / args.timed
-        per_group["outside ops (Python, nn.Module calls, dispatch)"] = profiled[name] - sum(per_group.values())
+        per_group["outside ops (Python, nn.Module calls, dispatch)"] = profiled[name] - sum(
+            per_group.values()
+        )
     print(f"\n## profile: one chunk of sliding_window at steady state (after {args.warmup} chunks), "
           f"{args.timed} chunks each; torch.profiler self CPU time by kind of op")
     print("chunk time without the profiler (median): "
@@ -593,8 +656,11 @@ def bench_profile(bench: Bench) -> None:
     print("| where | " + " | ".join(f"{name} chunk" for name in runs) + " |")
     print("|---|" + "---|" * len(runs))
     for group in sorted(groups["cached"], key=lambda g: -groups["cached"][g]):
-        cells = [f"{1000 * groups[name].get(group, 0.0):.1f} ms ({100 * groups[name].get(group, 0.0) / profiled[name]:.0f} %)"
-                 for name in runs]
+        cells = [
+            f"{1000 * groups[name].get(group, 0.0):.1f} ms "
+            f"({100 * groups[name].get(group, 0.0) / profiled[name]:.0f} %)"
+            for name in runs
+        ]
         print(f"| {group} | " + " | ".join(cells) + " |")
 
 
@@ -607,19 +673,34 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="small", help="model config name (default: small)")
     parser.add_argument("--chunks", default="10,100,1000", help="chunk indices for the latency table")
-    parser.add_argument("--latent", type=int, default=8, help="latent height = width (8: 16 tokens per frame)")
+    parser.add_argument(
+        "--latent", type=int, default=8, help="latent height = width (8: 16 tokens per frame)"
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
     parser.add_argument("--text-len", type=int, default=16, help="text context tokens")
     parser.add_argument("--window", type=int, default=15, help="chunks per median (stream, throughput)")
-    parser.add_argument("--rounds", type=int, default=61,
-                        help="side-by-side rounds of the latency table (its medians; a chunk from each snapshot per round)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=61,
+        help="side-by-side rounds of the latency table (its medians; a chunk from each snapshot per round)",
+    )
     parser.add_argument("--full-cap", type=int, default=200, help="chunks after which `full` stops")
-    parser.add_argument("--throughput-at", type=int, default=100, help="chunk index of the throughput comparison")
-    parser.add_argument("--sizes", default="4x8,8x1,8x4,16x1,24x1",
-                        help="throughput sizes, LATENTxBATCH (default 4x8,8x1,8x4,16x1,24x1; '' = --latent x --batch)")
-    parser.add_argument("--warmup", type=int, default=25, help="chunks before timing (fastpaths, bookkeeping)")
-    parser.add_argument("--timed", type=int, default=20, help="timed chunks (fastpaths, bookkeeping, compile)")
+    parser.add_argument(
+        "--throughput-at", type=int, default=100, help="chunk index of the throughput comparison"
+    )
+    parser.add_argument(
+        "--sizes",
+        default="4x8,8x1,8x4,16x1,24x1",
+        help="throughput sizes, LATENTxBATCH (default 4x8,8x1,8x4,16x1,24x1; '' = --latent x --batch)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=25, help="chunks before timing (fastpaths, bookkeeping)"
+    )
+    parser.add_argument(
+        "--timed", type=int, default=20, help="timed chunks (fastpaths, bookkeeping, compile)"
+    )
     parser.add_argument("--train-reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)")
     parser.add_argument("--device", default="cpu")
@@ -632,15 +713,20 @@ def main(argv: list[str] | None = None) -> None:
     args.chunks = [int(c) for c in args.chunks.split(",")]
     args.sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",") if size]
     sections = [s for s in args.sections.split(",") if s]
-    sections += [s for s, flag in (("train", args.train), ("compile", args.compile)) if flag and s not in sections]
+    sections += [
+        s for s, flag in (("train", args.train), ("compile", args.compile)) if flag and s not in sections
+    ]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     bench = Bench(args)
-    print(f"# streaming benchmark: config {args.config}, latent {args.latent}x{args.latent} ({bench.tokens} tokens/frame), "
-          f"chunk {CHUNK} frames, batch {args.batch}, {args.steps} steps + refresh, text {args.text_len} tokens")
+    print(
+        f"# streaming benchmark: config {args.config}, latent {args.latent}x{args.latent} ({bench.tokens} "
+        f"tokens/frame), chunk {CHUNK} frames, batch {args.batch}, {args.steps} steps + refresh, text "
+        f"{args.text_len} tokens"
+    )
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, device {args.device}, "
           f"{torch.get_num_threads()} threads")
     for name in sections:

@@ -86,7 +86,9 @@ def mp4_videos(folder: Path, codec: LatentCodec, text: TextEncoder | None, text_
             latents = codec.encode(uint8_to_unit(frames).permute(1, 0, 2, 3)[None]).float()
         caption = folder / Path(name).with_suffix(".txt").name
         if text is not None:
-            emb, mask = text.encode([caption.read_text(encoding="utf-8").strip() if caption.is_file() else ""])
+            emb, mask = text.encode(
+                [caption.read_text(encoding="utf-8").strip() if caption.is_file() else ""]
+            )
             cond = Condition(emb, mask, None)
         else:
             cond = Condition(torch.zeros(1, 1, text_dim), None, None)
@@ -94,8 +96,14 @@ def mp4_videos(folder: Path, codec: LatentCodec, text: TextEncoder | None, text_
 
 
 @torch.no_grad()
-def similarities(model: WanModel, videos: Iterable[LabelledVideo], summary: str, layer: int | None, chunk: int,
-                 generated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def similarities(
+    model: WanModel,
+    videos: Iterable[LabelledVideo],
+    summary: str,
+    layer: int | None,
+    chunk: int,
+    generated: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Consecutive-frame similarities within scenes and across cuts over the videos (batch 1)."""
     within, cuts = [], []
     for index, (latents, cond, scene) in enumerate(videos):
@@ -126,13 +134,21 @@ def similarities(model: WanModel, videos: Iterable[LabelledVideo], summary: str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("backbone", help="Wan safetensors file (e.g. a cf-export of a student)")
     parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--chunk", type=int, default=2)
-    parser.add_argument("--generated", action="store_true", help="judge the backbone's own rollouts (a student's view)")
-    parser.add_argument("--videos_dir", type=Path, default=None, help="mp4 files with cuts.json instead of the world")
-    parser.add_argument("--codec_options", type=json.loads, default={}, help="codec arguments (JSON), --videos_dir")
+    parser.add_argument(
+        "--generated", action="store_true", help="judge the backbone's own rollouts (a student's view)"
+    )
+    parser.add_argument(
+        "--videos_dir", type=Path, default=None, help="mp4 files with cuts.json instead of the world"
+    )
+    parser.add_argument(
+        "--codec_options", type=json.loads, default={}, help="codec arguments (JSON), --videos_dir"
+    )
     parser.add_argument("--text_encoder", default=None, help="caption encoder for --videos_dir (e.g. umt5)")
     parser.add_argument("--text_encoder_options", type=json.loads, default={}, help="its arguments (JSON)")
     parser.add_argument("--size", type=int, nargs=2, default=None, help="resize --videos_dir frames to H W")
@@ -144,7 +160,9 @@ def main() -> None:
         videos = partial(world_videos, data)
     else:
         codec = build_codec(args.codec, **args.codec_options)
-        text = build_text_encoder(args.text_encoder, **args.text_encoder_options) if args.text_encoder else None
+        text = (
+            build_text_encoder(args.text_encoder, **args.text_encoder_options) if args.text_encoder else None
+        )
         videos = partial(mp4_videos, args.videos_dir, codec, text, model.config.text_dim, args.size)
     print("| summary | layer | within scene: min / 5 % / median | cuts: median / 95 % / max | separated |")
     print("|---|---|---|---|---|")
@@ -152,9 +170,12 @@ def main() -> None:
         within, cuts = similarities(model, videos(), summary, layer, args.chunk, args.generated)
         low, high = float(within.min()), float(cuts.max())
         separated = f"yes, tau in ({high:.3f}, {low:.3f})" if low > high else "no"
-        print(f"| {summary} | {'all' if layer is None else layer} | {low:.3f} / {within.quantile(0.05):.3f} / "
-              f"{within.median():.3f} | {cuts.median():.3f} / {cuts.quantile(0.95):.3f} / {high:.3f} | "
-              f"{separated} |", flush=True)
+        print(
+            f"| {summary} | {'all' if layer is None else layer} | {low:.3f} / {within.quantile(0.05):.3f} / "
+            f"{within.median():.3f} | {cuts.median():.3f} / {cuts.quantile(0.95):.3f} / {high:.3f} | "
+            f"{separated} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def build_parts(config: str, device: str = "cpu", prompt: str = "a fox runs thro
     return Parts(model, codec, text_conditions(text, [PromptSegment(prompt, 0)], model.config.text_dim))
 
 
-def interleaved(rounds: int, variants: dict[str, Callable[[], dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
+def interleaved(
+    rounds: int, variants: dict[str, Callable[[], dict[str, float]]]
+) -> dict[str, list[dict[str, float]]]:
     """Each variant once per round, in turn, so machine load drifts over all of them alike."""
     results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for _ in range(rounds):

@@ -54,7 +54,9 @@ def sample_target(model: WanModel, batch: dict, contexts: list[list[int]], start
     latents = batch["latents"]
     history = latents[:, :, :start]
     if context_noise:
-        history = history + context_noise * torch.randn(history.shape, generator=torch.Generator().manual_seed(1))
+        history = history + context_noise * torch.randn(
+            history.shape, generator=torch.Generator().manual_seed(1)
+        )
     sequence = build_context_sequence(history, contexts, noise, history_cond=cond.frames(slice(0, start)),
                                       target_cond=cond.frames(slice(start, start + TARGET)))
 
@@ -63,7 +65,9 @@ def sample_target(model: WanModel, batch: dict, contexts: list[list[int]], start
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("teachers", nargs="+", help="name=backbone file (Wan safetensors) or .ckpt export")
     parser.add_argument("--videos", type=int, default=64)
     parser.add_argument("--recent", type=int, default=8)
@@ -89,13 +93,19 @@ def main() -> None:
                 target = batch["latents"][:, :, start:start + TARGET]
                 noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(index))
                 for context in CONTEXTS:
-                    frames = {"none": [], "recent": recent, "recent+first_visit": sorted(firsts + recent)}[context]
-                    sample = sample_target(model, batch, [frames], start, noise, noise_std, args.steps, args.guidance)
+                    frames = {"none": [], "recent": recent, "recent+first_visit": sorted(firsts + recent)}[
+                        context
+                    ]
+                    sample = sample_target(
+                        model, batch, [frames], start, noise, noise_std, args.steps, args.guidance
+                    )
                     errors[context].append(float((sample - target).square().mean()))
             means = {c: sum(v) / max(len(v), 1) for c, v in errors.items()}
             rows.append((name, noise_std, len(errors["none"]), means))
             print(name, noise_std, len(errors["none"]), means, flush=True)
-    print("| teacher | context noise | videos | " + " | ".join(f"error, context {c}" for c in CONTEXTS) + " |")
+    print(
+        "| teacher | context noise | videos | " + " | ".join(f"error, context {c}" for c in CONTEXTS) + " |"
+    )
     print("|---|---|---|" + "---|" * len(CONTEXTS))
     for name, noise_std, count, means in rows:
         print(f"| {name} | {noise_std} | {count} | " + " | ".join(f"{means[c]:.4f}" for c in CONTEXTS) + " |")

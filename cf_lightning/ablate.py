@@ -38,7 +38,9 @@ def load_variants(path: str | Path) -> dict[str, list[str]]:
         raise ValueError(f"{path} must map variant names to lists of cf-fit overrides, got {variants!r}")
     for name, overrides in variants.items():
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
-            raise ValueError(f"variant name {name!r} must use letters, digits, '_', '-' or '.' (it names a folder)")
+            raise ValueError(
+                f"variant name {name!r} must use letters, digits, '_', '-' or '.' (it names a folder)"
+            )
         if not isinstance(overrides, list):
             raise TypeError(f"variant {name!r} must be a list of cf-fit arguments, got {overrides!r}")
     return {str(k): [str(a) for a in v] for k, v in variants.items()}
@@ -116,8 +118,17 @@ def evaluate_variants(logs: dict[str, Path], eval_args: str, out: Path) -> list[
     results = []
     for variant, log_dir in logs.items():
         # the user's arguments last: cf-gen arguments after their '--' must stay at the end
-        cf_eval(["--checkpoint", str(final_checkpoint(log_dir)), "--out", str(log_dir / "eval"), "--name", variant,
-                 *shlex.split(eval_args)])
+        cf_eval(
+            [
+                "--checkpoint",
+                str(final_checkpoint(log_dir)),
+                "--out",
+                str(log_dir / "eval"),
+                "--name",
+                variant,
+                *shlex.split(eval_args),
+            ]
+        )
         results.append(SystemResult.load(log_dir / "eval" / SCORES_FILE))
     (out / "evaluation.md").write_text(markdown_tables(results))
     plot_curves(results, out / "evaluation_curves.png")
@@ -125,15 +136,24 @@ def evaluate_variants(logs: dict[str, Path], eval_args: str, out: Path) -> list[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="the recipe every variant starts from")
     parser.add_argument("--variants", required=True, help="YAML: variant name -> list of cf-fit overrides")
     parser.add_argument("--save_dir", default="runs")
     parser.add_argument("--name", default="ablation", help="TensorBoard experiment name")
-    parser.add_argument("--metrics", nargs="+",
-                        default=["val/effective_context", "val/revisit_auc", "train/dmd_loss", "train/critic_loss"])
-    parser.add_argument("--eval", default=None, help="cf-eval arguments (prompts, seeds, features) to evaluate "
-                        "every variant's final checkpoint with, e.g. \"--prompts p.txt --dinov2 pixel_stats\"")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["val/effective_context", "val/revisit_auc", "train/dmd_loss", "train/critic_loss"],
+    )
+    parser.add_argument(
+        "--eval",
+        default=None,
+        help="cf-eval arguments (prompts, seeds, features) to evaluate "
+        'every variant\'s final checkpoint with, e.g. "--prompts p.txt --dinov2 pixel_stats"',
+    )
     args, extra = parser.parse_known_args(argv)
     save_dir = Path(args.save_dir)
     logs = run_variants(args.config, load_variants(args.variants), save_dir, args.name, extra)

@@ -38,7 +38,9 @@ def shard_backbones(mesh: DeviceMesh, backbones: list[WanModel]) -> None:
     """
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    data_parallel = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+    data_parallel = (
+        mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+    )
     for model in backbones:
         if isinstance(model, FSDPModule):
             continue

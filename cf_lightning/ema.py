@@ -38,12 +38,17 @@ def _paired(ema_items: list[tuple[str, torch.Tensor]], items: list[tuple[str, to
     if ema_names != names:
         missing = sorted(set(names) - set(ema_names))[:5]
         extra = sorted(set(ema_names) - set(names))[:5]
-        raise ValueError(f"EMA and model {kind} differ: missing from the EMA {missing}, only in the EMA {extra}"
-                         if missing or extra else f"EMA and model {kind} are registered in a different order")
+        raise ValueError(
+            f"EMA and model {kind} differ: missing from the EMA {missing}, only in the EMA {extra}"
+            if missing or extra
+            else f"EMA and model {kind} are registered in a different order"
+        )
     pairs = []
     for (name, e), (_, p) in zip(ema_items, items):
         if e.shape != p.shape:
-            raise ValueError(f"{kind[:-1]} {name!r}: EMA shape {tuple(e.shape)} != model shape {tuple(p.shape)}")
+            raise ValueError(
+                f"{kind[:-1]} {name!r}: EMA shape {tuple(e.shape)} != model shape {tuple(p.shape)}"
+            )
         pairs.append((e, p))
     return pairs
 

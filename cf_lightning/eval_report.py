@@ -79,7 +79,9 @@ def _cell(value: float | None) -> str:
 def _check_same_timestamps(results: Sequence[SystemResult]) -> list[float]:
     stamps = {tuple(r.timestamps) for r in results}
     if len(stamps) != 1:
-        raise ValueError(f"systems were scored at different timestamps {sorted(stamps)}; compare like with like")
+        raise ValueError(
+            f"systems were scored at different timestamps {sorted(stamps)}; compare like with like"
+        )
     return list(next(iter(stamps)))
 
 
@@ -147,7 +149,8 @@ def plot_curves(results: Sequence[SystemResult], path: Path) -> Path:
 
 
 def log_to_tensorboard(result: SystemResult, log_dir: Path, hparams: Mapping[str, Primitive]) -> None:
-    """Scalars (each series also as a curve ``eval_curve/<series>`` over step = timestamp in ms) and one HParams row
+    """Scalars (each series also as a curve ``eval_curve/<series>`` over step = timestamp in ms) and one
+    HParams row
     whose metric columns are the flat per-timestamp and video-level tags."""
     logger = TensorBoardLogger(save_dir=str(log_dir), name="", version="", default_hp_metric=False)
     tags = result.tags()

@@ -82,7 +82,9 @@ def read_prompts(path: str | Path) -> list[str]:
             try:
                 prompts.append(str(json.loads(line)["prompt"]))
             except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}:{number}: expected {{\"prompt\": str, ...}}, got {line!r} ({error})") from None
+                raise ValueError(
+                    f'{path}:{number}: expected {{"prompt": str, ...}}, got {line!r} ({error})'
+                ) from None
         else:
             prompts.append(line.strip())
     if not prompts:
@@ -227,7 +229,10 @@ def score_folder(files: list[Path], scoring: Scoring, name: str,
     for path in files:
         if scoring.windows(fps := file_fps(path)) != windows:
             raise ValueError(f"{path.name} has {fps} fps, {files[0].name} {windows.fps}; pass --fps")
-        prompt_file, revisit_file = path.with_suffix(PROMPT_SUFFIX), path.with_name(path.stem + REVISIT_SUFFIX)
+        prompt_file, revisit_file = (
+            path.with_suffix(PROMPT_SUFFIX),
+            path.with_name(path.stem + REVISIT_SUFFIX),
+        )
         if scoring.extractors.text is not None and not prompt_file.is_file():
             raise ValueError(f"CLIP-T needs the prompt of {path.name}: put it in {prompt_file.name}")
         prompt = prompt_file.read_text().strip() if prompt_file.is_file() else None
@@ -236,8 +241,16 @@ def score_folder(files: list[Path], scoring: Scoring, name: str,
         decoded = decode(path, None if first_visit is not None else set(needed_frames(windows, 1 << 40)))
         position = {i: j for j, i in enumerate(decoded.index)}
         wanted = needed_frames(windows, decoded.num_frames)
-        metric.update(score_video(decoded.frames[[position[i] for i in wanted]], wanted, decoded.num_frames, windows,
-                               scoring.extractors, prompt))
+        metric.update(
+            score_video(
+                decoded.frames[[position[i] for i in wanted]],
+                wanted,
+                decoded.num_frames,
+                windows,
+                scoring.extractors,
+                prompt,
+            )
+        )
         if first_visit is not None:
             usable = min(len(first_visit), decoded.num_frames)
             revisit.update(decoded.frames[:usable].transpose(0, 1)[None], None,
@@ -282,28 +295,44 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """cf-eval's own options; arguments after a ``--`` go to cf-gen unchanged (``gen_args``)."""
     split = argv.index("--") if "--" in argv else len(argv)
     argv, gen_args = argv[:split], argv[split + 1:]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", type=Path, help="score the mp4s of this folder")
     source.add_argument("--checkpoint", type=Path, help="generate with this cf-fit checkpoint, then score")
-    parser.add_argument("--prompts", type=Path, help="with --checkpoint: text (one per line) or JSONL {prompt}")
+    parser.add_argument(
+        "--prompts", type=Path, help="with --checkpoint: text (one per line) or JSONL {prompt}"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--frames", type=int, default=None, help="latent frames per video (default: cf-gen's)")
-    parser.add_argument("--gen_fps", type=float, default=16.0, help="frame rate the generated mp4s are written at")
+    parser.add_argument(
+        "--frames", type=int, default=None, help="latent frames per video (default: cf-gen's)"
+    )
+    parser.add_argument(
+        "--gen_fps", type=float, default=16.0, help="frame rate the generated mp4s are written at"
+    )
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tb_dir", type=Path, default=None, help="TensorBoard run directory (default: --out)")
+    parser.add_argument(
+        "--tb_dir", type=Path, default=None, help="TensorBoard run directory (default: --out)"
+    )
     parser.add_argument("--name", default=None, help="system name in tables and TensorBoard")
     parser.add_argument("--dinov2", default=None, help=f"local DINOv2 directory, or {STAND_IN}")
-    parser.add_argument("--clip", default=None, help=f"local CLIP directory (also gives CLIP-T), or {STAND_IN}")
+    parser.add_argument(
+        "--clip", default=None, help=f"local CLIP directory (also gives CLIP-T), or {STAND_IN}"
+    )
     parser.add_argument("--timestamps", default="10,20,30,40,50,60", help="seconds, comma-separated")
     parser.add_argument("--width", type=float, default=PAPER_WIDTH, help="window length in seconds")
-    parser.add_argument("--fps", type=float, default=None, help="frame rate to score at (default: the file's)")
+    parser.add_argument(
+        "--fps", type=float, default=None, help="frame rate to score at (default: the file's)"
+    )
     parser.add_argument("--revisit_buckets", default="0,8,16,32,96", help="revisit gap buckets, in frames")
     args = parser.parse_args(argv)
     if args.checkpoint is not None and args.prompts is None:
         parser.error("--checkpoint needs --prompts")
     if args.dinov2 is None and args.clip is None:
-        parser.error(f"give --dinov2 and/or --clip (local directories, or {STAND_IN} for a weight-free smoke run)")
+        parser.error(
+            f"give --dinov2 and/or --clip (local directories, or {STAND_IN} for a weight-free smoke run)"
+        )
     if gen_args and args.checkpoint is None:
         parser.error(f"cf-gen arguments {gen_args} after '--' need --checkpoint")
     args.gen_args = gen_args
@@ -323,8 +352,15 @@ def main(argv: list[str] | None = None) -> None:
         files, seconds, frames = [], 0.0, 0
         for number, prompt in enumerate(read_prompts(args.prompts)):
             for seed in args.seeds:
-                made = generate_long_video(args.checkpoint, prompt, seed, folder / f"p{number:03d}_s{seed}.mp4",
-                                           args.frames, args.gen_fps, args.gen_args)
+                made = generate_long_video(
+                    args.checkpoint,
+                    prompt,
+                    seed,
+                    folder / f"p{number:03d}_s{seed}.mp4",
+                    args.frames,
+                    args.gen_fps,
+                    args.gen_args,
+                )
                 files.append(made.path)
                 seconds += made.seconds
                 frames += made.frames

@@ -20,7 +20,9 @@ def export_backbone(checkpoint: str | Path, output: str | Path, attribute: str |
     from cf_lightning.modules.common import backbone_from_run, read_lightning_checkpoint
 
     if attribute is not None and attribute not in BACKBONE_ATTRIBUTES:
-        raise ValueError(f"unknown backbone attribute {attribute!r}; allowed: {', '.join(BACKBONE_ATTRIBUTES)}")
+        raise ValueError(
+            f"unknown backbone attribute {attribute!r}; allowed: {', '.join(BACKBONE_ATTRIBUTES)}"
+        )
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}")
     names = (attribute,) if attribute else BACKBONE_ATTRIBUTES

@@ -99,7 +99,8 @@ def inject_lora(
 
     ``target_modules`` entries match module names by dotted suffix (``"q"``, ``"ffn.0"``) or by full-name
     regex (``r"blocks\\.\\d+\\.self_attn\\.[qkvo]"``). With ``freeze_base_model`` every other parameter
-    is frozen too, so only the adapters (including ones injected earlier) train. Returns the names of the wrapped modules; raises if
+    is frozen too, so only the adapters (including ones injected earlier) train. Returns the names of the
+    wrapped modules; raises if
     nothing matches, listing some available Linear names.
     """
     compiled = _compile_targets(target_modules)
@@ -141,7 +142,12 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The adapter weights only, for the optimizer (frozen base weights never reach it)."""
-    return [p for module in model.modules() if isinstance(module, LoRALinear) for p in (module.lora_a, module.lora_b)]
+    return [
+        p
+        for module in model.modules()
+        if isinstance(module, LoRALinear)
+        for p in (module.lora_a, module.lora_b)
+    ]
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:

@@ -33,18 +33,22 @@ def find_run_checkpoint(trainer: pl.Trainer, fixed_version: bool = True) -> Path
     when the run has not saved one yet; ``fixed_version`` refuses a run directory that changes with
     every launch (``--ckpt_path auto``)."""
     if not trainer.checkpoint_callbacks:
-        raise ValueError("--ckpt_path auto resumes from the run's checkpoint directory, but this trainer has no "
-                         "checkpoint callback (trainer.enable_checkpointing is false and none is configured)")
+        raise ValueError(
+            "--ckpt_path auto resumes from the run's checkpoint directory, but this trainer has no "
+            "checkpoint callback (trainer.enable_checkpointing is false and none is configured)"
+        )
     found = []
     for callback in trainer.checkpoint_callbacks:
         dirpath = getattr(callback, "dirpath", None)
         unversioned = trainer.loggers and getattr(trainer.loggers[0], "_version", None) is None
         if fixed_version and dirpath is None and unversioned:
             logger = type(trainer.loggers[0]).__name__
-            raise ValueError(f"--ckpt_path auto resumes from this run's own directory, but {logger} has no fixed "
-                             "version, so every launch writes to a new version_N directory; set "
-                             "trainer.logger.init_args.version (e.g. to $SLURM_JOB_ID, which a requeued job "
-                             f"keeps) or the {type(callback).__name__}'s dirpath")
+            raise ValueError(
+                f"--ckpt_path auto resumes from this run's own directory, but {logger} has no fixed "
+                "version, so every launch writes to a new version_N directory; set "
+                "trainer.logger.init_args.version (e.g. to $SLURM_JOB_ID, which a requeued job "
+                f"keeps) or the {type(callback).__name__}'s dirpath"
+            )
         last = run_checkpoint_dir(trainer, dirpath) / LAST
         if last.exists():
             found.append(last)
@@ -97,6 +101,8 @@ def check_resume(path: str | os.PathLike, expected: str) -> None:
     else:
         same = recorded.rpartition(".")[2] == expected.rpartition(".")[2]
     if not same:
-        raise ValueError(f"checkpoint {str(path)!r} was written by {recorded}, but this run trains {expected}: "
-                         "resuming would mix stages. Resume from a checkpoint of this run, or start from those "
-                         "weights with model.init_args.student_init / teacher / init_from instead of ckpt_path")
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written by {recorded}, but this run trains {expected}: "
+            "resuming would mix stages. Resume from a checkpoint of this run, or start from those "
+            "weights with model.init_args.student_init / teacher / init_from instead of ckpt_path"
+        )

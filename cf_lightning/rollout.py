@@ -30,11 +30,21 @@ class RolloutResult:
     exit_sigmas: torch.Tensor  # [num_chunks] noise level of the step each chunk stopped at
 
 
-def rollout(model: WanModel, policy: MemoryPolicy, noise: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
-            *, chunk_frames: int, context_mask: torch.Tensor | None = None, frame_cond: torch.Tensor | None = None,
-            exit_step: int | None = None, grad_from_chunk: int | None = None,
-            generator: torch.Generator | list[torch.Generator] | None = None,
-            memory: KVMemory | None = None) -> RolloutResult:
+def rollout(
+    model: WanModel,
+    policy: MemoryPolicy,
+    noise: torch.Tensor,
+    context: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    chunk_frames: int,
+    context_mask: torch.Tensor | None = None,
+    frame_cond: torch.Tensor | None = None,
+    exit_step: int | None = None,
+    grad_from_chunk: int | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    memory: KVMemory | None = None,
+) -> RolloutResult:
     """Generate ``noise.shape[2]`` latent frames chunk by chunk.
 
     Args:
@@ -56,7 +66,9 @@ def rollout(model: WanModel, policy: MemoryPolicy, noise: torch.Tensor, context:
         raise ValueError(f"exit_step={exit_step} outside the {steps}-step schedule")
     if memory is None:
         memory = model.new_memory(policy, batch, chunk_frames, (height, width), device=noise.device)
-    with torch.no_grad():  # the prompt is fixed for the whole rollout: project it once for the no-grad forwards
+    with (
+        torch.no_grad()
+    ):  # the prompt is fixed for the whole rollout: project it once for the no-grad forwards
         context_kv = model(None, None, context, mode="context_kv")
     chunks, exits = [], []
     for index, start in enumerate(range(0, frames, chunk_frames)):

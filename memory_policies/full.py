@@ -18,5 +18,7 @@ class Full(MemoryPolicy):
     def budget(self, chunk_frames: int) -> int | None:
         return None
 
-    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+    def _update_regions(
+        self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
+    ) -> None:
         state.regions["fast"].extend(new_frames)

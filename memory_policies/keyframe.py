@@ -18,11 +18,19 @@ class Keyframe(MemoryPolicy):
     ``window`` counts the query chunk, as in :class:`SlidingWindow`.
     """
 
-    def __init__(self, sink: int = 0, keyframes: int = 12, window: int = 6, position_mode: PositionMode = "bounded",
-                 rope_length: int = 21) -> None:
+    def __init__(
+        self,
+        sink: int = 0,
+        keyframes: int = 12,
+        window: int = 6,
+        position_mode: PositionMode = "bounded",
+        rope_length: int = 21,
+    ) -> None:
         super().__init__(sink=sink, position_mode=position_mode, rope_length=rope_length)
         if keyframes < 0 or window < 1:
-            raise ValueError(f"keyframes must be >= 0 and window >= 1, got keyframes={keyframes}, window={window}")
+            raise ValueError(
+                f"keyframes must be >= 0 and window >= 1, got keyframes={keyframes}, window={window}"
+            )
         self.keyframes = keyframes
         self.window = window
 
@@ -31,13 +39,21 @@ class Keyframe(MemoryPolicy):
 
     def validate(self, chunk_frames: int) -> None:
         if self.window < chunk_frames:
-            raise ValueError(f"window={self.window} must be >= chunk_frames={chunk_frames}: it counts the query chunk")
+            raise ValueError(
+                f"window={self.window} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
+            )
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:
-        return {**super().ablation_hparams(), "memory/keyframes": self.keyframes, "memory/window": self.window}
+        return {
+            **super().ablation_hparams(),
+            "memory/keyframes": self.keyframes,
+            "memory/window": self.window,
+        }
 
-    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+    def _update_regions(
+        self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
+    ) -> None:
         state.regions["fast"] = recent_frames(new_frames, self.window - state.chunk_frames)
         if self.keyframes == 0:
             return

@@ -28,11 +28,15 @@ class SlidingWindow(MemoryPolicy):
 
     def validate(self, chunk_frames: int) -> None:
         if self.window < chunk_frames:
-            raise ValueError(f"window={self.window} must be >= chunk_frames={chunk_frames}: it counts the query chunk")
+            raise ValueError(
+                f"window={self.window} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
+            )
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:
         return {**super().ablation_hparams(), "memory/window": self.window}
 
-    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+    def _update_regions(
+        self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
+    ) -> None:
         state.regions["fast"] = recent_frames(new_frames, self.window - state.chunk_frames)

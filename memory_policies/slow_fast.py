@@ -52,7 +52,9 @@ class SlowFast(MemoryPolicy):
                  position_mode: PositionMode = "bounded", rope_length: int = 21) -> None:
         super().__init__(sink=sink, position_mode=position_mode, rope_length=rope_length)
         if slow < 0 or fast < 1 or interval < 1:
-            raise ValueError(f"need slow >= 0, fast >= 1, interval >= 1; got slow={slow}, fast={fast}, interval={interval}")
+            raise ValueError(
+                f"need slow >= 0, fast >= 1, interval >= 1; got slow={slow}, fast={fast}, interval={interval}"
+            )
         if admission not in ("surprisal", "uniform"):
             raise ValueError(f"unknown admission {admission!r}; allowed: surprisal, uniform")
         if compare_to not in ("previous", "last_admitted"):
@@ -81,7 +83,9 @@ class SlowFast(MemoryPolicy):
 
     def validate(self, chunk_frames: int) -> None:
         if self.fast < chunk_frames:
-            raise ValueError(f"fast={self.fast} must be >= chunk_frames={chunk_frames}: it counts the query chunk")
+            raise ValueError(
+                f"fast={self.fast} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
+            )
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:
@@ -90,7 +94,9 @@ class SlowFast(MemoryPolicy):
                 "memory/interval": self.interval, "memory/compare_to": self.compare_to,
                 "memory/summary": self.summary}
 
-    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+    def _update_regions(
+        self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
+    ) -> None:
         state.regions["fast"] = recent_frames(new_frames, self.fast - state.chunk_frames)
         candidate = new_frames[0]
         consolidate = state.chunks_committed % self.interval == 0 and candidate not in state.regions["sink"]

@@ -29,7 +29,9 @@ def rebuild(stage: str, runs: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
     parser.add_argument("--only", choices=STAGES, default=None)
     args = parser.parse_args()

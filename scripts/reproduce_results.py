@@ -33,18 +33,40 @@ VARIANTS = {
 }
 
 
-def launch(name: str, args: list[str], runs: Path, steps: int, seed: int, extra: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "cf_lightning.cli", "fit", *args, *extra, "--trainer.max_steps", str(steps),
-               "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-               "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", "results",
-               "--trainer.logger.init_args.version", name, "--trainer.enable_progress_bar", "false"]
+def launch(
+    name: str, args: list[str], runs: Path, steps: int, seed: int, extra: list[str]
+) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "cf_lightning.cli",
+        "fit",
+        *args,
+        *extra,
+        "--trainer.max_steps",
+        str(steps),
+        "--seed_everything",
+        str(seed),
+        "--data.init_args.seed",
+        str(seed),
+        "--trainer.logger.init_args.save_dir",
+        str(runs),
+        "--trainer.logger.init_args.name",
+        "results",
+        "--trainer.logger.init_args.version",
+        name,
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = (runs / f"{name}.log").open("w")
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "reproduce")
     parser.add_argument("--videos", type=int, default=64)
@@ -65,8 +87,20 @@ def main() -> None:
         if process.wait():
             raise SystemExit(f"{name} failed; see {args.runs / (name + '.log')}")
     students = [f"{n}={args.runs / 'results' / n / 'checkpoints' / 'last.ckpt'}" for n in args.only]
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "revisit.py"), *students, "--videos", str(args.videos),
-                    "--out", str(args.runs)], check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "revisit.py"),
+            *students,
+            "--videos",
+            str(args.videos),
+            "--out",
+            str(args.runs),
+        ],
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
 
 
 if __name__ == "__main__":

@@ -10,10 +10,27 @@ RECIPES = ROOT / "recipes"
 TINY_DATA = ["--data.num_videos", "8", "--data.batch_size", "2", "--data.num_val_videos", "2",
              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
-TINY_DISTILL = [*TINY_DATA, "--model.backbone", "tiny", "--model.student_init", "null", "--model.teacher", "null",
-                "--data.clip_frames", "16", "--data.val_num_frames", "24", "--model.min_rollout_chunks", "4",
-                "--model.max_rollout_chunks", "6", "--model.eval_bucket_edges", "[0,4,8,16]",
-                "--trainer.log_every_n_steps", "1"]
+TINY_DISTILL = [
+    *TINY_DATA,
+    "--model.backbone",
+    "tiny",
+    "--model.student_init",
+    "null",
+    "--model.teacher",
+    "null",
+    "--data.clip_frames",
+    "16",
+    "--data.val_num_frames",
+    "24",
+    "--model.min_rollout_chunks",
+    "4",
+    "--model.max_rollout_chunks",
+    "6",
+    "--model.eval_bucket_edges",
+    "[0,4,8,16]",
+    "--trainer.log_every_n_steps",
+    "1",
+]
 
 
 def logged(save_dir: Path, name: str) -> list[str]:

@@ -26,9 +26,15 @@ def write_wan_vae(root: Path, z_dim: int = VAE_CHANNELS) -> Path:
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True],
-                           latents_mean=[0.1 * i for i in range(z_dim)], latents_std=[1.0 + 0.5 * i for i in range(z_dim)])
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=z_dim,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.1 * i for i in range(z_dim)],
+        latents_std=[1.0 + 0.5 * i for i in range(z_dim)],
+    )
     vae.save_pretrained(root / "vae")
     return root
 

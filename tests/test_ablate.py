@@ -26,13 +26,34 @@ def test_tiny_ablation_logs_hparams_and_metrics_per_policy(tmp_path, monkeypatch
     evaluation = (f"--eval=--prompts {prompts} --seeds 0 --dinov2 pixel_stats --gen_fps 8 --frames 16 "
                   "--timestamps 0.5,1,1.5 --width 0.25 --revisit_buckets 0,2,4,8 -- --raw")
     variants = tmp_path / "variants.yaml"
-    variants.write_text('slow_fast: []\n'
-                        'sliding_window: [--model.memory, sliding_window, --model.memory.init_args.sink, "2",'
-                        ' --model.memory.init_args.window, "8", --model.memory.init_args.rope_length, "10"]\n')
-    ablate(["--config", str(RECIPES / "slowfast.yaml"), "--variants", str(variants), "--save_dir", str(tmp_path),
-            "--name", "abl", evaluation, *TINY_DISTILL, "--trainer.max_steps", "2", "--trainer.val_check_interval", "1",
-            "--trainer.callbacks", ("[{class_path: cf_lightning.callbacks.AblationDashboard, init_args: "
-            "{metric_tags: [val/effective_context, train/dmd_loss]}}]")])
+    variants.write_text(
+        "slow_fast: []\n"
+        'sliding_window: [--model.memory, sliding_window, --model.memory.init_args.sink, "2",'
+        ' --model.memory.init_args.window, "8", --model.memory.init_args.rope_length, "10"]\n'
+    )
+    ablate(
+        [
+            "--config",
+            str(RECIPES / "slowfast.yaml"),
+            "--variants",
+            str(variants),
+            "--save_dir",
+            str(tmp_path),
+            "--name",
+            "abl",
+            evaluation,
+            *TINY_DISTILL,
+            "--trainer.max_steps",
+            "2",
+            "--trainer.val_check_interval",
+            "1",
+            "--trainer.callbacks",
+            (
+                "[{class_path: cf_lightning.callbacks.AblationDashboard, init_args: "
+                "{metric_tags: [val/effective_context, train/dmd_loss]}}]"
+            ),
+        ]
+    )
     runs = EventMultiplexer()
     runs.AddRunsFromDirectory(str(tmp_path / "abl"))
     runs.Reload()
@@ -59,7 +80,11 @@ def test_tiny_ablation_logs_hparams_and_metrics_per_policy(tmp_path, monkeypatch
         start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
         assert start.hparams["eval/system"].string_value == run
         assert start.hparams["memory/policy"].string_value == policies[run]
-        assert SystemResult.load(tmp_path / "abl" / run / "eval" / "scores.json").timestamps == [0.5, 1.0, 1.5]
+        assert SystemResult.load(tmp_path / "abl" / run / "eval" / "scores.json").timestamps == [
+            0.5,
+            1.0,
+            1.5,
+        ]
     evaluation_table = (tmp_path / "abl" / "evaluation.md").read_text()
     assert "| slow_fast | DINOv2 (to first frame) |" in evaluation_table
     assert "| sliding_window | DINOv2 (to first frame) |" in evaluation_table

@@ -56,12 +56,23 @@ class RankRows(L.LightningDataModule):
 def fit(devices: int, out: Path) -> None:
     torch.set_num_threads(1)
     module = build()
-    trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=devices, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        strategy=DDPStrategy(find_unused_parameters=True, process_group_backend="gloo")
-                        if devices > 1 else "auto")
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        devices=devices,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        strategy=DDPStrategy(find_unused_parameters=True, process_group_backend="gloo")
+        if devices > 1
+        else "auto",
+    )
     trainer.fit(module, datamodule=RankRows(BATCH // devices))
-    weights = torch.cat([p.detach().flatten() for p in [*module.student.parameters(), *module.critic.parameters()]])
+    weights = torch.cat(
+        [p.detach().flatten() for p in [*module.student.parameters(), *module.critic.parameters()]]
+    )
     torch.save({"weights": weights, "generator_steps": int(module.generator_steps)},
                out / f"rank{trainer.global_rank}_of{devices}.pt")
 

@@ -25,8 +25,13 @@ def trained_checkpoint(tmp_path):
     """A tiny checkpoint that carries the data settings cf-fit saves (world, pixel codec, hash text)."""
     checkpoint = tiny_checkpoint(tmp_path)
     saved = torch.load(checkpoint, weights_only=False)
-    saved["datamodule_hyper_parameters"] = {"codec": "pixel", "codec_options": {"patch": 4}, "text_encoder": "hash",
-                                            "text_encoder_options": None, "world": WORLD}
+    saved["datamodule_hyper_parameters"] = {
+        "codec": "pixel",
+        "codec_options": {"patch": 4},
+        "text_encoder": "hash",
+        "text_encoder_options": None,
+        "world": WORLD,
+    }
     torch.save(saved, checkpoint)
     return checkpoint
 
@@ -36,10 +41,31 @@ def test_two_prompts_two_seeds_give_the_papers_tables_curves_and_tensorboard(tmp
     prompts.write_text('{"prompt": "the camera circles in a loop", "category": "loop"}\n\n'
                        '{"prompt": "the camera wanders"}\n')
     out = tmp_path / "eval"
-    cf_eval(["--checkpoint", str(trained_checkpoint(tmp_path)), "--prompts", str(prompts), "--seeds", "0", "1",
-             "--gen_fps", "8", "--dinov2", str(tiny_dinov2(tmp_path / "dinov2")),
-             "--clip", str(tiny_clip(tmp_path / "clip")), "--out", str(out), "--name", "tiny", *SHORT,
-             "--", "--memory", '{"class_path": "sliding_window", "init_args": {"sink": 1, "window": 4}}'])
+    cf_eval(
+        [
+            "--checkpoint",
+            str(trained_checkpoint(tmp_path)),
+            "--prompts",
+            str(prompts),
+            "--seeds",
+            "0",
+            "1",
+            "--gen_fps",
+            "8",
+            "--dinov2",
+            str(tiny_dinov2(tmp_path / "dinov2")),
+            "--clip",
+            str(tiny_clip(tmp_path / "clip")),
+            "--out",
+            str(out),
+            "--name",
+            "tiny",
+            *SHORT,
+            "--",
+            "--memory",
+            '{"class_path": "sliding_window", "init_args": {"sink": 1, "window": 4}}',
+        ]
+    )
     videos = sorted(p.name for p in (out / "videos").glob("*.mp4"))
     assert videos == ["p000_s0.mp4", "p000_s1.mp4", "p001_s0.mp4", "p001_s1.mp4"]
     assert (out / "videos" / "p001_s0.txt").read_text() == "the camera wanders"
@@ -57,7 +83,12 @@ def test_two_prompts_two_seeds_give_the_papers_tables_curves_and_tensorboard(tmp
     runs.Reload()
     (run,) = runs.Runs()
     scalars = runs.GetAccumulator(run).Tags()["scalars"]
-    assert {"eval/dino_first/0.5s", "eval/clip_t/1.5s", "eval/effective_context", "eval_curve/subject"} <= set(scalars)
+    assert {
+        "eval/dino_first/0.5s",
+        "eval/clip_t/1.5s",
+        "eval/effective_context",
+        "eval_curve/subject",
+    } <= set(scalars)
     content = runs.PluginRunToTagToContent(metadata.PLUGIN_NAME)[run]
     start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
     assert start.hparams["eval/system"].string_value == "tiny"
@@ -93,7 +124,9 @@ def test_saved_scores_compare_side_by_side_only_at_the_same_timestamps(tmp_path)
     series = {"dino_first": [1.0, 0.5], "subject": [0.9, 0.8]}
     first = SystemResult("a", [10.0, 20.0], series, {"quality_drift": 0.1})
     second = SystemResult("b", [10.0, 20.0], {"dino_first": [0.9, 0.9]}, {"quality_drift": 0.0, "fps": 17.0})
-    compare([str(first.save(tmp_path / "a")), str(second.save(tmp_path / "b")), "--out", str(tmp_path / "both")])
+    compare(
+        [str(first.save(tmp_path / "a")), str(second.save(tmp_path / "b")), "--out", str(tmp_path / "both")]
+    )
     table = (tmp_path / "both" / "table.md").read_text()
     assert "| a | DINOv2 (to first frame) | 1.0000 | 0.5000 |" in table
     assert "| b | DINOv2 (to first frame) | 0.9000 | 0.9000 |" in table
@@ -120,7 +153,19 @@ def test_inputs_are_checked_by_name(tmp_path):
     with pytest.raises(SystemExit):
         cf_eval(["--videos", str(tmp_path), "--out", str(tmp_path / "o")])  # no feature network named
     with pytest.raises(SystemExit):
-        cf_eval(["--videos", str(tmp_path), "--dinov2", "pixel_stats", "--out", str(tmp_path / "o"), "--", "--seed", "1"])
+        cf_eval(
+            [
+                "--videos",
+                str(tmp_path),
+                "--dinov2",
+                "pixel_stats",
+                "--out",
+                str(tmp_path / "o"),
+                "--",
+                "--seed",
+                "1",
+            ]
+        )
     with pytest.raises(FileNotFoundError, match="no .mp4 files"):
         cf_eval(["--videos", str(tmp_path), "--dinov2", "pixel_stats", "--out", str(tmp_path / "o")])
     mixed = tmp_path / "mixed"
@@ -139,9 +184,27 @@ def test_clip_t_without_a_prompt_sidecar_is_named(tmp_path):
     folder = tmp_path / "samples"
     write_mp4(folder / "a.mp4", still((0.5, 0.5, 0.5)), fps=8)
     with pytest.raises(ValueError, match="CLIP-T needs the prompt of a.mp4: put it in a.txt"):
-        cf_eval(["--videos", str(folder), "--clip", str(tiny_clip(tmp_path / "clip")), "--out", str(tmp_path / "o"),
-                 *SHORT])
+        cf_eval(
+            [
+                "--videos",
+                str(folder),
+                "--clip",
+                str(tiny_clip(tmp_path / "clip")),
+                "--out",
+                str(tmp_path / "o"),
+                *SHORT,
+            ]
+        )
     (folder / "a.txt").write_text("a grey square")
-    cf_eval(["--videos", str(folder), "--clip", str(tiny_clip(tmp_path / "clip2")), "--out", str(tmp_path / "o"),
-             *SHORT])
+    cf_eval(
+        [
+            "--videos",
+            str(folder),
+            "--clip",
+            str(tiny_clip(tmp_path / "clip2")),
+            "--out",
+            str(tmp_path / "o"),
+            *SHORT,
+        ]
+    )
     assert json.loads((tmp_path / "o" / "scores.json").read_text())["series"]["clip_t"]

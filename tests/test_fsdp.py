@@ -35,12 +35,36 @@ def build(kind: str) -> L.LightningModule:
     sgd = functools.partial(torch.optim.SGD, lr=1e-2)
     if kind == "distill":
         return ContextForcingModule(
-            latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, memory=policy, min_rollout_chunks=3,
-            max_rollout_chunks=4, target_chunks=1, generator_every=1, denoising_steps=2, guidance_scale=2.0,
-            accumulate=2, generator_optimizer=sgd, critic_optimizer=sgd, gradient_checkpointing=True)
-    return TeacherModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, target_frames=4,
-                         context_modes=["policy", "last_n"], context_frames=4, memory=policy, cfg_dropout=0.5,
-                         lora_rank=2, lora_alpha=2.0, ema_decay=0.5, optimizer=sgd, gradient_checkpointing=True)
+            latent_channels=CHANNELS,
+            text_dim=TEXT_DIM,
+            frame_cond_dim=2,
+            memory=policy,
+            min_rollout_chunks=3,
+            max_rollout_chunks=4,
+            target_chunks=1,
+            generator_every=1,
+            denoising_steps=2,
+            guidance_scale=2.0,
+            accumulate=2,
+            generator_optimizer=sgd,
+            critic_optimizer=sgd,
+            gradient_checkpointing=True,
+        )
+    return TeacherModule(
+        latent_channels=CHANNELS,
+        text_dim=TEXT_DIM,
+        frame_cond_dim=2,
+        target_frames=4,
+        context_modes=["policy", "last_n"],
+        context_frames=4,
+        memory=policy,
+        cfg_dropout=0.5,
+        lora_rank=2,
+        lora_alpha=2.0,
+        ema_decay=0.5,
+        optimizer=sgd,
+        gradient_checkpointing=True,
+    )
 
 
 def full_weights(module: L.LightningModule) -> torch.Tensor:
@@ -55,12 +79,24 @@ def train(kind: str, devices: int, out: Path) -> None:
     checkpoint = out / f"{kind}_of{devices}.ckpt"
     for steps, resume in ((HALF_STEPS[kind], None), (2 * HALF_STEPS[kind], checkpoint)):
         module = build(kind)
-        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1) if devices > 1 else "auto"
-        trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=devices, strategy=strategy, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            use_distributed_sampler=False, gradient_clip_val=1.0 if kind == "teacher" else None)
+        strategy = (
+            ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1) if devices > 1 else "auto"
+        )
+        trainer = L.Trainer(
+            max_steps=steps,
+            accelerator="cpu",
+            devices=devices,
+            strategy=strategy,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            gradient_clip_val=1.0 if kind == "teacher" else None,
+        )
         # A module built in Python pickles its policy into the hyper-parameters (cf-fit stores plain config);
-        # ModelParallelStrategy reads meta.pt with weights_only=True whatever fit is told, hence the allow-list.
+        # ModelParallelStrategy reads meta.pt with weights_only=True whatever fit is told, hence the
+        # allow-list.
         with torch.serialization.safe_globals([type(module.memory), functools.partial, torch.optim.SGD]):
             trainer.fit(module, datamodule=RankRows(BATCH // devices), ckpt_path=resume, weights_only=False)
         if resume is None:
@@ -83,7 +119,9 @@ def worker(rank: int, port: int, out: Path) -> None:
 
 
 def test_lightning_fsdp1_refuses_cpu():
-    with pytest.raises(ValueError, match="The strategy `fsdp` requires a GPU accelerator, but received `accelerator=.cpu.`"):
+    with pytest.raises(
+        ValueError, match="The strategy `fsdp` requires a GPU accelerator, but received `accelerator=.cpu.`"
+    ):
         L.Trainer(accelerator="cpu", devices=2, strategy=FSDPStrategy())
 
 
@@ -104,10 +142,14 @@ def test_fsdp2_two_processes_match_one_process_through_a_sharded_checkpoint(tmp_
     for kind, half in HALF_STEPS.items():
         single, sharded = (torch.load(tmp_path / f"{kind}_of{n}.pt") for n in (1, 2))
         assert single["step"] == sharded["step"] == 2 * half
-        assert not torch.allclose(single["weights"], single["initial"], atol=1e-4), kind  # training moved them
+        assert not torch.allclose(single["weights"], single["initial"], atol=1e-4), (
+            kind
+        )  # training moved them
         assert torch.allclose(sharded["weights"], single["weights"], atol=1e-5), kind
         assert is_sharded_checkpoint(tmp_path / f"{kind}_of2.ckpt")
-        exported = [load_wan(export_backbone(tmp_path / f"{kind}_of{n}.ckpt", tmp_path / f"{kind}_of{n}.safetensors"))
-                    for n in (1, 2)]
+        exported = [
+            load_wan(export_backbone(tmp_path / f"{kind}_of{n}.ckpt", tmp_path / f"{kind}_of{n}.safetensors"))
+            for n in (1, 2)
+        ]
         for (name, a), b in zip(exported[0].state_dict().items(), exported[1].state_dict().values()):
             assert torch.allclose(a, b, atol=1e-5), (kind, name)

@@ -50,13 +50,28 @@ def cli_args(tmp_path: Path, stage: str, version: str | None, every: int = EVERY
     logger = {"save_dir": str(tmp_path / "runs"), "name": stage, "flush_logs_every_n_steps": 1}
     if version is not None:
         logger["version"] = version
-    overlay.write_text(yaml.safe_dump({"trainer": {
-        "max_steps": steps, "limit_val_batches": 0,
-        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger},
-        "callbacks": [{"class_path": "cf_lightning.callbacks.RunCheckpoint", "init_args": {"every_n_batches": every}},
-                      *([{"class_path": "tests.sigkill.SigkillAtBatch", "init_args": {"batch": kill_at}}]
-                        if kill_at is not None else [])],
-    }}))
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "max_steps": steps,
+                    "limit_val_batches": 0,
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger},
+                    "callbacks": [
+                        {
+                            "class_path": "cf_lightning.callbacks.RunCheckpoint",
+                            "init_args": {"every_n_batches": every},
+                        },
+                        *(
+                            [{"class_path": "tests.sigkill.SigkillAtBatch", "init_args": {"batch": kill_at}}]
+                            if kill_at is not None
+                            else []
+                        ),
+                    ],
+                }
+            }
+        )
+    )
     return ["fit", "--config", str(recipe), *tiny, "--config", str(overlay)]
 
 

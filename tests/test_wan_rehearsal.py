@@ -39,11 +39,22 @@ BOOKKEEPING = {"trainer.max_steps", "trainer.logger.init_args.save_dir", "traine
                "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.callbacks"}
 PATHS = {"model.init_args.init_from", "model.init_args.student_init", "model.init_args.teacher",
          "model.init_args.negative_prompt", "data.init_args.train_urls"}
-SIZES = {"model.init_args.backbone", "model.init_args.target_frames", "model.init_args.min_history_frames",
-         "model.init_args.clip_frames", "model.init_args.lora_rank", "model.init_args.lora_alpha",
-         "model.init_args.min_rollout_chunks", "model.init_args.max_rollout_chunks", "model.init_args.target_chunks",
-         "model.init_args.accumulate", "data.init_args.clip_frames", "data.init_args.batch_size",
-         "data.init_args.num_workers", "data.init_args.samples_per_epoch"}
+SIZES = {
+    "model.init_args.backbone",
+    "model.init_args.target_frames",
+    "model.init_args.min_history_frames",
+    "model.init_args.clip_frames",
+    "model.init_args.lora_rank",
+    "model.init_args.lora_alpha",
+    "model.init_args.min_rollout_chunks",
+    "model.init_args.max_rollout_chunks",
+    "model.init_args.target_chunks",
+    "model.init_args.accumulate",
+    "data.init_args.clip_frames",
+    "data.init_args.batch_size",
+    "data.init_args.num_workers",
+    "data.init_args.samples_per_epoch",
+}
 ALLOWED = HARDWARE | BOOKKEEPING | PATHS | SIZES
 
 
@@ -58,35 +69,104 @@ class Files:
 
 
 def cpu(save_dir: Path, steps: int) -> list[str]:
-    return ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
-            "--trainer.precision", "32-true", "--trainer.max_steps", str(steps),
-            "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.version", "rehearsal",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--model.init_args.backbone", "tiny", "--data.init_args.num_workers", "0",
-            "--data.init_args.samples_per_epoch", "4"]
+    return [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.strategy",
+        "auto",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.logger.init_args.save_dir",
+        str(save_dir),
+        "--trainer.logger.init_args.version",
+        "rehearsal",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--model.init_args.backbone",
+        "tiny",
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.samples_per_epoch",
+        "4",
+    ]
 
 
 def overrides(recipe: str, f: Files) -> list[str]:
     """Everything the rehearsal changes in ``recipe``: hardware, paths and sizes, nothing else."""
     runs = f.root / "runs"
-    stage2 = [*cpu(runs, 2), "--model.init_args.student_init", str(f.student_init), "--model.init_args.teacher",
-              str(f.context_teacher), "--model.init_args.negative_prompt", str(f.prompts / "negative_prompt.safetensors"),
-              "--data.init_args.train_urls", str(f.prompts), "--data.init_args.batch_size", "1",
-              "--model.init_args.accumulate", "1", "--model.init_args.min_rollout_chunks", "4",
-              "--model.init_args.max_rollout_chunks", "5", "--model.init_args.target_chunks", "2"]
+    stage2 = [
+        *cpu(runs, 2),
+        "--model.init_args.student_init",
+        str(f.student_init),
+        "--model.init_args.teacher",
+        str(f.context_teacher),
+        "--model.init_args.negative_prompt",
+        str(f.prompts / "negative_prompt.safetensors"),
+        "--data.init_args.train_urls",
+        str(f.prompts),
+        "--data.init_args.batch_size",
+        "1",
+        "--model.init_args.accumulate",
+        "1",
+        "--model.init_args.min_rollout_chunks",
+        "4",
+        "--model.init_args.max_rollout_chunks",
+        "5",
+        "--model.init_args.target_chunks",
+        "2",
+    ]
     teacher = [*cpu(runs, 2), "--model.init_args.init_from", str(f.wan), "--data.init_args.train_urls",
                str(f.shards), "--model.init_args.lora_rank", "4", "--model.init_args.lora_alpha", "4"]
     return {
-        "teacher.yaml": [*teacher, "--model.init_args.target_frames", "3", "--data.init_args.clip_frames", "3"],
+        "teacher.yaml": [
+            *teacher,
+            "--model.init_args.target_frames",
+            "3",
+            "--data.init_args.clip_frames",
+            "3",
+        ],
         # ERFT's error bank needs targets at least as long as its 2-chunk motion context
-        "context_teacher.yaml": [*teacher, "--model.init_args.target_frames", "6", "--data.init_args.clip_frames", "12",
-                                 "--model.init_args.min_history_frames", "6"],
-        "student_ode.yaml": [*cpu(runs, 2), "--model.init_args.init_from", str(f.wan), "--data.init_args.train_urls",
-                             str(f.ode), "--model.init_args.clip_frames", "3", "--data.init_args.clip_frames", "3"],
-        "student_dmd.yaml": [*cpu(runs, 2), "--model.init_args.student_init", str(f.student_ode),
-                             "--model.init_args.teacher", str(f.teacher), "--model.init_args.negative_prompt",
-                             str(f.prompts / "negative_prompt.safetensors"), "--data.init_args.train_urls",
-                             str(f.prompts), "--data.init_args.batch_size", "1", "--model.init_args.accumulate", "1"],
+        "context_teacher.yaml": [
+            *teacher,
+            "--model.init_args.target_frames",
+            "6",
+            "--data.init_args.clip_frames",
+            "12",
+            "--model.init_args.min_history_frames",
+            "6",
+        ],
+        "student_ode.yaml": [
+            *cpu(runs, 2),
+            "--model.init_args.init_from",
+            str(f.wan),
+            "--data.init_args.train_urls",
+            str(f.ode),
+            "--model.init_args.clip_frames",
+            "3",
+            "--data.init_args.clip_frames",
+            "3",
+        ],
+        "student_dmd.yaml": [
+            *cpu(runs, 2),
+            "--model.init_args.student_init",
+            str(f.student_ode),
+            "--model.init_args.teacher",
+            str(f.teacher),
+            "--model.init_args.negative_prompt",
+            str(f.prompts / "negative_prompt.safetensors"),
+            "--data.init_args.train_urls",
+            str(f.prompts),
+            "--data.init_args.batch_size",
+            "1",
+            "--model.init_args.accumulate",
+            "1",
+        ],
         "slowfast.yaml": stage2,
         "sliding_window.yaml": stage2,
         "keyframe.yaml": stage2,
@@ -159,9 +239,19 @@ def _data(*args: str) -> None:
 def test_wan_recipes_run_end_to_end_on_tiny_stand_ins(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["cf-fit"])
     f = Files(tmp_path)
-    stand_ins = write_umt5(write_wan_vae(tmp_path / "wan_pipeline"), " ".join(CAPTIONS + PROMPTS + [NEGATIVE]).split())
-    encoders = ["--codec", "wan", "--codec_options", json.dumps({"path": str(stand_ins)}), "--text_encoder", "umt5",
-                "--text_encoder_options", json.dumps({"path": str(stand_ins), "max_length": 16})]
+    stand_ins = write_umt5(
+        write_wan_vae(tmp_path / "wan_pipeline"), " ".join(CAPTIONS + PROMPTS + [NEGATIVE]).split()
+    )
+    encoders = [
+        "--codec",
+        "wan",
+        "--codec_options",
+        json.dumps({"path": str(stand_ins)}),
+        "--text_encoder",
+        "umt5",
+        "--text_encoder_options",
+        json.dumps({"path": str(stand_ins), "max_length": 16}),
+    ]
     f.videos.mkdir()
     for index, caption in enumerate(CAPTIONS):
         write_mp4(f.videos / f"clip{index}.mp4", VIDEO_FRAMES, 16, 16)

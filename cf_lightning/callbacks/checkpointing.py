@@ -109,8 +109,13 @@ class RunCheckpoint(ModelCheckpoint):
     checkpoint, as for ``ModelCheckpoint(monitor=None)``.
     """
 
-    def __init__(self, every_n_batches: int = 500, max_checkpoints: int | None = None, dirpath: str | None = None,
-                 save_on_train_end: bool = True) -> None:
+    def __init__(
+        self,
+        every_n_batches: int = 500,
+        max_checkpoints: int | None = None,
+        dirpath: str | None = None,
+        save_on_train_end: bool = True,
+    ) -> None:
         if every_n_batches < 1:
             raise ValueError(f"every_n_batches must be >= 1, got {every_n_batches}")
         if max_checkpoints is not None and max_checkpoints < 0:
@@ -188,7 +193,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     def _write(self, trainer: pl.Trainer, target: Path) -> None:
         partial = target.with_name(target.name + PARTIAL)
-        trainer.save_checkpoint(partial, weights_only=False)  # every rank: the strategy decides who writes what
+        trainer.save_checkpoint(
+            partial, weights_only=False
+        )  # every rank: the strategy decides who writes what
         if trainer.is_global_zero:
             publish(partial, target)
         trainer.strategy.barrier("RunCheckpoint.write")

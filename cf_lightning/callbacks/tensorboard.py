@@ -44,9 +44,13 @@ def _check_logger(logger: object) -> TensorBoardLogger:
 
 
 @rank_zero_only
-def log_ablation_hparams(logger: TensorBoardLogger, hparams: Mapping[str, Primitive], metric_tags: Sequence[str],
-                         hparam_domain_discrete: Mapping[str, Sequence[Primitive]] | None = None,
-                         lead: Sequence[str] = ()) -> None:
+def log_ablation_hparams(
+    logger: TensorBoardLogger,
+    hparams: Mapping[str, Primitive],
+    metric_tags: Sequence[str],
+    hparam_domain_discrete: Mapping[str, Sequence[Primitive]] | None = None,
+    lead: Sequence[str] = (),
+) -> None:
     """Write the HParams plugin summaries (experiment, session start, session end) of this run.
 
     ``hparams`` is flat with primitive values (they become the table's columns); ``metric_tags`` only
@@ -61,15 +65,19 @@ def log_ablation_hparams(logger: TensorBoardLogger, hparams: Mapping[str, Primit
         raise ValueError("hparams is empty: an ablation run needs at least one column, e.g. memory/policy")
     for key, value in hparams.items():
         if not isinstance(value, (bool, int, float, str)):
-            raise TypeError(f"hparam {key!r} = {value!r} has type {type(value).__name__}; HParams columns take "
-                            "bool, int, float or str (flatten nested values into 'group/name' keys)")
+            raise TypeError(
+                f"hparam {key!r} = {value!r} has type {type(value).__name__}; HParams columns take "
+                "bool, int, float or str (flatten nested values into 'group/name' keys)"
+            )
     tags = list(metric_tags)
     if not tags or len(set(tags)) != len(tags) or not all(isinstance(t, str) and t for t in tags):
         raise ValueError(f"metric_tags must be distinct non-empty strings, got {tags}")
     discrete = {key: list(values) for key, values in (hparam_domain_discrete or {}).items()}
     unknown = sorted(set(discrete) - set(hparams))
     if unknown:
-        raise ValueError(f"hparam_domain_discrete names {unknown}, which are not in hparams {sorted(hparams)}")
+        raise ValueError(
+            f"hparam_domain_discrete names {unknown}, which are not in hparams {sorted(hparams)}"
+        )
     missing = [key for key in lead if key not in hparams]
     if missing:
         raise ValueError(f"lead columns {missing} are not in hparams {sorted(hparams)}")
@@ -94,7 +102,9 @@ def _mark_lead_columns(experiment: Summary, lead: Sequence[str]) -> None:
 def gif_summary(tag: str, frames: torch.Tensor, fps: float) -> Summary:
     """An animated GIF image summary of ``frames`` ``[T, C, H, W]`` in [0, 1] with C = 1 or 3."""
     if frames.ndim != 4 or frames.shape[1] not in (1, 3) or frames.shape[0] == 0:
-        raise ValueError(f"frames must be [T, C, H, W] with T >= 1 and C in (1, 3), got shape {tuple(frames.shape)}")
+        raise ValueError(
+            f"frames must be [T, C, H, W] with T >= 1 and C in (1, 3), got shape {tuple(frames.shape)}"
+        )
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     pixels = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
@@ -103,7 +113,9 @@ def gif_summary(tag: str, frames: torch.Tensor, fps: float) -> Summary:
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
                    duration=max(1, round(1000 / fps)), loop=0)
     _, height, width, channels = pixels.shape
-    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=buffer.getvalue())
+    image = Summary.Image(
+        height=height, width=width, colorspace=channels, encoded_image_string=buffer.getvalue()
+    )
     return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
@@ -159,7 +171,11 @@ class AblationDashboard(pl.Callback):
                            batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         # with gradient accumulation several batches end on the same optimizer step: sample once
-        if self.sample_every_n_steps is None or step % self.sample_every_n_steps or step == self._last_sampled_step:
+        if (
+            self.sample_every_n_steps is None
+            or step % self.sample_every_n_steps
+            or step == self._last_sampled_step
+        ):
             return
         sample_video = getattr(pl_module, "sample_video", None)
         logger = self._logger(trainer)

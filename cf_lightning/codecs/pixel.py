@@ -60,7 +60,8 @@ class PixelCodec(LatentCodec):
 
 
 class PooledPixelCodec(PixelCodec):
-    """Average-pools each ``patch x patch`` block to its mean colour: ``[B, 3, T, H, W] -> [B, 3, T, H/p, W/p]``.
+    """Average-pools each ``patch x patch`` block to its mean colour: ``[B, 3, T, H, W] -> [B, 3, T, H/p,
+    W/p]``.
 
     Exact (decode = nearest upsampling) on worlds whose content is constant per block, such as the
     revisit world with block-aligned pans, and a 64x smaller latent than :class:`PixelCodec`: a

@@ -111,7 +111,8 @@ def _add_trajectory_arguments(parser: ArgumentParser) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    """The ``cf-data`` parser with subcommands ``world``, ``videos``, ``trajectories``, ``prompts``, ``check``."""
+    """The ``cf-data`` parser with subcommands ``world``, ``videos``, ``trajectories``, ``prompts``,
+    ``check``."""
     parser = ArgumentParser(prog="cf-data", description="Write and check cf-lightning latent shards.")
     commands = parser.add_subcommands()
 
@@ -143,9 +144,10 @@ def build_parser() -> ArgumentParser:
     commands.add_subcommand("trajectories", trajectories, help="write teacher ODE trajectory shards")
 
     prompts = ArgumentParser(
-        description="Encode a prompt list (text, one per line, or JSONL with 'prompt') into prompt shards for "
-        "stage 2: embeddings and the latent shape at --height x --width, no video; with --negative_prompt its "
-        "embedding is written once to negative_prompt.safetensors next to the shards."
+        description="Encode a prompt list (text, one per line, or JSONL with 'prompt') into prompt shards "
+            "for "
+        "stage 2: embeddings and the latent shape at --height x --width, no video; with --negative_prompt "
+        "its embedding is written once to negative_prompt.safetensors next to the shards."
     )
     _add_encoding_arguments(prompts)
     prompts.add_argument("--input", type=str, required=True, help="prompt list: .txt or .jsonl")
@@ -154,7 +156,10 @@ def build_parser() -> ArgumentParser:
     prompts.add_argument("--negative_prompt", type=str | None, default=None, help="the unconditional prompt")
     prompts.add_argument("--batch_size", type=int, default=16, help="prompts encoded together")
     prompts.add_argument(
-        "--latent_frames", type=int, default=0, help="zero latent frames per sample (conditions for trajectories)"
+        "--latent_frames",
+        type=int,
+        default=0,
+        help="zero latent frames per sample (conditions for trajectories)",
     )
     commands.add_subcommand("prompts", prompts, help="write prompt shards (stage 2)")
 
@@ -250,8 +255,16 @@ def _prompts(parser: ArgumentParser, cfg: Namespace) -> int:
         height, width = codec.latent_size(args.height, args.width)
         text = _text_encoder(args)
         assert text is not None
-        written = write_prompt_shards(prompts, text, (codec.latent_channels, height, width), args.output,
-                                      args.shard_size, args.batch_size, args.negative_prompt, args.latent_frames)
+        written = write_prompt_shards(
+            prompts,
+            text,
+            (codec.latent_channels, height, width),
+            args.output,
+            args.shard_size,
+            args.batch_size,
+            args.negative_prompt,
+            args.latent_frames,
+        )
     except (ValueError, FileNotFoundError) as exc:
         parser.error(f"cf-data prompts: {exc}")
     negative = " and negative_prompt.safetensors" if args.negative_prompt is not None else ""

@@ -120,8 +120,10 @@ class ShardDataModule(L.LightningDataModule):
             return self.text_encoder.dim
         sample = self._first_sample()
         if "text_emb" not in sample:
-            raise ValueError(f"shard {sample['shard']!r} stores no prompt embeddings and no text_encoder is set; "
-                             "set data.text_encoder (e.g. HashTextEncoder or UMT5TextEncoder)")
+            raise ValueError(
+                f"shard {sample['shard']!r} stores no prompt embeddings and no text_encoder is set; "
+                "set data.text_encoder (e.g. HashTextEncoder or UMT5TextEncoder)"
+            )
         return int(sample["text_emb"].shape[-1])
 
     @property
@@ -133,7 +135,9 @@ class ShardDataModule(L.LightningDataModule):
     def _first_sample(self) -> dict[str, Any]:
         if self._probe is None:
             skips = SkipLog()
-            for sample in decode_samples(read_shards(({"url": url} for url in self.shards["train"]), skips), skips):
+            for sample in decode_samples(
+                read_shards(({"url": url} for url in self.shards["train"]), skips), skips
+            ):
                 self._probe = sample
                 break
             else:
@@ -362,8 +366,10 @@ class RevisitWorldDataModule(L.LightningDataModule):
     @property
     def text_dim(self) -> int:
         if self.text_encoder is None:
-            raise ValueError("RevisitWorldDataModule has text_encoder=None, so batches carry no prompt embeddings; "
-                             "set data.text_encoder (e.g. HashTextEncoder)")
+            raise ValueError(
+                "RevisitWorldDataModule has text_encoder=None, so batches carry no prompt embeddings; "
+                "set data.text_encoder (e.g. HashTextEncoder)"
+            )
         return self.text_encoder.dim
 
     @property
@@ -378,7 +384,9 @@ class RevisitWorldDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         """Shuffled from (``seed``, epoch) and split over ranks; Lightning checkpoints its position, so a
         run resumed mid-epoch trains on the same batches as an uninterrupted one."""
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        rank, world = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        )
         sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, seed=self.hparams.seed)
         return ResumableLoader(self.train_set, sampler, drop_last=True, **self._loader_options())
 

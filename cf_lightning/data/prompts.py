@@ -31,7 +31,8 @@ NEGATIVE_PROMPT_FILE = "negative_prompt.safetensors"
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file (one per line, blank lines skipped) or JSONL (``prompt`` or ``text`` field)."""
+    """Prompts from a text file (one per line, blank lines skipped) or JSONL (``prompt`` or ``text``
+    field)."""
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"prompt list {str(path)!r} does not exist")
@@ -76,8 +77,10 @@ def write_prompt_shards(prompts: list[str], encoder: TextEncoder, latent_shape: 
     """
     channels, height, width = latent_shape
     if min(latent_shape) < 1 or latent_frames < 0:
-        raise ValueError(f"latent_shape must be positive (C, h, w) and latent_frames >= 0, got {latent_shape} "
-                         f"and {latent_frames}")
+        raise ValueError(
+            f"latent_shape must be positive (C, h, w) and latent_frames >= 0, got {latent_shape} and "
+            f"{latent_frames}"
+        )
     Path(output).mkdir(parents=True, exist_ok=True)
     empty = torch.zeros(channels, latent_frames, height, width)
     meta = {"source": "prompts", "latent_shape": list(empty.shape), "text_encoder": encoder.describe()}
@@ -111,6 +114,8 @@ def load_negative_prompt(path: str | Path, text_dim: int) -> Tensor:
             raise ValueError(f"{str(path)!r} holds no 'text_emb' tensor (keys: {sorted(names)})")
         emb = handle.get_tensor("text_emb").float()
     if emb.ndim != 2 or emb.shape[1] != text_dim:
-        raise ValueError(f"negative prompt embedding in {str(path)!r} is {tuple(emb.shape)}; the model's text "
-                         f"width is {text_dim}: encode it with the text encoder of the training shards")
+        raise ValueError(
+            f"negative prompt embedding in {str(path)!r} is {tuple(emb.shape)}; the model's text "
+            f"width is {text_dim}: encode it with the text encoder of the training shards"
+        )
     return emb

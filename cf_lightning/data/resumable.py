@@ -66,7 +66,9 @@ class ResumableLoader(DataLoader):
         """Continue the saved epoch after its last consumed sample, or start the next one if it was done."""
         missing = {"epoch", "samples"} - set(state)
         if missing:
-            raise KeyError(f"loader state {state} lacks {sorted(missing)}; it was not saved by a ResumableLoader")
+            raise KeyError(
+                f"loader state {state} lacks {sorted(missing)}; it was not saved by a ResumableLoader"
+            )
         finished = state["samples"] >= len(self) * self.batch_size
         self.sampler.set_epoch(state["epoch"] + int(finished))
         self._resume_at = 0 if finished else state["samples"]

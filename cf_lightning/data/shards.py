@@ -157,8 +157,8 @@ def encode_sample(
         sigmas = (meta.get("ode") or {}).get("sigmas")
         if not _trajectory_fits(ode_trajectory.shape, latents.shape, sigmas):
             raise ValueError(
-                f"ode_trajectory of {key!r} must be [S, {', '.join(map(str, latents.shape))}] with S sigmas in "
-                f"meta['ode']['sigmas'], got shape {tuple(ode_trajectory.shape)} and sigmas {sigmas}"
+                f"ode_trajectory of {key!r} must be [S, {', '.join(map(str, latents.shape))}] with S sigmas "
+                f"in meta['ode']['sigmas'], got shape {tuple(ode_trajectory.shape)} and sigmas {sigmas}"
             )
         _check_float16(key, "ode_trajectory", ode_trajectory)
         sample["ode_trajectory.npy"] = _npy(ode_trajectory.detach().cpu().to(torch.float16).numpy())
@@ -166,13 +166,20 @@ def encode_sample(
 
 
 def _trajectory_fits(states_shape: tuple[int, ...], latents_shape: tuple[int, ...], sigmas: object) -> bool:
-    """Whether ODE states ``[S, *latents_shape]`` come with their ``S`` sigmas (checked on write and on read)."""
-    return tuple(states_shape[1:]) == tuple(latents_shape) and isinstance(sigmas, list) and len(sigmas) == states_shape[0]
+    """Whether ODE states ``[S, *latents_shape]`` come with their ``S`` sigmas (checked on write and on
+    read)."""
+    return (
+        tuple(states_shape[1:]) == tuple(latents_shape)
+        and isinstance(sigmas, list)
+        and len(sigmas) == states_shape[0]
+    )
 
 
 def _check_float16(key: str, name: str, values: Tensor) -> None:
     """Arrays are stored as float16: an overflow would be stored as inf and poison training later."""
-    if values.numel() and (not torch.isfinite(values).all() or values.abs().max() > torch.finfo(torch.float16).max):
+    if values.numel() and (
+        not torch.isfinite(values).all() or values.abs().max() > torch.finfo(torch.float16).max
+    ):
         raise ValueError(f"{name} of {key!r} are not finite in float16")
 
 
@@ -323,7 +330,8 @@ def decode_samples(source: Iterable[dict[str, Any]], skips: SkipLog) -> Iterator
 
 
 def crop_sample(sample: dict[str, Any], start: int, length: int) -> dict[str, Any]:
-    """Latent frames ``[start, start + length)`` of a decoded sample (latents, ODE states, per-frame truth)."""
+    """Latent frames ``[start, start + length)`` of a decoded sample (latents, ODE states, per-frame
+    truth)."""
     out = dict(sample)
     out["latents"] = sample["latents"][:, start : start + length]
     if "ode_trajectory" in sample:

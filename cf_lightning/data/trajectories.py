@@ -65,14 +65,16 @@ class OdeSettings:
 
 
 def sample_noise(shape: torch.Size | tuple[int, ...], seed: int) -> Tensor:
-    """The starting noise of one sample: its own CPU generator, so it does not depend on batching or device."""
+    """The starting noise of one sample: its own CPU generator, so it does not depend on batching or
+    device."""
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
 def _batches(
     samples: Iterable[dict[str, Any]], batch_size: int, text: TextEncoder | None, teacher: WanModel
 ) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
-    """Consecutive samples of equal latent shape, with their collated conditions checked against the teacher."""
+    """Consecutive samples of equal latent shape, with their collated conditions checked against the
+    teacher."""
     group: list[dict[str, Any]] = []
     for sample in chain(samples, [None]):
         full = len(group) == batch_size

@@ -97,7 +97,9 @@ class ErrorBank:
                 storage[k, count] = errors[b]
                 self.counts[k] += 1
             else:
-                similarity = F.cosine_similarity(storage[k].flatten(1).float(), errors[b].flatten().float()[None])
+                similarity = F.cosine_similarity(
+                    storage[k].flatten(1).float(), errors[b].flatten().float()[None]
+                )
                 storage[k, int(similarity.argmax())] = errors[b]
 
     def sample(self, sigma: Tensor, generator: torch.Generator | None = None) -> Tensor | None:
@@ -144,7 +146,9 @@ class ErrorBank:
                 raise ValueError(f"state has {key}={state[key]} but this bank has {key}={getattr(self, key)}")
         counts = torch.as_tensor(state["counts"], dtype=torch.long).cpu()
         errors = state["errors"]
-        if tuple(counts.shape) != (self.num_bins,) or bool((counts < 0).any() | (counts > self.capacity).any()):
+        if tuple(counts.shape) != (self.num_bins,) or bool(
+            (counts < 0).any() | (counts > self.capacity).any()
+        ):
             raise ValueError(f"state counts must be {self.num_bins} values in [0, {self.capacity}], "
                              f"got {counts.tolist()}")
         total = int(counts.sum())

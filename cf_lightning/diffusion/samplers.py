@@ -44,7 +44,9 @@ def cfg_velocity(cond_v: Tensor, uncond_v: Tensor, scale: float) -> Tensor:
     prediction, so applying it to velocities or to x0 estimates at the same ``x_t`` is equivalent.
     """
     if cond_v.shape != uncond_v.shape:
-        raise ValueError(f"cond_v shape {tuple(cond_v.shape)} and uncond_v shape {tuple(uncond_v.shape)} differ")
+        raise ValueError(
+            f"cond_v shape {tuple(cond_v.shape)} and uncond_v shape {tuple(uncond_v.shape)} differ"
+        )
     if scale == 1.0:  # exactly the conditional prediction, not one rounded through the difference
         return cond_v
     return uncond_v + scale * (cond_v - uncond_v)
@@ -71,7 +73,9 @@ def guidance_weight(scale: float, form: GuidanceForm = "uncond") -> float:
 def negative_text(negative: Tensor, context: Tensor) -> Tensor:
     """The negative prompt's embedding ``[n, D]`` (valid tokens only) for every row of ``context``."""
     if negative.ndim != 2 or negative.shape[-1] != context.shape[-1]:
-        raise ValueError(f"negative prompt embedding must be [tokens, {context.shape[-1]}], got {tuple(negative.shape)}")
+        raise ValueError(
+            f"negative prompt embedding must be [tokens, {context.shape[-1]}], got {tuple(negative.shape)}"
+        )
     return negative.to(device=context.device, dtype=context.dtype).expand(context.shape[0], -1, -1)
 
 
@@ -100,7 +104,8 @@ def guided(score: TextScoreFn, context: Tensor, scale: float, context_mask: Tens
 
 
 def euler_sample(velocity_fn: VelocityFn, noise: Tensor, sigmas: Sequence[float] | Tensor) -> Tensor:
-    """First-order ODE integration along ``sigmas`` (e.g. :func:`~cf_lightning.diffusion.flow.sampling_sigmas`).
+    """First-order ODE integration along ``sigmas`` (e.g.
+    :func:`~cf_lightning.diffusion.flow.sampling_sigmas`).
 
     Returns the state at ``sigmas[-1]``; with a schedule ending in 0 that is the sample. In the flow
     parameterisation an Euler step equals a DDIM / first-order DPM-Solver++ step.

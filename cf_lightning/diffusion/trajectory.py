@@ -18,8 +18,14 @@ from cf_lightning.diffusion.flow import sampling_sigmas, timestep_from_sigma
 from cf_lightning.diffusion.samplers import VelocityFn, euler_sample, guided
 
 
-def guided_velocity(model: Callable[..., Tensor], context: Tensor, context_mask: Tensor | None,
-                    frame_cond: Tensor | None, guidance_scale: float, negative: Tensor | None = None) -> VelocityFn:
+def guided_velocity(
+    model: Callable[..., Tensor],
+    context: Tensor,
+    context_mask: Tensor | None,
+    frame_cond: Tensor | None,
+    guidance_scale: float,
+    negative: Tensor | None = None,
+) -> VelocityFn:
     """``model``'s classifier-free-guided velocity for one batch of conditions (:func:`guided`: the
     unconditional branch is the null text with the same mask and frame condition, or the ``negative``
     prompt's embedding ``[n, D]``)."""
@@ -29,8 +35,13 @@ def guided_velocity(model: Callable[..., Tensor], context: Tensor, context_mask:
     return guided(score, context, guidance_scale, context_mask, negative=negative)
 
 
-def ode_trajectory(velocity_fn: VelocityFn, noise: Tensor, levels: Sequence[float] | Tensor, ode_steps: int = 20,
-                   shift: float = 5.0) -> tuple[Tensor, Tensor]:
+def ode_trajectory(
+    velocity_fn: VelocityFn,
+    noise: Tensor,
+    levels: Sequence[float] | Tensor,
+    ode_steps: int = 20,
+    shift: float = 5.0,
+) -> tuple[Tensor, Tensor]:
     """Integrate ``velocity_fn`` from ``noise`` (sigma 1) to 0 and keep its states at ``levels``.
 
     The Euler grid is ``sampling_sigmas(ode_steps, shift)`` with every level inserted, so each state is

@@ -57,10 +57,11 @@ def read_prompt_switches(path: str | Path) -> list[PromptSegment]:
             item = json.loads(line)
             segments.append(PromptSegment(str(item["prompt"]), int(item["start_frame"])))
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}:{number}: expected {{\"prompt\": str, \"start_frame\": int}}, got {line!r} "
-                             f"({error})") from None
+            raise ValueError(
+                f'{path}:{number}: expected {{"prompt": str, "start_frame": int}}, got {line!r} ({error})'
+            ) from None
     if not segments:
-        raise ValueError(f"{path}: no prompts; expected one {{\"prompt\": str, \"start_frame\": int}} per line")
+        raise ValueError(f'{path}: no prompts; expected one {{"prompt": str, "start_frame": int}} per line')
     starts = [s.start_frame for s in segments]
     if starts[0] != 0 or starts != sorted(set(starts)):
         raise ValueError(f"{path}: start frames must begin at 0 and increase strictly, got {starts}")
@@ -79,16 +80,22 @@ def encode_prompts(encoder: TextEncoder, prompts: list[str], text_dim: int) -> l
     """One ``[1, L, text_dim]`` embedding per prompt; empty prompts and a mismatched encoder are errors,
     a prompt longer than the encoder reads is truncated with a warning naming it."""
     if encoder.dim != text_dim:
-        raise ValueError(f"text encoder {encoder.name!r} makes {encoder.dim}-dim embeddings, but the model's "
-                         f"text_dim is {text_dim}; use the encoder the model was trained with (Wan2.1: UMT5-XXL, 4096)")
+        raise ValueError(
+            f"text encoder {encoder.name!r} makes {encoder.dim}-dim embeddings, but the model's "
+            f"text_dim is {text_dim}; use the encoder the model was trained with (Wan2.1: UMT5-XXL, 4096)"
+        )
     embeddings = []
     for prompt in prompts:
         if not prompt.strip():
             raise ValueError("empty prompt: every prompt (and every line of a prompt file) needs text")
         length = encoder.num_tokens(prompt)
         if length > encoder.max_length:
-            log.warning("prompt %r has %d tokens; truncated to the encoder's max_length=%d", prompt[:60] + "...",
-                        length, encoder.max_length)
+            log.warning(
+                "prompt %r has %d tokens; truncated to the encoder's max_length=%d",
+                prompt[:60] + "...",
+                length,
+                encoder.max_length,
+            )
         embeddings.append(encoder.encode([prompt])[0])
     return embeddings
 
@@ -100,8 +107,14 @@ def text_conditions(encoder: TextEncoder, switches: list[PromptSegment], text_di
                       prompts=tuple(s.prompt for s in switches))
 
 
-def world_conditions(world: RevisitWorldConfig, seed: int, codec: LatentCodec, encoder: TextEncoder, text_dim: int,
-                     switches: list[PromptSegment] | None = None) -> Conditions:
+def world_conditions(
+    world: RevisitWorldConfig,
+    seed: int,
+    codec: LatentCodec,
+    encoder: TextEncoder,
+    text_dim: int,
+    switches: list[PromptSegment] | None = None,
+) -> Conditions:
     """A revisit-world video's camera path (per latent frame) and prompt, unless ``switches`` replace it."""
     video = generate_video(world, seed)
     truth = latent_truth(video, codec.frame_groups(world.num_frames))

@@ -53,8 +53,10 @@ def load_generator(path: str | Path, live: bool = False, use_ema: bool = False,
         raise FileNotFoundError(f"no checkpoint at {source}")
     if source.suffix != RUN_SUFFIX:
         if live:
-            raise ValueError(f"live=True picks a run's live weights over its EMA in a {RUN_SUFFIX} file; {source} "
-                             "is a Wan checkpoint")
+            raise ValueError(
+                f"live=True picks a run's live weights over its EMA in a {RUN_SUFFIX} file; {source} "
+                "is a Wan checkpoint"
+            )
         return LoadedGenerator(load_wan(source, config=config, use_ema=use_ema), source)
     if config is not None:
         raise ValueError(f"{source} is a run checkpoint, which records its own config; leave config out")

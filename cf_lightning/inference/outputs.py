@@ -83,19 +83,28 @@ class LatentFile:
 class VideoOutput:
     """Decode, encode and store the latent chunks of one video as they are produced."""
 
-    def __init__(self, folder: str | Path, codec: LatentCodec, latent_shape: tuple[int, int, int], num_frames: int,
-                 fps: float = 16.0) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        codec: LatentCodec,
+        latent_shape: tuple[int, int, int],
+        num_frames: int,
+        fps: float = 16.0,
+    ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.codec = codec
         self.num_frames = num_frames
         self.decode = codec.chunk_decoder()
-        self.latents = LatentFile(self.folder / LATENTS_NAME, (latent_shape[0], num_frames, *latent_shape[1:]))
+        self.latents = LatentFile(
+            self.folder / LATENTS_NAME, (latent_shape[0], num_frames, *latent_shape[1:])
+        )
         self.mp4 = Mp4Writer(self.folder / VIDEO_NAME, fps)
 
     @torch.no_grad()
     def write(self, chunk: torch.Tensor) -> torch.Tensor:
-        """Store, decode and encode one chunk ``[1, C, f, H, W]``; returns its pixels ``[1, 3, T, H', W']``."""
+        """Store, decode and encode one chunk ``[1, C, f, H, W]``; returns its pixels ``[1, 3, T, H',
+        W']``."""
         self.latents.append(chunk)
         pixels = self.decode(chunk.float())
         self.mp4.write(unit_to_uint8(pixels[0]).permute(1, 0, 2, 3).cpu())

@@ -91,10 +91,13 @@ def recache(model: WanModel, memory: KVMemory, history: Iterable[torch.Tensor], 
 def check_length(num_frames: int, chunk_frames: int, conditions: Conditions) -> None:
     """A video is whole chunks, no longer than its per-frame condition."""
     if num_frames < chunk_frames or num_frames % chunk_frames:
-        raise ValueError(f"{num_frames} latent frames is not a positive multiple of chunk_frames={chunk_frames}")
+        raise ValueError(
+            f"{num_frames} latent frames is not a positive multiple of chunk_frames={chunk_frames}"
+        )
     if conditions.max_frames is not None and num_frames > conditions.max_frames:
-        raise ValueError(f"{num_frames} latent frames exceed the {conditions.max_frames} frames of the per-frame "
-                         "condition")
+        raise ValueError(
+            f"{num_frames} latent frames exceed the {conditions.max_frames} frames of the per-frame condition"
+        )
 
 
 @torch.inference_mode()
@@ -132,8 +135,17 @@ def stream_chunks(model: WanModel, preset: InferencePreset, conditions: Conditio
         for chunk_start in range(start, end, chunk_frames):
             noise = randn((1, channels, chunk_frames, *latent_hw), gens).to(device, dtype)
             part = None if cond is None else cond[:, chunk_start:chunk_start + chunk_frames]
-            result = rollout(model, policy, noise, context, sigmas, chunk_frames=chunk_frames, frame_cond=part,
-                             generator=gens, memory=memory)
+            result = rollout(
+                model,
+                policy,
+                noise,
+                context,
+                sigmas,
+                chunk_frames=chunk_frames,
+                frame_cond=part,
+                generator=gens,
+                memory=memory,
+            )
             memory = result.memory
             if kept is not None:
                 kept.append(result.video)
@@ -153,8 +165,10 @@ def generate_video(model: WanModel, conditions: Conditions, out_dir: str | Path,
     after publishing every finished frame; any other error also leaves the finished part published.
     """
     if codec.latent_channels != model.config.in_dim:
-        raise ValueError(f"codec {codec.name!r} makes {codec.latent_channels}-channel latents, but the model takes "
-                         f"{model.config.in_dim}: the VAE and the DiT do not belong together")
+        raise ValueError(
+            f"codec {codec.name!r} makes {codec.latent_channels}-channel latents, but the model takes "
+            f"{model.config.in_dim}: the VAE and the DiT do not belong together"
+        )
     check_length(num_frames, preset.chunk_frames, conditions)
     output = VideoOutput(out_dir, codec, (codec.latent_channels, *latent_hw), num_frames, fps)
     try:

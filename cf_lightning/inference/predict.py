@@ -80,9 +80,15 @@ def predict_latents(model: WanModel, hparams: dict[str, Any], memory: MemoryPoli
     """One :class:`PromptVideos` item streamed by a run's backbone with the run's own settings."""
     preset = run_preset(dict(hparams), "this run")
     if preset is None:
-        raise ValueError("this module records no chunk_frames/denoising_steps/shift: it is not a causal student")
-    chunks = [chunk.cpu() for _, chunk, _ in stream_chunks(model, preset, item["conditions"], item["num_frames"],
-                                                           item["latent_hw"], memory, item["seed"])]
+        raise ValueError(
+            "this module records no chunk_frames/denoising_steps/shift: it is not a causal student"
+        )
+    chunks = [
+        chunk.cpu()
+        for _, chunk, _ in stream_chunks(
+            model, preset, item["conditions"], item["num_frames"], item["latent_hw"], memory, item["seed"]
+        )
+    ]
     return {"name": item["name"], "latents": torch.cat(chunks, dim=2), "chunk_frames": preset.chunk_frames}
 
 
@@ -102,8 +108,13 @@ class VideoWriter(BasePredictionWriter):
             raise ValueError(f"{type(self).__name__} decodes with the data module's codec; "
                              f"{type(trainer.datamodule).__name__} has none (use PromptVideos)")
         latents = prediction["latents"]
-        output = VideoOutput(self.output_dir / prediction["name"], codec, (latents.shape[1], *latents.shape[3:]),
-                             latents.shape[2], self.fps)
+        output = VideoOutput(
+            self.output_dir / prediction["name"],
+            codec,
+            (latents.shape[1], *latents.shape[3:]),
+            latents.shape[2],
+            self.fps,
+        )
         try:
             for chunk in latents.split(prediction["chunk_frames"], dim=2):
                 output.write(chunk)

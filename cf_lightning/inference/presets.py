@@ -59,18 +59,42 @@ class InferencePreset:
 
 PRESETS: dict[str, InferencePreset] = {
     "self_forcing": InferencePreset(
-        "self_forcing", chunk_frames=3, denoising_steps=4, shift=5.0,
+        "self_forcing",
+        chunk_frames=3,
+        denoising_steps=4,
+        shift=5.0,
         make_memory=lambda: SlidingWindow(sink=0, window=21, position_mode="absolute", rope_length=1024),
-        source="guandeh17/Self-Forcing configs/self_forcing_dmd_lookahead.yaml + causal_model.py KV cache"),
+        source="guandeh17/Self-Forcing configs/self_forcing_dmd_lookahead.yaml + causal_model.py KV cache",
+    ),
     "longlive": InferencePreset(
-        "longlive", chunk_frames=6, denoising_steps=4, shift=5.0,
+        "longlive",
+        chunk_frames=6,
+        denoising_steps=4,
+        shift=5.0,
         make_memory=lambda: SlidingWindow(sink=3, window=9, position_mode="absolute", rope_length=1024),
-        source="NVlabs/LongLive configs/longlive_inference.yaml"),
+        source="NVlabs/LongLive configs/longlive_inference.yaml",
+    ),
     "context_forcing": InferencePreset(
-        "context_forcing", chunk_frames=3, denoising_steps=4, shift=5.0,
-        make_memory=lambda: SlowFast(sink=3, slow=12, fast=6, threshold=0.95, admission="surprisal", interval=1,
-                                     compare_to="last_admitted", position_mode="bounded", rope_length=21),
-        source="TIGER-AI-Lab/Context-Forcing configs/context_dmd_inference.yaml + wan/modules/causal_model.py"),
+        "context_forcing",
+        chunk_frames=3,
+        denoising_steps=4,
+        shift=5.0,
+        make_memory=lambda: SlowFast(
+            sink=3,
+            slow=12,
+            fast=6,
+            threshold=0.95,
+            admission="surprisal",
+            interval=1,
+            compare_to="last_admitted",
+            position_mode="bounded",
+            rope_length=21,
+        ),
+        source=(
+            "TIGER-AI-Lab/Context-Forcing configs/context_dmd_inference.yaml"
+            " + wan/modules/causal_model.py"
+        ),
+    ),
 }
 
 

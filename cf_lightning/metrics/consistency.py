@@ -45,8 +45,10 @@ def to_unit_range(video: torch.Tensor, value_range: tuple[float, float]) -> torc
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
     x = (video.float() - low) / (high - low)
     if x.numel() and (x.min() < -_RANGE_SLACK or x.max() > 1 + _RANGE_SLACK):
-        raise ValueError(f"video values span [{video.min().item():.3g}, {video.max().item():.3g}], far outside "
-                         f"value_range={value_range}; pass the range the video is in, e.g. (-1.0, 1.0)")
+        raise ValueError(
+            f"video values span [{video.min().item():.3g}, {video.max().item():.3g}], far outside "
+            f"value_range={value_range}; pass the range the video is in, e.g. (-1.0, 1.0)"
+        )
     return x.clamp(0, 1)
 
 
@@ -257,7 +259,9 @@ class QualityDrift(_StreamingMetric):
         scores = self._frame_scores(to_unit_range(video.detach(), self.value_range))
         head = scores if self._head is None else torch.cat([self._head, scores], dim=1)
         self._head = head[:, :self.window_frames]
-        self._tail = (scores if self._tail is None else torch.cat([self._tail, scores], 1))[:, -self.window_frames:]
+        self._tail = (scores if self._tail is None else torch.cat([self._tail, scores], 1))[
+            :, -self.window_frames :
+        ]
         self._scored += scores.shape[1]
         if not end_of_video:
             return

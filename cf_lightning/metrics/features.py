@@ -96,7 +96,9 @@ class HFImageExtractor:
         self.model.requires_grad_(False)
         self.dtype = dtype
         self.resize = self._size_of(processor.size) if getattr(processor, "do_resize", True) else None
-        self.crop = self._size_of(processor.crop_size) if getattr(processor, "do_center_crop", False) else None
+        self.crop = (
+            self._size_of(processor.crop_size) if getattr(processor, "do_center_crop", False) else None
+        )
         normalize = getattr(processor, "do_normalize", True)
         mean = processor.image_mean if normalize else [0.0, 0.0, 0.0]
         std = processor.image_std if normalize else [1.0, 1.0, 1.0]
@@ -163,14 +165,20 @@ class HFTextExtractor:
 
     def __init__(self, path: str | os.PathLike[str], model: object | None = None) -> None:
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"HFTextExtractor needs a local CLIP checkpoint directory, got {str(path)!r}")
+            raise FileNotFoundError(
+                f"HFTextExtractor needs a local CLIP checkpoint directory, got {str(path)!r}"
+            )
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = model if model is not None else AutoModel.from_pretrained(path, local_files_only=True).eval()
+        self.model = (
+            model if model is not None else AutoModel.from_pretrained(path, local_files_only=True).eval()
+        )
         if not hasattr(self.model, "get_text_features"):
-            raise ValueError(f"{str(path)!r} holds a {type(self.model).__name__}, which has no text tower; CLIP-T "
-                             "needs a CLIP-style checkpoint")
+            raise ValueError(
+                f"{str(path)!r} holds a {type(self.model).__name__}, which has no text tower; CLIP-T "
+                "needs a CLIP-style checkpoint"
+            )
         self.model.requires_grad_(False)
 
     @torch.no_grad()

@@ -36,8 +36,17 @@ from cf_lightning.metrics.windows import TimeWindows
 
 FrameScore = Callable[[torch.Tensor], torch.Tensor]
 
-SERIES = ("dino_first", "dino_prev", "clipf_first", "clipf_prev", "clip_t", "subject", "background", "flicker",
-          "quality")
+SERIES = (
+    "dino_first",
+    "dino_prev",
+    "clipf_first",
+    "clipf_prev",
+    "clip_t",
+    "subject",
+    "background",
+    "flicker",
+    "quality",
+)
 HIGHER_IS_BETTER = dict.fromkeys(SERIES, True)
 _NEEDS = {"dino_first": "structure", "dino_prev": "structure", "subject": "structure",
           "clipf_first": "appearance", "clipf_prev": "appearance", "background": "appearance",
@@ -66,7 +75,9 @@ class Extractors:
 
     def __post_init__(self) -> None:
         if self.text is not None and self.appearance is None:
-            raise ValueError("a text extractor (CLIP-T) needs the image extractor of the same CLIP as appearance")
+            raise ValueError(
+                "a text extractor (CLIP-T) needs the image extractor of the same CLIP as appearance"
+            )
 
     def series(self) -> list[str]:
         """The per-timestamp series these extractors can score, in :data:`SERIES` order."""
@@ -107,7 +118,9 @@ def score_video(frames: torch.Tensor, index: Sequence[int], num_frames: int, win
     ``index`` must cover :func:`needed_frames`; ``num_frames`` is the whole video's length.
     """
     if frames.ndim != 4 or frames.shape[1] != 3 or frames.shape[0] != len(index):
-        raise ValueError(f"frames must be [N, 3, H, W] with N = len(index) = {len(index)}, got {tuple(frames.shape)}")
+        raise ValueError(
+            f"frames must be [N, 3, H, W] with N = len(index) = {len(index)}, got {tuple(frames.shape)}"
+        )
     position = {int(i): j for j, i in enumerate(index)}
     missing = sorted(set(needed_frames(windows, num_frames)) - set(position))
     if missing:
@@ -129,7 +142,9 @@ def score_video(frames: torch.Tensor, index: Sequence[int], num_frames: int, win
     text = None
     if extractors.text is not None:
         if prompt is None:
-            raise ValueError("CLIP-T needs the video's prompt; pass prompt= (or leave the text extractor out)")
+            raise ValueError(
+                "CLIP-T needs the video's prompt; pass prompt= (or leave the text extractor out)"
+            )
         with torch.no_grad():
             text = _unit(extractors.text([prompt]))[0]
     with torch.no_grad():
@@ -200,7 +215,9 @@ class LongVideoMetrics(Metric):
             self._add(video)
             return
         if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"LongVideoMetrics expects video [B, 3, T, H, W] in [0, 1], got {tuple(video.shape)}")
+            raise ValueError(
+                f"LongVideoMetrics expects video [B, 3, T, H, W] in [0, 1], got {tuple(video.shape)}"
+            )
         if prompts is not None and len(prompts) != video.shape[0]:
             raise ValueError(f"got {len(prompts)} prompts for {video.shape[0]} videos")
         video = to_unit_range(video.detach(), self.value_range)

@@ -72,8 +72,10 @@ class TimeWindows:
         found = [self.window(t, num_frames) for t in self.timestamps]
         missing = [t for t, frames in zip(self.timestamps, found) if not frames]
         if missing:
-            raise ValueError(f"a video of {num_frames} frames at {self.fps} fps ({num_frames / self.fps:.2f} s) has "
-                             f"no frame in the windows at {missing} s; lower the timestamps or generate longer videos")
+            raise ValueError(
+                f"a video of {num_frames} frames at {self.fps} fps ({num_frames / self.fps:.2f} s) has "
+                f"no frame in the windows at {missing} s; lower the timestamps or generate longer videos"
+            )
         return found
 
     def labels(self) -> list[str]:
@@ -87,5 +89,7 @@ def parse_timestamps(text: str | Sequence[float]) -> tuple[float, ...]:
         try:
             return tuple(float(part) for part in text.split(",") if part.strip())
         except ValueError:
-            raise ValueError(f"timestamps must be comma-separated seconds such as '10,20,30', got {text!r}") from None
+            raise ValueError(
+                f"timestamps must be comma-separated seconds such as '10,20,30', got {text!r}"
+            ) from None
     return tuple(float(t) for t in text)

@@ -20,6 +20,13 @@ from cf_lightning.models.checkpoint import (
 )
 
 __all__ += [
-    "WanCheckpoint", "config_from_diffusers", "config_to_diffusers", "diffusers_to_wan_state_dict", "load_wan",
-    "read_checkpoint", "save_wan", "wan_from_state_dict", "wan_to_diffusers_state_dict",
+    "WanCheckpoint",
+    "config_from_diffusers",
+    "config_to_diffusers",
+    "diffusers_to_wan_state_dict",
+    "load_wan",
+    "read_checkpoint",
+    "save_wan",
+    "wan_from_state_dict",
+    "wan_to_diffusers_state_dict",
 ]

@@ -41,7 +41,9 @@ SAVE_LAYOUTS: tuple[str, ...] = ("wan", "diffusers")
 PICKLE_SUFFIXES: tuple[str, ...] = (".pt", ".pth")
 WEIGHTS_NAME = "diffusion_pytorch_model"  # both Wan and diffusers name their weight files this way
 CONFIG_NAME = "config.json"
-WRAPPER_COMPONENTS: frozenset[str] = frozenset({"_fsdp_wrapped_module", "_orig_mod", "_checkpoint_wrapped_module"})
+WRAPPER_COMPONENTS: frozenset[str] = frozenset(
+    {"_fsdp_wrapped_module", "_orig_mod", "_checkpoint_wrapped_module"}
+)
 """Module names that FSDP, ``torch.compile`` and activation checkpointing insert anywhere in a key."""
 LEADING_PREFIXES: tuple[str, ...] = ("model.", "module.")
 """Self-Forcing's ``WanDiffusionWrapper.model`` and DDP's ``module`` in front of the backbone's keys."""
@@ -116,8 +118,10 @@ def _rename(state_dict: Mapping[str, torch.Tensor], top: Mapping[str, str], bloc
         else:
             out[renamed] = value
     if unknown:
-        raise ValueError(f"cannot convert {_listing(unknown)}: no parameter of the Wan2.1 text-to-video backbone "
-                         "has these names (image-conditioning and adapter weights are not supported)")
+        raise ValueError(
+            f"cannot convert {_listing(unknown)}: no parameter of the Wan2.1 text-to-video backbone "
+            "has these names (image-conditioning and adapter weights are not supported)"
+        )
     return out
 
 
@@ -125,8 +129,10 @@ def wan_to_diffusers_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[
     """Original Wan2.1 key names -> ``WanTransformer3DModel`` key names (same tensors, same shapes)."""
     frame_cond = sorted(k for k in state_dict if k.startswith("frame_cond_embedding."))
     if frame_cond:
-        raise ValueError(f"{_listing(frame_cond)} belong to the frame_cond extension (WanConfig.frame_cond_dim > 0), "
-                         "which has no diffusers WanTransformer3DModel equivalent; save in the 'wan' layout")
+        raise ValueError(
+            f"{_listing(frame_cond)} belong to the frame_cond extension (WanConfig.frame_cond_dim > 0), "
+            "which has no diffusers WanTransformer3DModel equivalent; save in the 'wan' layout"
+        )
     return _rename(state_dict, _TOP_LEVEL, _PER_BLOCK)
 
 
@@ -156,23 +162,49 @@ def detect_key_layout(keys: Iterable[str], source: str = "state dict") -> Litera
     """Tell the two key namings apart by names only one of them uses."""
     keys = list(keys)
     diffusers = any(k.startswith(("condition_embedder.", "proj_out.")) or ".attn1." in k for k in keys)
-    wan = any(k.startswith(("time_embedding.", "text_embedding.", "head.")) or ".self_attn." in k for k in keys)
+    wan = any(
+        k.startswith(("time_embedding.", "text_embedding.", "head.")) or ".self_attn." in k for k in keys
+    )
     if diffusers != wan:
         return "diffusers" if diffusers else "wan"
-    raise ValueError(f"cannot recognise the layout of {source}: found keys {_shown(sorted(keys))}; allowed layouts: "
-                     "'wan' (keys like 'blocks.0.self_attn.q.weight'), 'diffusers' ('blocks.0.attn1.to_q.weight'), "
-                     "'self_forcing' (a .pt/.pth pickle with 'generator'/'generator_ema')")
+    raise ValueError(
+        f"cannot recognise the layout of {source}: found keys {_shown(sorted(keys))}; allowed layouts: "
+        "'wan' (keys like 'blocks.0.self_attn.q.weight'), 'diffusers' ('blocks.0.attn1.to_q.weight'), "
+        "'self_forcing' (a .pt/.pth pickle with 'generator'/'generator_ema')"
+    )
 
 
 # ---------------------------------------------------------------------------------------- configs
 _WAN_DEFAULTS: dict[str, object] = {
-    "model_type": "t2v", "patch_size": (1, 2, 2), "text_len": 512, "in_dim": 16, "dim": 2048, "ffn_dim": 8192,
-    "freq_dim": 256, "text_dim": 4096, "out_dim": 16, "num_heads": 16, "num_layers": 32, "window_size": (-1, -1),
-    "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6,
+    "model_type": "t2v",
+    "patch_size": (1, 2, 2),
+    "text_len": 512,
+    "in_dim": 16,
+    "dim": 2048,
+    "ffn_dim": 8192,
+    "freq_dim": 256,
+    "text_dim": 4096,
+    "out_dim": 16,
+    "num_heads": 16,
+    "num_layers": 32,
+    "window_size": (-1, -1),
+    "qk_norm": True,
+    "cross_attn_norm": True,
+    "eps": 1e-6,
 }
 """``wan.modules.model.WanModel.__init__`` defaults: Wan's own config.json omits several of them."""
-_WAN_WRITTEN = ("dim", "eps", "ffn_dim", "freq_dim", "in_dim", "model_type", "num_heads", "num_layers", "out_dim",
-                "text_len")
+_WAN_WRITTEN = (
+    "dim",
+    "eps",
+    "ffn_dim",
+    "freq_dim",
+    "in_dim",
+    "model_type",
+    "num_heads",
+    "num_layers",
+    "out_dim",
+    "text_len",
+)
 """The fields Wan itself writes to config.json; others are written only when they differ from its defaults."""
 
 
@@ -184,12 +216,17 @@ def _as_json(value: object) -> object:
 def _require_default(values: Mapping[str, Any], name: str, expected: object, what: str) -> None:
     value = values.get(name, expected)
     if _as_json(value) != _as_json(expected):
-        raise ValueError(f"unsupported {name}={value!r} ({what}); this backbone supports only {name}={expected!r}")
+        raise ValueError(
+            f"unsupported {name}={value!r} ({what}); this backbone supports only {name}={expected!r}"
+        )
 
 
 def config_from_wan(values: Mapping[str, Any]) -> WanConfig:
-    """A :class:`WanConfig` from Wan2.1's ``config.json`` (or our wan-layout one, which adds extension fields)."""
-    _require_default(values, "model_type", "t2v", "image/first-last-frame conditioning adds inputs and weights")
+    """A :class:`WanConfig` from Wan2.1's ``config.json`` (or our wan-layout one, which adds extension
+    fields)."""
+    _require_default(
+        values, "model_type", "t2v", "image/first-last-frame conditioning adds inputs and weights"
+    )
     _require_default(values, "qk_norm", True, "this backbone always normalises queries and keys")
     _require_default(values, "window_size", (-1, -1), "local attention windows are not implemented")
     merged = {**_WAN_DEFAULTS, **values}
@@ -199,7 +236,10 @@ def config_from_wan(values: Mapping[str, Any]) -> WanConfig:
 
 def config_to_wan(config: WanConfig) -> dict[str, Any]:
     """Wan2.1's ``config.json`` for ``config``: identical to Wan's own file for Wan-architecture configs."""
-    values: dict[str, Any] = {"_class_name": WAN_CLASS, **{k: _WAN_DEFAULTS[k] for k in ("model_type", "text_len")}}
+    values: dict[str, Any] = {
+        "_class_name": WAN_CLASS,
+        **{k: _WAN_DEFAULTS[k] for k in ("model_type", "text_len")},
+    }
     for field in fields(WanConfig):
         value = _as_json(getattr(config, field.name))
         if field.name in _WAN_WRITTEN or value != _as_json(_WAN_DEFAULTS.get(field.name, field.default)):
@@ -242,8 +282,10 @@ def config_to_diffusers(config: WanConfig) -> dict[str, Any]:
         raise ValueError(f"frame_cond_dim={config.frame_cond_dim}: the frame_cond extension has no diffusers "
                          "WanTransformer3DModel equivalent; save this model in the 'wan' layout")
     if config.rope_theta != 10000.0:
-        raise ValueError(f"rope_theta={config.rope_theta}: diffusers' WanTransformer3DModel fixes RoPE theta to "
-                         "10000; save this model in the 'wan' layout")
+        raise ValueError(
+            f"rope_theta={config.rope_theta}: diffusers' WanTransformer3DModel fixes RoPE theta to "
+            "10000; save this model in the 'wan' layout"
+        )
     return {
         "_class_name": DIFFUSERS_CLASS,
         "added_kv_proj_dim": None,
@@ -272,8 +314,10 @@ def config_from_json(values: Mapping[str, Any], source: str = "config") -> WanCo
         return config_from_diffusers(values)
     if name == WAN_CLASS or (name is None and "dim" in values and "num_heads" in values):
         return config_from_wan(values)
-    raise ValueError(f"cannot read {source}: _class_name={name!r}, fields {sorted(values)}; expected a Wan2.1 "
-                     f"config ({WAN_CLASS!r}: dim, num_heads, ...) or a diffusers one ({DIFFUSERS_CLASS!r})")
+    raise ValueError(
+        f"cannot read {source}: _class_name={name!r}, fields {sorted(values)}; expected a Wan2.1 "
+        f"config ({WAN_CLASS!r}: dim, num_heads, ...) or a diffusers one ({DIFFUSERS_CLASS!r})"
+    )
 
 
 def infer_config(state_dict: Mapping[str, torch.Tensor], num_heads: int | None = None) -> WanConfig:
@@ -290,16 +334,23 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], num_heads: int | None =
     dim, in_dim, *patch = state_dict["patch_embedding.weight"].shape
     if num_heads is None:
         if dim % WAN_HEAD_DIM:
-            raise ValueError(f"cannot infer num_heads for dim={dim}: released Wan models use {WAN_HEAD_DIM}-channel "
-                             f"heads but {dim} is not a multiple of {WAN_HEAD_DIM}; pass config=...")
+            raise ValueError(
+                f"cannot infer num_heads for dim={dim}: released Wan models use {WAN_HEAD_DIM}-channel "
+                f"heads but {dim} is not a multiple of {WAN_HEAD_DIM}; pass config=..."
+            )
         num_heads = dim // WAN_HEAD_DIM
     frame_cond = state_dict.get("frame_cond_embedding.0.weight")
     return WanConfig(
-        dim=dim, ffn_dim=state_dict["blocks.0.ffn.0.weight"].shape[0], num_heads=num_heads,
+        dim=dim,
+        ffn_dim=state_dict["blocks.0.ffn.0.weight"].shape[0],
+        num_heads=num_heads,
         num_layers=1 + max(int(m.group(1)) for key in state_dict if (m := _BLOCK_KEY.match(key))),
-        in_dim=in_dim, out_dim=state_dict["head.head.weight"].shape[0] // math.prod(patch),
-        text_dim=state_dict["text_embedding.0.weight"].shape[1], freq_dim=state_dict["time_embedding.0.weight"].shape[1],
-        patch_size=tuple(patch), cross_attn_norm="blocks.0.norm3.weight" in state_dict,
+        in_dim=in_dim,
+        out_dim=state_dict["head.head.weight"].shape[0] // math.prod(patch),
+        text_dim=state_dict["text_embedding.0.weight"].shape[1],
+        freq_dim=state_dict["time_embedding.0.weight"].shape[1],
+        patch_size=tuple(patch),
+        cross_attn_norm="blocks.0.norm3.weight" in state_dict,
         frame_cond_dim=0 if frame_cond is None else frame_cond.shape[1],
     )
 
@@ -310,12 +361,15 @@ def _safetensors() -> ModuleType:
     try:
         import safetensors.torch
     except ImportError as error:
-        raise ImportError("safetensors checkpoints need the `safetensors` package: pip install 'cf-lightning[wan]'"
-                          ) from error
+        raise ImportError(
+            "safetensors checkpoints need the `safetensors` package: pip install 'cf-lightning[wan]'"
+        ) from error
     return safetensors.torch
 
 
-def _read_safetensors_file(path: Path, device: torch.device | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors_file(
+    path: Path, device: torch.device | str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     _safetensors()
     from safetensors import safe_open
 
@@ -327,13 +381,17 @@ def _read_safetensors_file(path: Path, device: torch.device | str) -> tuple[dict
 def _read_safetensors_dir(directory: Path, device: torch.device | str) -> dict[str, torch.Tensor]:
     indexes = sorted(directory.glob("*.safetensors.index.json"))
     if len(indexes) > 1:
-        raise ValueError(f"{directory} holds several shard indexes {[p.name for p in indexes]}; pass one file's path")
+        raise ValueError(
+            f"{directory} holds several shard indexes {[p.name for p in indexes]}; pass one file's path"
+        )
     if indexes:
         weight_map: dict[str, str] = json.loads(indexes[0].read_text())["weight_map"]
         state_dict: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             if not (directory / shard).is_file():
-                raise FileNotFoundError(f"{indexes[0].name} lists shard {shard!r}, which is not in {directory}")
+                raise FileNotFoundError(
+                    f"{indexes[0].name} lists shard {shard!r}, which is not in {directory}"
+                )
             state_dict.update(_read_safetensors_file(directory / shard, device)[0])
         absent = sorted(set(weight_map) - set(state_dict))
         if absent:
@@ -342,8 +400,10 @@ def _read_safetensors_dir(directory: Path, device: torch.device | str) -> dict[s
     files = sorted(directory.glob("*.safetensors"))
     if len(files) != 1:
         found = [p.name for p in sorted(directory.iterdir())]
-        raise ValueError(f"{directory} needs one *.safetensors file or a *.safetensors.index.json with shards; "
-                         f"found {_shown(found)}")
+        raise ValueError(
+            f"{directory} needs one *.safetensors file or a *.safetensors.index.json with shards; found "
+            f"{_shown(found)}"
+        )
     return _read_safetensors_file(files[0], device)[0]
 
 
@@ -356,8 +416,9 @@ def _pick_generator(obj: object, path: Path, use_ema: bool) -> Mapping[str, torc
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()) and not use_ema:
         return obj  # a bare state dict
     hint = "; pass use_ema=True to load it" if "generator_ema" in obj else ""
-    raise ValueError(f"{path} has no {wanted!r} state dict; its top-level keys are {_shown(sorted(map(str, obj)))}"
-                     f"{hint}")
+    raise ValueError(
+        f"{path} has no {wanted!r} state dict; its top-level keys are {_shown(sorted(map(str, obj)))}{hint}"
+    )
 
 
 def _read_safetensors_path(path: Path, device: torch.device | str
@@ -398,14 +459,22 @@ def read_checkpoint(path: str | os.PathLike[str], layout: Layout = "auto", use_e
         raise ValueError(f"unrecognised checkpoint {path}: expected a .safetensors file, a directory with "
                          f"*.safetensors, or a {'/'.join(PICKLE_SUFFIXES)} training checkpoint")
     if layout != "auto" and pickled != (layout == "self_forcing"):
-        stored = "a .pt/.pth torch pickle" if layout == "self_forcing" else "safetensors (a file or a directory)"
+        stored = (
+            "a .pt/.pth torch pickle" if layout == "self_forcing" else "safetensors (a file or a directory)"
+        )
         raise ValueError(f"layout {layout!r} is stored as {stored}, but {path} is "
                          f"{'a torch pickle' if pickled else 'not one'}")
     if use_ema and not pickled:
-        raise ValueError(f"use_ema=True selects 'generator_ema' in a training .pt checkpoint; {path} is not one")
+        raise ValueError(
+            f"use_ema=True selects 'generator_ema' in a training .pt checkpoint; {path} is not one"
+        )
     if pickled:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        raw, config_values, config_source = strip_wrapper_prefixes(_pick_generator(obj, path, use_ema)), None, ""
+        raw, config_values, config_source = (
+            strip_wrapper_prefixes(_pick_generator(obj, path, use_ema)),
+            None,
+            "",
+        )
     else:
         raw, config_values, config_source = _read_safetensors_path(path, device)
     key_layout = detect_key_layout(raw, str(path))
@@ -414,7 +483,9 @@ def read_checkpoint(path: str | os.PathLike[str], layout: Layout = "auto", use_e
                          f"(e.g. {min(raw)!r}); pass layout={key_layout!r} or 'auto'")
     state_dict = diffusers_to_wan_state_dict(raw) if key_layout == "diffusers" else raw
     config = None if config_values is None else config_from_json(config_values, config_source)
-    return WanCheckpoint(state_dict=state_dict, config=config, layout="self_forcing" if pickled else key_layout)
+    return WanCheckpoint(
+        state_dict=state_dict, config=config, layout="self_forcing" if pickled else key_layout
+    )
 
 
 # ---------------------------------------------------------------------------------------- building
@@ -510,10 +581,14 @@ def _write_json(values: Mapping[str, Any], target: Path) -> None:
 def _write_safetensors(tensors: Mapping[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> None:
     st = _safetensors()
     with _atomic_path(target) as temporary:
-        st.save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(temporary), metadata)
+        st.save_file(
+            {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(temporary), metadata
+        )
 
 
-def _shards(state_dict: Mapping[str, torch.Tensor], max_shard_size: int | None) -> list[dict[str, torch.Tensor]]:
+def _shards(
+    state_dict: Mapping[str, torch.Tensor], max_shard_size: int | None
+) -> list[dict[str, torch.Tensor]]:
     """Greedy split in key order; a tensor larger than the limit gets a shard of its own."""
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -527,8 +602,13 @@ def _shards(state_dict: Mapping[str, torch.Tensor], max_shard_size: int | None) 
     return shards
 
 
-def save_wan_state_dict(state_dict: Mapping[str, torch.Tensor], config: WanConfig, path: str | os.PathLike[str],
-                        layout: SaveLayout = "wan", max_shard_size: int | None = None) -> Path:
+def save_wan_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    config: WanConfig,
+    path: str | os.PathLike[str],
+    layout: SaveLayout = "wan",
+    max_shard_size: int | None = None,
+) -> Path:
     """Write wan-layout weights in ``layout``; the lower level of :func:`save_wan` for gathered state dicts.
 
     ``path`` ending in ``.safetensors`` writes one file with the config in its metadata; any other path
@@ -559,7 +639,9 @@ def save_wan_state_dict(state_dict: Mapping[str, torch.Tensor], config: WanConfi
         written = {f"{WEIGHTS_NAME}.safetensors"}
         _write_safetensors(tensors, path / f"{WEIGHTS_NAME}.safetensors", {"format": "pt"})
     else:
-        names = [f"{WEIGHTS_NAME}-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+        names = [
+            f"{WEIGHTS_NAME}-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)
+        ]
         for name, shard in zip(names, shards):
             _write_safetensors(shard, path / name, {"format": "pt"})
         total = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -576,7 +658,9 @@ def save_wan_state_dict(state_dict: Mapping[str, torch.Tensor], config: WanConfi
 def save_wan(model: WanModel, path: str | os.PathLike[str], layout: SaveLayout = "wan",
              max_shard_size: int | None = None) -> Path:
     """Save ``model`` in the original Wan2.1 or the diffusers layout (see :func:`save_wan_state_dict`)."""
-    return save_wan_state_dict(model.state_dict(), model.config, path, layout=layout, max_shard_size=max_shard_size)
+    return save_wan_state_dict(
+        model.state_dict(), model.config, path, layout=layout, max_shard_size=max_shard_size
+    )
 
 
 # ---------------------------------------------------------------------------------------- messages

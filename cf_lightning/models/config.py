@@ -10,7 +10,8 @@ class WanConfig:
     """Hyper-parameters of a Wan2.1-architecture diffusion transformer.
 
     ``frame_cond_dim`` adds an optional per-frame condition (e.g. a camera position) to the time
-    embedding and to every token of its frame; 0 keeps the exact Wan2.1 architecture, so real checkpoints load unchanged.
+    embedding and to every token of its frame; 0 keeps the exact Wan2.1 architecture, so real checkpoints load
+    unchanged.
     """
 
     dim: int
@@ -53,10 +54,13 @@ class WanConfig:
 
 CONFIGS: dict[str, WanConfig] = {
     # well under 1M parameters: unit tests
-    "tiny": WanConfig(dim=24, ffn_dim=48, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=16, freq_dim=16),
+    "tiny": WanConfig(
+        dim=24, ffn_dim=48, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=16, freq_dim=16
+    ),
     # CPU recipes and benchmarks
-    "small": WanConfig(dim=96, ffn_dim=256, num_heads=4, num_layers=3, in_dim=16, out_dim=16, text_dim=32,
-                       freq_dim=64),
+    "small": WanConfig(
+        dim=96, ffn_dim=256, num_heads=4, num_layers=3, in_dim=16, out_dim=16, text_dim=32, freq_dim=64
+    ),
     "wan2.1-1.3b": WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "wan2.1-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
 }

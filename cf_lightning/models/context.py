@@ -47,8 +47,11 @@ def absolute_positions(frames: list[int], history_frames: int, target_frames: in
     return frames + list(range(history_frames, history_frames + target_frames))
 
 
-def context_layout(mode: ContextPositions, policy: MemoryPolicy | None = None, chunk_frames: int = 1) -> PositionFn:
-    """The position function of layout ``mode``; ``student`` follows ``policy`` read in ``chunk_frames`` chunks."""
+def context_layout(
+    mode: ContextPositions, policy: MemoryPolicy | None = None, chunk_frames: int = 1
+) -> PositionFn:
+    """The position function of layout ``mode``; ``student`` follows ``policy`` read in ``chunk_frames``
+    chunks."""
     if mode in ("packed", LEGACY_PACKED):
         return packed_positions
     if mode == "absolute":
@@ -70,8 +73,14 @@ class ContextSequence:
     context_frames: int  # n: padded context length; the target is x[:, :, n:]
     context_timestep: ContextTimestep = "zero"
 
-    def velocity(self, model: nn.Module, noisy_target: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
-                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def velocity(
+        self,
+        model: nn.Module,
+        noisy_target: torch.Tensor,
+        sigma: torch.Tensor,
+        context: torch.Tensor,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``model``'s velocity for the target when it sits, at noise ``sigma [B]``, after the clean context,
         which is how teachers and critics score a sample given its history.
 
@@ -114,7 +123,9 @@ def build_context_sequence(history: torch.Tensor, frames: list[list[int]], targe
     """
     batch, channels, history_len, height, width = history.shape
     if context_timestep not in CONTEXT_TIMESTEPS:
-        raise ValueError(f"unknown context timestep {context_timestep!r}; allowed: {', '.join(CONTEXT_TIMESTEPS)}")
+        raise ValueError(
+            f"unknown context timestep {context_timestep!r}; allowed: {', '.join(CONTEXT_TIMESTEPS)}"
+        )
     if len(frames) != batch:
         raise ValueError(f"frames has {len(frames)} lists for a batch of {batch}")
     if target.shape[:2] != history.shape[:2] or target.shape[3:] != history.shape[3:]:

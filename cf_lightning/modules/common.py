@@ -37,7 +37,9 @@ class EMAAfterStep(L.LightningModule):
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        self.ema_rule.update(self.ema, self.model, self.global_step + 1)  # the step count once this step is done
+        self.ema_rule.update(
+            self.ema, self.model, self.global_step + 1
+        )  # the step count once this step is done
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (FSDP2) both backbones are sharded block by block."""
@@ -127,8 +129,12 @@ def load_backbone(path: str, attention_backend: Backend = "sdpa") -> WanModel:
     return backbone_from_run(read_lightning_checkpoint(file), path, attention_backend=attention_backend)
 
 
-def backbone_from_run(checkpoint: dict[str, Any], path: str, prefixes: tuple[str, ...] = ("ema", "model", "student"),
-                      attention_backend: Backend = "sdpa") -> WanModel:
+def backbone_from_run(
+    checkpoint: dict[str, Any],
+    path: str,
+    prefixes: tuple[str, ...] = ("ema", "model", "student"),
+    attention_backend: Backend = "sdpa",
+) -> WanModel:
     """The backbone saved in a module checkpoint, rebuilt from its hyper-parameters alone.
 
     Only the config recorded with the run and the weights under the first of ``prefixes`` present are
@@ -141,8 +147,15 @@ def backbone_from_run(checkpoint: dict[str, Any], path: str, prefixes: tuple[str
     if missing:
         raise ValueError(f"checkpoint {path!r} records no {missing} in its hyper-parameters, so its backbone "
                          "cannot be rebuilt; export it with `cf-export` and pass the .safetensors file")
-    model = build_backbone(hparams["backbone"], hparams["latent_channels"], hparams["text_dim"],
-                           hparams["frame_cond_dim"], hparams.get("backbone_overrides"), attention_backend, False)
+    model = build_backbone(
+        hparams["backbone"],
+        hparams["latent_channels"],
+        hparams["text_dim"],
+        hparams["frame_cond_dim"],
+        hparams.get("backbone_overrides"),
+        attention_backend,
+        False,
+    )
     state = checkpoint["state_dict"]
     if hparams.get("lora_rank", 0) > 0:
         state = fold_lora_state_dict(state, float(hparams.get("lora_alpha", 1.0)))
@@ -166,12 +179,17 @@ def read_lightning_checkpoint(file: str | Path) -> dict[str, Any]:
         return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         # Checkpoints of modules built in Python (not through cf-fit) pickle their config objects.
-        warnings.warn(f"{file} stores Python objects in its hyper-parameters; loading it with full unpickling, "
-                      "which runs code from the file: only do this for checkpoints you made", stacklevel=3)
+        warnings.warn(
+            f"{file} stores Python objects in its hyper-parameters; loading it with full unpickling, "
+            "which runs code from the file: only do this for checkpoints you made",
+            stacklevel=3,
+        )
         return torch.load(file, map_location="cpu", weights_only=False, mmap=True)
 
 
-def _load_lightning_weights(model: WanModel, state: dict[str, torch.Tensor], path: str, prefixes: list[str]) -> str:
+def _load_lightning_weights(
+    model: WanModel, state: dict[str, torch.Tensor], path: str, prefixes: list[str]
+) -> str:
     """Copy the backbone under the first of ``prefixes`` found in a module's state dict into ``model``;
     returns the prefix."""
     for prefix in prefixes:
@@ -183,7 +201,9 @@ def _load_lightning_weights(model: WanModel, state: dict[str, torch.Tensor], pat
                                  f"{missing[:10]} ({len(missing)}), unexpected keys {unexpected[:10]} "
                                  f"({len(unexpected)})")
             return prefix.rstrip(".")
-    raise ValueError(f"checkpoint {path!r} holds no backbone weights (no {', '.join(p + '*' for p in prefixes)} keys)")
+    raise ValueError(
+        f"checkpoint {path!r} holds no backbone weights (no {', '.join(p + '*' for p in prefixes)} keys)"
+    )
 
 
 def check_finite(step: int, **terms: torch.Tensor) -> None:
@@ -195,5 +215,7 @@ def check_finite(step: int, **terms: torch.Tensor) -> None:
     values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
     if not bool(torch.isfinite(values).all()):
         bad = {name: float(value) for name, value in zip(terms, values.tolist()) if not math.isfinite(value)}
-        raise FloatingPointError(f"non-finite loss at step {step}: {bad}; stopping before the optimizer step, "
-                                 "the last saved checkpoint is the last good one")
+        raise FloatingPointError(
+            f"non-finite loss at step {step}: {bad}; stopping before the optimizer step, "
+            "the last saved checkpoint is the last good one"
+        )

@@ -105,24 +105,48 @@ class ContextForcingModule(L.LightningModule):
             ``None`` keeps the rate constant, as the Context Forcing reference does.
     """
 
-    def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
-                 teacher_backbone: str | None = None, teacher_overrides: dict[str, Any] | None = None,
-                 latent_channels: int = 16, text_dim: int = 32, frame_cond_dim: int = 0,
-                 student_init: str | None = None, teacher: str | None = None, critic_init: str | None = None,
-                 memory: MemoryPolicy | None = None, chunk_frames: int = 2, denoising_steps: int = 4,
-                 shift: float = 5.0, min_rollout_chunks: int = 4, max_rollout_chunks: int = 8,
-                 curriculum_steps: int = 0, target_chunks: int = 2, teacher_context: TeacherContext = "memory",
-                 teacher_context_frames: int = 8, short_teacher: bool = False,
-                 context_positions: ContextPositions = "student", context_timestep: ContextTimestep = "zero",
-                 guidance_scale: float = 3.0, guidance_form: GuidanceForm = "uncond",
-                 negative_prompt: str | None = None, schedule_unit: ScheduleUnit = "generator",
-                 generator_every: int = 5, accumulate: int = 1, grad_clip: float = 2.0,
-                 generator_optimizer: OptimizerCallable = torch.optim.AdamW,
-                 critic_optimizer: OptimizerCallable = torch.optim.AdamW,
-                 generator_lr_scheduler: LRSchedulerCallable | None = None,
-                 critic_lr_scheduler: LRSchedulerCallable | None = None,
-                 ema_decay: float = 0.99, ema_start: int = 0, eval_bucket_edges: list[int] | None = None,
-                 attention_backend: Backend = "sdpa", gradient_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: str = "tiny",
+        backbone_overrides: dict[str, Any] | None = None,
+        teacher_backbone: str | None = None,
+        teacher_overrides: dict[str, Any] | None = None,
+        latent_channels: int = 16,
+        text_dim: int = 32,
+        frame_cond_dim: int = 0,
+        student_init: str | None = None,
+        teacher: str | None = None,
+        critic_init: str | None = None,
+        memory: MemoryPolicy | None = None,
+        chunk_frames: int = 2,
+        denoising_steps: int = 4,
+        shift: float = 5.0,
+        min_rollout_chunks: int = 4,
+        max_rollout_chunks: int = 8,
+        curriculum_steps: int = 0,
+        target_chunks: int = 2,
+        teacher_context: TeacherContext = "memory",
+        teacher_context_frames: int = 8,
+        short_teacher: bool = False,
+        context_positions: ContextPositions = "student",
+        context_timestep: ContextTimestep = "zero",
+        guidance_scale: float = 3.0,
+        guidance_form: GuidanceForm = "uncond",
+        negative_prompt: str | None = None,
+        schedule_unit: ScheduleUnit = "generator",
+        generator_every: int = 5,
+        accumulate: int = 1,
+        grad_clip: float = 2.0,
+        generator_optimizer: OptimizerCallable = torch.optim.AdamW,
+        critic_optimizer: OptimizerCallable = torch.optim.AdamW,
+        generator_lr_scheduler: LRSchedulerCallable | None = None,
+        critic_lr_scheduler: LRSchedulerCallable | None = None,
+        ema_decay: float = 0.99,
+        ema_start: int = 0,
+        eval_bucket_edges: list[int] | None = None,
+        attention_backend: Backend = "sdpa",
+        gradient_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -134,7 +158,9 @@ class ContextForcingModule(L.LightningModule):
             raise ValueError(f"need 1 <= target_chunks <= min_rollout_chunks <= max_rollout_chunks, got "
                              f"{target_chunks}, {min_rollout_chunks}, {max_rollout_chunks}")
         if generator_every < 1 or accumulate < 1:
-            raise ValueError(f"generator_every and accumulate must be >= 1, got {generator_every}, {accumulate}")
+            raise ValueError(
+                f"generator_every and accumulate must be >= 1, got {generator_every}, {accumulate}"
+            )
         if schedule_unit not in SCHEDULE_UNITS:
             raise ValueError(f"unknown schedule_unit {schedule_unit!r}; allowed: {', '.join(SCHEDULE_UNITS)}")
         self.memory: MemoryPolicy = memory if memory is not None else SlowFast()
@@ -146,7 +172,9 @@ class ContextForcingModule(L.LightningModule):
         teacher_name = teacher_backbone or backbone
         teacher_cfg = teacher_overrides if teacher_backbone else backbone_overrides
         self.teacher = build_backbone(teacher_name, *shapes, teacher_cfg, attention_backend, False)
-        self.critic = build_backbone(teacher_name, *shapes, teacher_cfg, attention_backend, gradient_checkpointing)
+        self.critic = build_backbone(
+            teacher_name, *shapes, teacher_cfg, attention_backend, gradient_checkpointing
+        )
         if student_init:
             load_backbone_weights(self.student, student_init)
         if teacher:
@@ -201,16 +229,30 @@ class ContextForcingModule(L.LightningModule):
     # ------------------------------------------------------------------ one micro-batch
     def student_rollout(self, cond: Condition, shape: tuple[int, ...], draws: StepDraws, seeds: list[int],
                         with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-        """History (no graph) then target chunks (graph of one step); returns history, target, memory frames."""
+        """History (no graph) then target chunks (graph of one step); returns history, target, memory
+        frames."""
         h = self.hparams
         chunk = h.chunk_frames
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         frames = draws.num_chunks * chunk
         noise = randn((shape[0], shape[1], frames, *shape[3:]), gens).to(self.device)
         split = (draws.num_chunks - h.target_chunks) * chunk
-        history_run = rollout(self.student, self.memory, noise[:, :, :split], cond.context, self.sigmas,
-                              chunk_frames=chunk, context_mask=cond.context_mask, frame_cond=cond.frames(slice(0, split)),
-                              exit_step=None, generator=gens) if split else None
+        history_run = (
+            rollout(
+                self.student,
+                self.memory,
+                noise[:, :, :split],
+                cond.context,
+                self.sigmas,
+                chunk_frames=chunk,
+                context_mask=cond.context_mask,
+                frame_cond=cond.frames(slice(0, split)),
+                exit_step=None,
+                generator=gens,
+            )
+            if split
+            else None
+        )
         memory = history_run.memory if history_run is not None else None
         memory_frames = [s.kept_frames() for s in memory.states] if memory is not None else [[]] * shape[0]
         target_run = rollout(self.student, self.memory, noise[:, :, split:], cond.context, self.sigmas,
@@ -228,8 +270,10 @@ class ContextForcingModule(L.LightningModule):
         latents = batch["latents"]
         needed = draws.num_chunks * h.chunk_frames
         if cond.frame_cond is not None and cond.frame_cond.shape[1] < needed:
-            raise ValueError(f"rollout of {needed} frames needs a per-frame condition that long; the data gives "
-                             f"{cond.frame_cond.shape[1]} (raise the clip length or lower max_rollout_chunks)")
+            raise ValueError(
+                f"rollout of {needed} frames needs a per-frame condition that long; the data gives "
+                f"{cond.frame_cond.shape[1]} (raise the clip length or lower max_rollout_chunks)"
+            )
         with torch.enable_grad() if generator_step else torch.no_grad():
             history, target, memory_frames = self.student_rollout(cond, tuple(latents.shape), draws, seeds,
                                                                   generator_step)
@@ -237,17 +281,29 @@ class ContextForcingModule(L.LightningModule):
         frames = self.context_frames(history.shape[2], memory_frames, batch_size)
         history_cond = cond.frames(slice(0, history.shape[2]))
         target_cond = cond.frames(slice(history.shape[2], history.shape[2] + target.shape[2]))
-        sequence = build_context_sequence(history.detach(), frames, target.detach(), history_cond=history_cond,
-                                          target_cond=target_cond, layout=self.context_layout,
-                                          context_timestep=h.context_timestep)
+        sequence = build_context_sequence(
+            history.detach(),
+            frames,
+            target.detach(),
+            history_cond=history_cond,
+            target_cond=target_cond,
+            layout=self.context_layout,
+            context_timestep=h.context_timestep,
+        )
         gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
         logs: dict[str, torch.Tensor] = {}
         if generator_step:
             sigma = torch.stack([sample_sigmas(1, g, h.shift)[0] for g in gens]).to(self.device)
             noisy = add_noise(target.detach(), randn(target.shape, gens).to(target), sigma)
             with torch.no_grad():
-                real_v = guided(partial(sequence.velocity, self.teacher), cond.context, h.guidance_scale,
-                                cond.context_mask, form=h.guidance_form, negative=self.negative_prompt)(noisy, sigma)
+                real_v = guided(
+                    partial(sequence.velocity, self.teacher),
+                    cond.context,
+                    h.guidance_scale,
+                    cond.context_mask,
+                    form=h.guidance_form,
+                    negative=self.negative_prompt,
+                )(noisy, sigma)
                 fake_v = sequence.velocity(self.critic, noisy, sigma, cond.context, cond.context_mask)
             loss, diagnostics = dmd_loss(target, x0_from_velocity(noisy, real_v, sigma),
                                          x0_from_velocity(noisy, fake_v, sigma))
@@ -315,8 +371,13 @@ class ContextForcingModule(L.LightningModule):
             return
         result = self.revisit.compute()
         edges = self.revisit.bucket_edges
-        metrics = {"val/effective_context": float(result["effective_context"]), "val/revisit_auc": float(result["auc"])}
-        for lo, hi, error, control in zip(edges[:-1], edges[1:], result["error"].tolist(), result["control"].tolist()):
+        metrics = {
+            "val/effective_context": float(result["effective_context"]),
+            "val/revisit_auc": float(result["auc"]),
+        }
+        for lo, hi, error, control in zip(
+            edges[:-1], edges[1:], result["error"].tolist(), result["control"].tolist()
+        ):
             metrics[f"val/revisit_error/gap_{lo + 1}-{hi}"] = error
             metrics[f"val/revisit_control/gap_{lo + 1}-{hi}"] = control
         self.log_dict(metrics, sync_dist=False)
@@ -368,9 +429,13 @@ class ContextForcingModule(L.LightningModule):
 
     def ablation_hparams(self) -> dict[str, object]:
         h = self.hparams
-        return {**self.memory.ablation_hparams(), "teacher/context": "short" if h.short_teacher else h.teacher_context,
-                "rollout/max_chunks": h.max_rollout_chunks, "rollout/target_chunks": h.target_chunks,
-                "dmd/guidance": h.guidance_scale}
+        return {
+            **self.memory.ablation_hparams(),
+            "teacher/context": "short" if h.short_teacher else h.teacher_context,
+            "rollout/max_chunks": h.max_rollout_chunks,
+            "rollout/target_chunks": h.target_chunks,
+            "dmd/guidance": h.guidance_scale,
+        }
 
     @torch.no_grad()
     def generate(self, cond: Condition, shape: tuple[int, ...], num_chunks: int, seed: int = 0,
@@ -380,6 +445,14 @@ class ContextForcingModule(L.LightningModule):
         chunk = self.hparams.chunk_frames
         gens = [torch.Generator().manual_seed(seed + b) for b in range(shape[0])]
         noise = randn((shape[0], shape[1], num_chunks * chunk, *shape[3:]), gens).to(self.device)
-        return rollout(self.ema if use_ema else self.student, policy or self.memory, noise, cond.context, self.sigmas,
-                       chunk_frames=chunk, context_mask=cond.context_mask, frame_cond=cond.frame_cond,
-                       generator=gens)
+        return rollout(
+            self.ema if use_ema else self.student,
+            policy or self.memory,
+            noise,
+            cond.context,
+            self.sigmas,
+            chunk_frames=chunk,
+            context_mask=cond.context_mask,
+            frame_cond=cond.frame_cond,
+            generator=gens,
+        )

@@ -66,16 +66,33 @@ class StudentModule(EMAAfterStep):
             :class:`cf_lightning.lr_schedules.WarmupCosineLR`); ``None`` keeps the rate constant.
     """
 
-    def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
-                 teacher_backbone: str | None = None, teacher_overrides: dict[str, Any] | None = None,
-                 latent_channels: int = 16, text_dim: int = 32, frame_cond_dim: int = 0,
-                 objective: Objective = "teacher_forcing", teacher: str | None = None, init_from: str | None = None,
-                 memory: MemoryPolicy | None = None, chunk_frames: int = 2, clip_frames: int = 8,
-                 denoising_steps: int = 4, shift: float = 5.0, ode_steps: int = 20, guidance_scale: float = 3.0,
-                 cfg_dropout: float = 0.1, ema_decay: float = 0.999, ema_start: int = 0,
-                 optimizer: OptimizerCallable = torch.optim.AdamW,
-                 lr_scheduler: LRSchedulerCallable | None = None, attention_backend: Backend = "sdpa",
-                 gradient_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: str = "tiny",
+        backbone_overrides: dict[str, Any] | None = None,
+        teacher_backbone: str | None = None,
+        teacher_overrides: dict[str, Any] | None = None,
+        latent_channels: int = 16,
+        text_dim: int = 32,
+        frame_cond_dim: int = 0,
+        objective: Objective = "teacher_forcing",
+        teacher: str | None = None,
+        init_from: str | None = None,
+        memory: MemoryPolicy | None = None,
+        chunk_frames: int = 2,
+        clip_frames: int = 8,
+        denoising_steps: int = 4,
+        shift: float = 5.0,
+        ode_steps: int = 20,
+        guidance_scale: float = 3.0,
+        cfg_dropout: float = 0.1,
+        ema_decay: float = 0.999,
+        ema_start: int = 0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        attention_backend: Backend = "sdpa",
+        gradient_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if objective not in ("teacher_forcing", "ode"):
@@ -84,14 +101,18 @@ class StudentModule(EMAAfterStep):
             raise ValueError(f"clip_frames={clip_frames} must be a multiple of chunk_frames={chunk_frames}")
         self.memory: MemoryPolicy = memory if memory is not None else SlowFast()
         if self.memory.needs_summaries():
-            raise ValueError(f"{type(self.memory).__name__} decides from key summaries, which a masked full-sequence "
-                             "forward cannot provide before it runs; train stage 1 with a summary-free policy of "
-                             "the same budget (e.g. slow_fast with admission: uniform)")
+            raise ValueError(
+                f"{type(self.memory).__name__} decides from key summaries, which a masked full-sequence "
+                "forward cannot provide before it runs; train stage 1 with a summary-free policy of "
+                "the same budget (e.g. slow_fast with admission: uniform)"
+            )
         self.memory.new_state(chunk_frames)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         shapes = (latent_channels, text_dim, frame_cond_dim)
-        self.model = build_backbone(backbone, *shapes, backbone_overrides, attention_backend, gradient_checkpointing)
+        self.model = build_backbone(
+            backbone, *shapes, backbone_overrides, attention_backend, gradient_checkpointing
+        )
         if init_from:
             load_backbone_weights(self.model, init_from)
         self.teacher: WanModel | None = None
@@ -117,9 +138,11 @@ class StudentModule(EMAAfterStep):
         frames = h.clip_frames
         if "ode_trajectory" in batch:
             if self.teacher is not None:
-                raise ValueError(f"the batch carries stored teacher trajectories ('ode_trajectory') and "
-                                 f"model.teacher={h.teacher!r} is set too; unset model.teacher to train from the "
-                                 "shards, or train on shards without trajectories to integrate the teacher here")
+                raise ValueError(
+                    f"the batch carries stored teacher trajectories ('ode_trajectory') and "
+                    f"model.teacher={h.teacher!r} is set too; unset model.teacher to train from the "
+                    "shards, or train on shards without trajectories to integrate the teacher here"
+                )
             self.check_levels(batch)
             return batch["latents"].float()[:, :, :frames], batch["ode_trajectory"].float()[:, :, :, :frames]
         if self.teacher is None:
@@ -128,7 +151,9 @@ class StudentModule(EMAAfterStep):
                              "`cf-data trajectories`, or set model.teacher to integrate on the fly")
         shape = batch["latents"][:, :, :frames].shape
         noise = torch.randn(shape, generator=self._generator).to(self.device)
-        velocity = guided_velocity(self.teacher, cond.context, cond.context_mask, cond.frame_cond, h.guidance_scale)
+        velocity = guided_velocity(
+            self.teacher, cond.context, cond.context_mask, cond.frame_cond, h.guidance_scale
+        )
         return ode_trajectory(velocity, noise, self.sigmas.cpu(), h.ode_steps, h.shift)
 
     def check_levels(self, batch: dict[str, Any]) -> None:
@@ -139,10 +164,12 @@ class StudentModule(EMAAfterStep):
             if stored.shape != expected.shape or not torch.allclose(stored, expected, rtol=0.0, atol=1e-6):
                 key = batch["key"][row] if "key" in batch else row
                 raise ValueError(
-                    f"sample {key!r} stores teacher trajectories at sigmas {stored.tolist()}, but this student's "
-                    f"levels are {expected.tolist()} (denoising_steps={h.denoising_steps}, shift={h.shift}); "
-                    f"rewrite the shards with `cf-data trajectories --denoising_steps {h.denoising_steps} "
-                    f"--shift {h.shift}`, or set model.denoising_steps and model.shift to the shards' values")
+                    f"sample {key!r} stores teacher trajectories at sigmas {stored.tolist()}, but this "
+                    f"student's levels are {expected.tolist()} (denoising_steps={h.denoising_steps}, "
+                    f"shift={h.shift}); rewrite the shards with `cf-data trajectories --denoising_steps "
+                    f"{h.denoising_steps} --shift {h.shift}`, or set model.denoising_steps and model.shift "
+                    f"to the shards' values"
+                )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         h = self.hparams

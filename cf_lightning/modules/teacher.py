@@ -93,18 +93,38 @@ class TeacherModule(EMAAfterStep):
             (``None``: constant rate).
     """
 
-    def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
-                 latent_channels: int = 16, text_dim: int = 32, frame_cond_dim: int = 0, chunk_frames: int = 2,
-                 target_frames: int = 8, context_modes: list[ContextMode] | None = None, context_frames: int = 8,
-                 memory: MemoryPolicy | None = None, context_positions: ContextPositions = "student",
-                 context_timestep: ContextTimestep = "zero", min_history_frames: int = 0,
-                 revisit_targets: float = 0.0, shift: float = 5.0, cfg_dropout: float = 0.1,
-                 erft: ErrorInjection | None = None,
-                 erft_bins: int = 50, erft_capacity: int = 500, lora_rank: int = 0, lora_alpha: float = 1.0,
-                 lora_targets: list[str] | None = None, init_from: str | None = None, ema_decay: float = 0.999,
-                 ema_start: int = 0, optimizer: OptimizerCallable = torch.optim.AdamW,
-                 lr_scheduler: LRSchedulerCallable | None = None, attention_backend: Backend = "sdpa",
-                 gradient_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: str = "tiny",
+        backbone_overrides: dict[str, Any] | None = None,
+        latent_channels: int = 16,
+        text_dim: int = 32,
+        frame_cond_dim: int = 0,
+        chunk_frames: int = 2,
+        target_frames: int = 8,
+        context_modes: list[ContextMode] | None = None,
+        context_frames: int = 8,
+        memory: MemoryPolicy | None = None,
+        context_positions: ContextPositions = "student",
+        context_timestep: ContextTimestep = "zero",
+        min_history_frames: int = 0,
+        revisit_targets: float = 0.0,
+        shift: float = 5.0,
+        cfg_dropout: float = 0.1,
+        erft: ErrorInjection | None = None,
+        erft_bins: int = 50,
+        erft_capacity: int = 500,
+        lora_rank: int = 0,
+        lora_alpha: float = 1.0,
+        lora_targets: list[str] | None = None,
+        init_from: str | None = None,
+        ema_decay: float = 0.999,
+        ema_start: int = 0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        attention_backend: Backend = "sdpa",
+        gradient_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         modes = context_modes or ["none"]
@@ -115,9 +135,13 @@ class TeacherModule(EMAAfterStep):
         if "policy" in modes and memory is None:
             raise ValueError("context mode 'policy' needs a memory policy (model.memory)")
         if target_frames % chunk_frames:
-            raise ValueError(f"target_frames={target_frames} must be a multiple of chunk_frames={chunk_frames}")
+            raise ValueError(
+                f"target_frames={target_frames} must be a multiple of chunk_frames={chunk_frames}"
+            )
         self.context_modes = modes
-        self.layout = context_layout("packed" if modes == ["none"] else context_positions, memory, chunk_frames)
+        self.layout = context_layout(
+            "packed" if modes == ["none"] else context_positions, memory, chunk_frames
+        )
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.memory = memory
@@ -127,8 +151,13 @@ class TeacherModule(EMAAfterStep):
             load_backbone_weights(self.model, init_from)
         if lora_rank > 0:
             self.model.requires_grad_(False)
-            inject_lora(self.model, lora_targets or ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
-                                                     "ffn.0", "ffn.2"], rank=lora_rank, alpha=lora_alpha)
+            inject_lora(
+                self.model,
+                lora_targets
+                or ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "ffn.0", "ffn.2"],
+                rank=lora_rank,
+                alpha=lora_alpha,
+            )
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.ema_rule = EMA(ema_decay, ema_start)
         self.x0_errors = ErrorBank(erft_bins, erft_capacity, shift) if erft else None
@@ -137,8 +166,14 @@ class TeacherModule(EMAAfterStep):
         self._generator = torch.Generator()
 
     # ------------------------------------------------------------------ scoring
-    def velocity(self, model: WanModel, sequence: ContextSequence, noisy_target: torch.Tensor, sigma: torch.Tensor,
-                 cond: Condition) -> torch.Tensor:
+    def velocity(
+        self,
+        model: WanModel,
+        sequence: ContextSequence,
+        noisy_target: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Condition,
+    ) -> torch.Tensor:
         """Velocity for the target part of ``[clean context | noisy target]`` at noise ``sigma [B]``."""
         return sequence.velocity(model, noisy_target, sigma, cond.context, cond.context_mask)
 
@@ -150,9 +185,13 @@ class TeacherModule(EMAAfterStep):
                                       layout=self.layout, context_timestep=self.hparams.context_timestep)
 
     # ------------------------------------------------------------------ training
-    def _split(self, latents: torch.Tensor, generator: torch.Generator, first_visit: torch.Tensor | None = None,
-               video_generators: list[torch.Generator] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    def _split(
+        self,
+        latents: torch.Tensor,
+        generator: torch.Generator,
+        first_visit: torch.Tensor | None = None,
+        video_generators: list[torch.Generator] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
         """Pick a target window in the clip and, per video, the context frames before it (video ``b``
         draws its context mode from ``video_generators[b]`` when given, else from ``generator``).
 
@@ -168,8 +207,10 @@ class TeacherModule(EMAAfterStep):
             starts = [s for s in starts if s > 0] or starts
             least = self.hparams.min_history_frames
             if least and not [s for s in starts if s >= least]:
-                raise ValueError(f"clips of {total} latent frames leave no target after min_history_frames={least} "
-                                 f"(target_frames={target_len}); use clips of >= {least + target_len} frames")
+                raise ValueError(
+                    f"clips of {total} latent frames leave no target after min_history_frames={least} "
+                    f"(target_frames={target_len}); use clips of >= {least + target_len} frames"
+                )
             starts = [s for s in starts if s >= least]
         draw = float(torch.rand((), generator=generator))
         if first_visit is not None and draw < self.hparams.revisit_targets:
@@ -179,7 +220,9 @@ class TeacherModule(EMAAfterStep):
         frames = []
         for b in range(latents.shape[0]):
             video_generator = generator if video_generators is None else video_generators[b]
-            mode = self.context_modes[int(torch.randint(len(self.context_modes), (1,), generator=video_generator))]
+            mode = self.context_modes[
+                int(torch.randint(len(self.context_modes), (1,), generator=video_generator))
+            ]
             if mode == "none" or start == 0:
                 frames.append([])
             elif mode == "last_n":
@@ -214,7 +257,9 @@ class TeacherModule(EMAAfterStep):
         gens = self.video_generators(latents.shape[0])
         cond = batch_condition(batch, self.hparams.cfg_dropout, gens)
         history, target, frames = self._split(latents, self._generator, batch.get("first_visit"), gens)
-        sigma = torch.cat([sample_sigmas(1, g, shift=self.hparams.shift, max_sigma=1.0) for g in gens]).to(self.device)
+        sigma = torch.cat([sample_sigmas(1, g, shift=self.hparams.shift, max_sigma=1.0) for g in gens]).to(
+            self.device
+        )
         noise = randn(target.shape, gens).to(target)
         clean_target = target
         if self.erft is not None:
@@ -247,7 +292,8 @@ class TeacherModule(EMAAfterStep):
 
     def setup(self, stage: str) -> None:
         # Seeded from seed_everything alike on every rank: ranks draw their videos' seeds from their own
-        # rows of the global batch (video_generators); a resumed run overwrites this state in on_load_checkpoint.
+        # rows of the global batch (video_generators); a resumed run overwrites this state in
+        # on_load_checkpoint.
         self._generator.manual_seed(torch.initial_seed())
 
     def held_out_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -259,8 +305,13 @@ class TeacherModule(EMAAfterStep):
         history, target, frames = self._split(latents, generator)
         sigma = torch.full((target.shape[0],), 0.5, device=self.device)
         noise = torch.randn(target.shape, generator=generator).to(target)
-        pred = self.velocity(self.ema, self.sequence(history, target, frames, cond), add_noise(target, noise, sigma),
-                             sigma, cond)
+        pred = self.velocity(
+            self.ema,
+            self.sequence(history, target, frames, cond),
+            add_noise(target, noise, sigma),
+            sigma,
+            cond,
+        )
         return flow_matching_loss(pred, target, noise)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -22,7 +22,11 @@ class EveryOther(MemoryPolicy):
     def budget(self, chunk_frames: int) -> int:
         return self.sink + self.reach // 2 + 1
 
-    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+    def _update_regions(
+        self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
+    ) -> None:
         latest = new_frames[-1]
         start = max(0, latest - self.reach + 1)
-        state.regions["fast"] = [f for f in range(start, latest + 1) if (latest - f) % 2 == 0][-(self.reach // 2 + 1):]
+        state.regions["fast"] = [
+            f for f in range(start, latest + 1) if (latest - f) % 2 == 0
+        ][-(self.reach // 2 + 1) :]

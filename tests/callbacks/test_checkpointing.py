@@ -1,4 +1,5 @@
-"""RunCheckpoint: saves on batches (never skips), writes atomically, rotates, continues its count on resume."""
+"""RunCheckpoint: saves on batches (never skips), writes atomically, rotates, continues its count on
+resume."""
 
 from __future__ import annotations
 
@@ -58,18 +59,28 @@ def test_saves_every_n_batches_although_global_step_skips_multiples(tmp_path):
     fit(tmp_path, 6, RunCheckpoint(every_n_batches=2))
     directory = tmp_path / "checkpoints"
     assert saved(directory) == ["batch=0000002.ckpt", "batch=0000004.ckpt", "batch=0000006.ckpt", "last.ckpt"]
-    steps = [torch.load(directory / f"batch=000000{n}.ckpt", weights_only=True)["global_step"] for n in (2, 4, 6)]
+    steps = [
+        torch.load(directory / f"batch=000000{n}.ckpt", weights_only=True)["global_step"] for n in (2, 4, 6)
+    ]
     assert steps == [3, 6, 9], "every_n_train_steps=2 would have missed the saves at steps 3 and 9"
     assert (directory / "last.ckpt").read_bytes() == (directory / "batch=0000006.ckpt").read_bytes()
 
 
 def test_rotation_keeps_the_newest_checkpoints_and_last(tmp_path):
     fit(tmp_path / "two", 5, RunCheckpoint(every_n_batches=1, max_checkpoints=2))
-    assert saved(tmp_path / "two" / "checkpoints") == ["batch=0000004.ckpt", "batch=0000005.ckpt", "last.ckpt"]
+    assert saved(tmp_path / "two" / "checkpoints") == [
+        "batch=0000004.ckpt",
+        "batch=0000005.ckpt",
+        "last.ckpt",
+    ]
     fit(tmp_path / "none", 5, RunCheckpoint(every_n_batches=1, max_checkpoints=0))
     assert saved(tmp_path / "none" / "checkpoints") == ["last.ckpt"]
     fit(tmp_path / "under", 2, RunCheckpoint(every_n_batches=1, max_checkpoints=3))
-    assert saved(tmp_path / "under" / "checkpoints") == ["batch=0000001.ckpt", "batch=0000002.ckpt", "last.ckpt"]
+    assert saved(tmp_path / "under" / "checkpoints") == [
+        "batch=0000001.ckpt",
+        "batch=0000002.ckpt",
+        "last.ckpt",
+    ]
     fit(tmp_path / "three", 5, RunCheckpoint(every_n_batches=1, max_checkpoints=3))
     assert saved(tmp_path / "three" / "checkpoints") == [
         "batch=0000003.ckpt", "batch=0000004.ckpt", "batch=0000005.ckpt", "last.ckpt"]
@@ -114,10 +125,16 @@ def test_directory_checkpoints_of_sharded_strategies_are_renamed_in_whole(tmp_pa
     assert saved(tmp_path) == ["last.ckpt"] and (target / "meta.pt").read_text() == "new"
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"every_n_batches": 0}, "every_n_batches must be >= 1, got 0"),
-    ({"max_checkpoints": -1}, r"max_checkpoints must be >= 0 \(0: last.ckpt only\) or None \(keep all\), got -1"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"every_n_batches": 0}, "every_n_batches must be >= 1, got 0"),
+        (
+            {"max_checkpoints": -1},
+            r"max_checkpoints must be >= 0 \(0: last.ckpt only\) or None \(keep all\), got -1",
+        ),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RunCheckpoint(**kwargs)

@@ -128,9 +128,17 @@ class TinyAblation(TinyModule):
 
 
 def fit(module: pl.LightningModule, root, callback: AblationDashboard) -> None:
-    trainer = pl.Trainer(max_steps=4, logger=TensorBoardLogger(root, name="ablation", default_hp_metric=False),
-                         callbacks=[callback], accelerator="cpu", devices=1, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer = pl.Trainer(
+        max_steps=4,
+        logger=TensorBoardLogger(root, name="ablation", default_hp_metric=False),
+        callbacks=[callback],
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
     trainer.fit(module)
 
 
@@ -153,9 +161,17 @@ def test_dashboard_skips_modules_without_hooks_and_warns_without_tensorboard(tmp
     multiplexer = read_runs(tmp_path / "ablation")
     assert "version_0" not in multiplexer.PluginRunToTagToContent(metadata.PLUGIN_NAME)
     assert multiplexer.Runs()["version_0"]["images"] == []
-    trainer = pl.Trainer(max_steps=1, logger=CSVLogger(tmp_path), callbacks=[AblationDashboard(["val/recon"])],
-                         accelerator="cpu", devices=1, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=CSVLogger(tmp_path),
+        callbacks=[AblationDashboard(["val/recon"])],
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     with pytest.warns(UserWarning, match="no TensorBoardLogger"):
         trainer.fit(TinyAblation("SlowFast", 0.5))
 

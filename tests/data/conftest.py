@@ -64,7 +64,8 @@ def tiny_world() -> RevisitWorldConfig:
 
 @pytest.fixture
 def write_world_shards():
-    """``write(folder, num_shards, per_shard, prefix="shard") -> shard paths`` (seed = sample index, patch 4)."""
+    """``write(folder, num_shards, per_shard, prefix="shard") -> shard paths`` (seed = sample index, patch
+    4)."""
     return _write_world_shards
 
 

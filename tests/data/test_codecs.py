@@ -121,4 +121,6 @@ def test_wan_vae_chunked_decode_equals_whole_video_decode(wan_vae_dir: Path) -> 
             assert parts.shape == whole.shape == (1, 3, 25, 32, 32)
             torch.testing.assert_close(parts, whole, rtol=0, atol=1e-6)
         fresh = codec.chunk_decoder()(latents[:, :, 3:])
-    assert not torch.allclose(fresh[:, :, -12:], whole[:, :, -12:]), "a chunk needs the cache of the frames before it"
+    assert not torch.allclose(fresh[:, :, -12:], whole[:, :, -12:]), (
+        "a chunk needs the cache of the frames before it"
+    )

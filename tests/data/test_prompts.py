@@ -47,5 +47,17 @@ def test_prompt_lists_text_and_bad_jsonl(tmp_path: Path, capsys) -> None:
     with pytest.raises(ValueError, match="line 2 has no non-empty 'prompt'"):
         read_prompts(bad)
     with pytest.raises(SystemExit):
-        main(["prompts", "--input", str(text), "--output", str(tmp_path / "o"), "--height", "32", "--width", "48"])
+        main(
+            [
+                "prompts",
+                "--input",
+                str(text),
+                "--output",
+                str(tmp_path / "o"),
+                "--height",
+                "32",
+                "--width",
+                "48",
+            ]
+        )
     assert "need --text_encoder" in capsys.readouterr().err

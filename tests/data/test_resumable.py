@@ -27,7 +27,9 @@ def same(a: list[dict], b: list[dict]) -> bool:
 def test_loader_restored_mid_epoch_continues_with_the_same_batches_and_crops():
     data = RevisitWorldDataModule(world=SMALL, num_videos=6, batch_size=2, clip_frames=4, num_val_videos=1)
     uninterrupted = epochs(data.train_dataloader(), 0, 2)
-    assert [b["key"] for b in uninterrupted[:3]] != [b["key"] for b in uninterrupted[3:]], "reshuffled per epoch"
+    assert [b["key"] for b in uninterrupted[:3]] != [b["key"] for b in uninterrupted[3:]], (
+        "reshuffled per epoch"
+    )
 
     killed = data.train_dataloader()
     stream = iter(killed)
@@ -69,6 +71,8 @@ def test_ranks_split_one_epoch_without_overlap():
 
 
 def test_foreign_loader_state_is_named():
-    loader = RevisitWorldDataModule(world=SMALL, num_videos=2, batch_size=2, num_val_videos=1).train_dataloader()
+    loader = RevisitWorldDataModule(
+        world=SMALL, num_videos=2, batch_size=2, num_val_videos=1
+    ).train_dataloader()
     with pytest.raises(KeyError, match="lacks \\['samples'\\]"):
         loader.load_state_dict({"epoch": 0})

@@ -51,7 +51,9 @@ def train_loader(shards: Path, **options: int) -> ShardLoader:
 @pytest.mark.parametrize("consumed", [2, 3, 4, 5, 7])  # mid-pass, pass end, epoch end, 2nd epoch, 3rd pass
 def test_restored_loader_yields_what_the_original_yields_next(shards: Path, consumed: int) -> None:
     uninterrupted = take(train_loader(shards, samples_per_epoch=8), 12)
-    assert [b["key"] for b in uninterrupted[:3]] != [b["key"] for b in uninterrupted[3:6]], "new order each pass"
+    assert [b["key"] for b in uninterrupted[:3]] != [b["key"] for b in uninterrupted[3:6]], (
+        "new order each pass"
+    )
     killed = train_loader(shards, samples_per_epoch=8)
     assert same(take(killed, consumed), uninterrupted[:consumed])
 
@@ -103,7 +105,9 @@ def test_shuffles_and_crops_are_the_same_in_every_process(shards: Path) -> None:
 
 def test_foreign_loader_state_is_named(shards: Path) -> None:
     loader = train_loader(shards)
-    with pytest.raises(KeyError, match=r"lacks \['epoch_batches', 'epoch_done'\].*not saved by a ShardLoader"):
+    with pytest.raises(
+        KeyError, match=r"lacks \['epoch_batches', 'epoch_done'\].*not saved by a ShardLoader"
+    ):
         loader.load_state_dict({"pass": 1, "pass_batches": 2})
 
 

@@ -205,7 +205,9 @@ def test_ode_trajectories_round_trip_crop_and_validate(tmp_path: Path) -> None:
     with open_shard_writer(tmp_path, 10) as sink:
         sink.write(encode_sample("t-0", latents, "p", meta, ode_trajectory=states))
         sink.write(bad)
-    dm = ShardDataModule(str(tmp_path), val_urls=str(tmp_path), batch_size=2, clip_frames=4, random_crop=False)
+    dm = ShardDataModule(
+        str(tmp_path), val_urls=str(tmp_path), batch_size=2, clip_frames=4, random_crop=False
+    )
     with pytest.warns(ShardSkipWarning, match="key 't-1'.*ode_trajectory.npy"):
         batch = next(iter(dm.val_dataloader()))
     assert batch["key"] == ["t-0"] and batch["ode_trajectory"].shape == (1, 4, 3, 4, 2, 2)

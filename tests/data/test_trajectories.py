@@ -61,13 +61,20 @@ def test_stored_trajectories_equal_integrating_the_teacher(tmp_path: Path, teach
 
     def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         t = sigma * 1000
-        return cfg_velocity(teacher(x, t, context, context_mask=mask, frame_cond=camera),
-                            teacher(x, t, torch.zeros_like(context), context_mask=mask, frame_cond=camera), 2.0)
+        return cfg_velocity(
+            teacher(x, t, context, context_mask=mask, frame_cond=camera),
+            teacher(x, t, torch.zeros_like(context), context_mask=mask, frame_cond=camera),
+            2.0,
+        )
 
     seeds = [int(key.split("-")[1]) for key in batch["key"]]  # world seed i is sample i
-    noise = torch.stack([torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(7 + s)) for s in seeds])
+    noise = torch.stack(
+        [torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(7 + s)) for s in seeds]
+    )
     with torch.no_grad():
-        torch.testing.assert_close(batch["latents"], euler_sample(velocity, noise, grid), atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(
+            batch["latents"], euler_sample(velocity, noise, grid), atol=2e-3, rtol=2e-3
+        )
         for i, level in enumerate(levels.tolist()):
             upto = grid[: grid.index(level) + 1]
             state = noise if len(upto) == 1 else euler_sample(velocity, noise, upto)
@@ -86,7 +93,9 @@ def test_stored_trajectories_equal_integrating_the_teacher(tmp_path: Path, teach
 
 def test_negative_prompt_is_the_unconditional_branch(tmp_path: Path, teacher_path: Path) -> None:
     """With --negative_prompt the teacher's guidance extrapolates from that prompt, not the null text."""
-    negative = save_negative_prompt(tmp_path / "negative.safetensors", "blurry static", HashTextEncoder(dim=TEXT_DIM))
+    negative = save_negative_prompt(
+        tmp_path / "negative.safetensors", "blurry static", HashTextEncoder(dim=TEXT_DIM)
+    )
     args = ["--guidance_scale", "2.0", "--ode_steps", "1", "--denoising_steps", "1"]
     assert write_trajectory_shards(tmp_path / "neg", teacher_path, *args, "--negative_prompt", str(negative),
                                    num_videos=2) == 0
@@ -95,8 +104,12 @@ def test_negative_prompt_is_the_unconditional_branch(tmp_path: Path, teacher_pat
     teacher = save_tiny_teacher(tmp_path / "same.safetensors")
     emb = load_negative_prompt(negative, TEXT_DIM)
     context, mask, camera = with_negative["text_emb"], with_negative["text_mask"], with_negative["camera"]
-    noise = torch.stack([torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(int(k.split("-")[1])))
-                         for k in with_negative["key"]])
+    noise = torch.stack(
+        [
+            torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(int(k.split("-")[1])))
+            for k in with_negative["key"]
+        ]
+    )
     one = torch.ones(2)
     with torch.no_grad():  # one Euler step from sigma 1 to 0: x0 = noise - v
         v = cfg_velocity(teacher(noise, one * 1000, context, context_mask=mask, frame_cond=camera),
@@ -118,7 +131,9 @@ def test_output_is_deterministic_for_a_seed(tmp_path: Path, teacher_path: Path) 
     for name in ("latents", "ode_trajectory"):  # other batching: the same noise, arithmetic equal to float16
         torch.testing.assert_close(a[name], b[name], atol=2e-3, rtol=2e-3)
     differs = [k for k in runs["a"] if k.endswith(".npy") and runs["a"][k] != runs["c"][k]]
-    assert sorted(differs) == sorted(k for k in runs["a"] if k.endswith((".latents.npy", ".ode_trajectory.npy")))
+    assert sorted(differs) == sorted(
+        k for k in runs["a"] if k.endswith((".latents.npy", ".ode_trajectory.npy"))
+    )
 
 
 def test_conditions_from_existing_shards(tmp_path: Path, teacher_path: Path) -> None:
@@ -178,7 +193,9 @@ def test_a_teacher_of_other_sizes_is_refused_naming_them(tmp_path: Path, capsys)
     assert not (tmp_path / "out").exists()
 
 
-def test_student_ode_recipe_trains_on_the_command_output(tmp_path: Path, teacher_path: Path, monkeypatch) -> None:
+def test_student_ode_recipe_trains_on_the_command_output(
+    tmp_path: Path, teacher_path: Path, monkeypatch
+) -> None:
     from cf_lightning.cli import main as cf_fit
     from tests.cli_helpers import RECIPES, logged
 

@@ -33,5 +33,20 @@ def save_tiny_teacher(path: Path, seed: int = 0, text_dim: int = TEXT_DIM) -> Wa
 
 def write_trajectory_shards(output: Path, teacher: Path, *extra: str, num_videos: int = 4) -> int:
     """``cf-data trajectories`` over ``num_videos`` tiny world videos (6 ODE steps); returns the exit code."""
-    return main(["trajectories", "--teacher", str(teacher), "--output", str(output), "--num_videos", str(num_videos),
-                 "--ode_steps", "6", *WORLD_ARGS, *CODEC_ARGS, *TEXT_ARGS, *extra])
+    return main(
+        [
+            "trajectories",
+            "--teacher",
+            str(teacher),
+            "--output",
+            str(output),
+            "--num_videos",
+            str(num_videos),
+            "--ode_steps",
+            "6",
+            *WORLD_ARGS,
+            *CODEC_ARGS,
+            *TEXT_ARGS,
+            *extra,
+        ]
+    )

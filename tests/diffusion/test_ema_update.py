@@ -68,7 +68,13 @@ def test_fp32_ema_of_a_bf16_model() -> None:
 
 
 def test_start_step_rule_copies_then_averages() -> None:
-    assert [ema_decay(s, 0.99, start_step=200) for s in (0, 199, 200, 201, 5000)] == [0.0, 0.0, 0.0, 0.99, 0.99]
+    assert [ema_decay(s, 0.99, start_step=200) for s in (0, 199, 200, 201, 5000)] == [
+        0.0,
+        0.0,
+        0.0,
+        0.99,
+        0.99,
+    ]
     rule = EMA(decay=0.5, start_step=2)
     ema, model = make_model(0), make_model(1)
     assert rule.update(ema, model, step=1) == 0.0

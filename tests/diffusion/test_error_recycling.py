@@ -159,7 +159,9 @@ def test_injected_errors_come_from_the_banks_and_inputs_stay_untouched() -> None
     copies = [t.clone() for t in (x0, motion, noise)]
     x0_bank, noise_bank = make_banks()
     always = ErrorInjection(p_clean=0.0, p_target=1.0, p_context=1.0, p_noise=1.0)
-    out = inject_errors(x0, motion, noise, sigma, x0_bank, noise_bank, always, torch.Generator().manual_seed(3))
+    out = inject_errors(
+        x0, motion, noise, sigma, x0_bank, noise_bank, always, torch.Generator().manual_seed(3)
+    )
     assert all(torch.equal(a, b) for a, b in zip(copies, (x0, motion, noise)))
     assert bool(out.target_injected.all() & out.motion_injected.all() & out.noise_injected.all())
     x0_stored = x0_bank.state_dict()["errors"]

@@ -46,7 +46,9 @@ def test_student_schedule_is_the_papers_warped_1000_750_500_250() -> None:
     expected = torch.tensor([1.0, 0.9375, 5.0 / 6.0, 0.625])
     torch.testing.assert_close(denoising_sigmas(4, 5.0), expected)
     torch.testing.assert_close(warp_timesteps([1000, 750, 500, 250], 5.0), expected)
-    torch.testing.assert_close(timestep_from_sigma(denoising_sigmas(4, 1.0)), torch.tensor([1000.0, 750, 500, 250]))
+    torch.testing.assert_close(
+        timestep_from_sigma(denoising_sigmas(4, 1.0)), torch.tensor([1000.0, 750, 500, 250])
+    )
 
 
 def test_sampling_schedule_runs_from_one_to_zero() -> None:

@@ -35,9 +35,18 @@ def student_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     init = save_wan(build_wan("tiny", in_dim=VAE_CHANNELS, out_dim=VAE_CHANNELS, text_dim=UMT5_DIM),
                     folder / "student_init.safetensors")
-    module = ContextForcingModule(backbone="tiny", latent_channels=VAE_CHANNELS, text_dim=UMT5_DIM,
-                                  student_init=str(init), memory=SlidingWindow(sink=1, window=4), chunk_frames=CHUNK,
-                                  min_rollout_chunks=2, max_rollout_chunks=2, target_chunks=1, denoising_steps=2)
+    module = ContextForcingModule(
+        backbone="tiny",
+        latent_channels=VAE_CHANNELS,
+        text_dim=UMT5_DIM,
+        student_init=str(init),
+        memory=SlidingWindow(sink=1, window=4),
+        chunk_frames=CHUNK,
+        min_rollout_chunks=2,
+        max_rollout_chunks=2,
+        target_chunks=1,
+        denoising_steps=2,
+    )
     trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         accelerator="cpu", default_root_dir=folder)
     trainer.fit(module, DataLoader([{"latents": torch.zeros(VAE_CHANNELS, 4, 4, 4)}]))
@@ -46,9 +55,12 @@ def student_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # as cf-fit saves it: the class path and the configs of policy and optimizers, no Python objects
     saved = torch.load(checkpoint, weights_only=False)
     adamw = {"class_path": "torch.optim.AdamW"}
-    saved["hyper_parameters"].update(_class_path="cf_lightning.modules.ContextForcingModule",
-                                     memory={"class_path": "sliding_window", "init_args": {"sink": 1, "window": 4}},
-                                     generator_optimizer=adamw, critic_optimizer=adamw)
+    saved["hyper_parameters"].update(
+        _class_path="cf_lightning.modules.ContextForcingModule",
+        memory={"class_path": "sliding_window", "init_args": {"sink": 1, "window": 4}},
+        generator_optimizer=adamw,
+        critic_optimizer=adamw,
+    )
     torch.save(saved, checkpoint)
     init.unlink()
     return checkpoint

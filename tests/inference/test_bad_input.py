@@ -92,10 +92,16 @@ def test_over_long_prompt_is_truncated_with_a_warning(wan_release, tmp_path, cap
 def test_output_folder_that_cannot_be_written(gen, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert f"cannot write the output folder {blocker / 'out'}" in gen("--prompt", "a lake", out=str(blocker / "out"))
+    assert f"cannot write the output folder {blocker / 'out'}" in gen(
+        "--prompt", "a lake", out=str(blocker / "out")
+    )
 
 
 def test_length_and_conditions_are_required(gen):
-    assert "give the video length: --frames (latent frames) or --seconds" in gen("--prompt", "a lake", frames=None)
-    assert "3 latent frames is not a positive multiple of chunk_frames=2" in gen("--prompt", "a lake", frames="3")
+    assert "give the video length: --frames (latent frames) or --seconds" in gen(
+        "--prompt", "a lake", frames=None
+    )
+    assert "3 latent frames is not a positive multiple of chunk_frames=2" in gen(
+        "--prompt", "a lake", frames="3"
+    )
     assert "nothing to condition on" in gen()

@@ -21,9 +21,17 @@ def test_a_lora_run_loads_with_its_adapters_folded_in():
         for name, param in model.named_parameters():
             if "lora_" in name:
                 param.normal_()
-    checkpoint = {"hyper_parameters": {"backbone": "tiny", "latent_channels": 4, "text_dim": 16, "frame_cond_dim": 0,
-                                       "lora_rank": 2, "lora_alpha": 4.0},
-                  "state_dict": {f"ema.{k}": v for k, v in model.state_dict().items()}}
+    checkpoint = {
+        "hyper_parameters": {
+            "backbone": "tiny",
+            "latent_channels": 4,
+            "text_dim": 16,
+            "frame_cond_dim": 0,
+            "lora_rank": 2,
+            "lora_alpha": 4.0,
+        },
+        "state_dict": {f"ema.{k}": v for k, v in model.state_dict().items()},
+    }
     loaded = backbone_from_run(checkpoint, "lora.ckpt")
     merged = merge_lora(copy.deepcopy(model)).eval()
     x, t, context = torch.randn(1, 4, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 3, 16)
@@ -37,7 +45,8 @@ def test_the_run_settings_become_the_ours_preset(student_run):
     assert (generator.preset.chunk_frames, generator.preset.denoising_steps) == (2, 2)
     assert type(generator.preset.memory()).__name__ == "sliding_window"
     live = load_generator(student_run, live=True).model
-    assert all(torch.equal(a, b) for a, b in zip(live.state_dict().values(), generator.model.state_dict().values())), \
-        "before any step the EMA equals the live student"
+    assert all(
+        torch.equal(a, b) for a, b in zip(live.state_dict().values(), generator.model.state_dict().values())
+    ), "before any step the EMA equals the live student"
     with pytest.raises(ValueError, match="records its own config"):
         load_generator(student_run, config=build_wan("tiny").config)

@@ -18,7 +18,9 @@ from cf_lightning.metrics import (
 )
 from tests.metrics.tiny_models import aligned_clip, tiny_dinov2
 
-PIXELS = Extractors(structure=PixelStatsExtractor(size=4, bins=4), appearance=PixelStatsExtractor(size=2, bins=8))
+PIXELS = Extractors(
+    structure=PixelStatsExtractor(size=4, bins=4), appearance=PixelStatsExtractor(size=2, bins=8)
+)
 SHORT = TimeWindows(fps=4, timestamps=(1, 2, 3), width=0.5)  # windows: frames 3-4, 7-8, 11-12
 
 
@@ -73,7 +75,9 @@ def test_vbench_consistency_averages_the_previous_and_the_first_frame_term():
     video[:, 9:] = scene(1)[:, 9:]  # the 3 s window and both its predecessors show the second scene
     scores = score_dense_video(video, SHORT, PIXELS)
     for role, name in (("structure", "subject"), ("appearance", "background")):
-        features = torch.nn.functional.normalize(getattr(PIXELS, role)(video[:, [0, 9]].transpose(0, 1)).double())
+        features = torch.nn.functional.normalize(
+            getattr(PIXELS, role)(video[:, [0, 9]].transpose(0, 1)).double()
+        )
         across_the_cut = max(0.0, (features[0] @ features[1]).item())
         # previous-frame term 1 (same scene), first-frame term the cosine across the cut: neither alone
         assert scores.series[name][2].item() == pytest.approx((1.0 + across_the_cut) / 2, abs=1e-9)
@@ -116,7 +120,9 @@ def test_clip_t_is_one_for_the_agreeing_prompt_and_zero_for_the_other(red_blue_c
     torch.testing.assert_close(disagree, torch.zeros(3, dtype=torch.float64), atol=1e-4, rtol=0)
     switched = torch.cat([video[:, :10], blue[:, None].expand(-1, 6, -1, -1)], dim=1)
     curve = score_dense_video(switched, SHORT, extractors, prompt="a red square").series["clip_t"]
-    assert curve[:2].tolist() == pytest.approx([1.0, 1.0], abs=1e-4) and curve[2].item() == pytest.approx(0, abs=1e-4)
+    assert curve[:2].tolist() == pytest.approx([1.0, 1.0], abs=1e-4) and curve[2].item() == pytest.approx(
+        0, abs=1e-4
+    )
     with pytest.raises(ValueError, match="needs the video's prompt"):
         score_dense_video(video, SHORT, extractors)
 

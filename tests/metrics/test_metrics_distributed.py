@@ -26,9 +26,13 @@ def all_metrics() -> dict[str, torch.nn.Module]:
     extractor = PixelStatsExtractor(size=4, bins=4)
     return {
         "revisit": RevisitError(max_gap=16, bucket_edges=[0, 4, 8, 16]),
-        "consistency": FrameConsistency(extractor, "first", windows=TimeWindows(fps=4, timestamps=(2, 4), width=1)),
+        "consistency": FrameConsistency(
+            extractor, "first", windows=TimeWindows(fps=4, timestamps=(2, 4), width=1)
+        ),
         "drift": QualityDrift(window_frames=3, extractor=extractor),
-        "long_video": LongVideoMetrics(TimeWindows(fps=4, timestamps=(2, 4), width=1), Extractors(structure=extractor)),
+        "long_video": LongVideoMetrics(
+            TimeWindows(fps=4, timestamps=(2, 4), width=1), Extractors(structure=extractor)
+        ),
     }
 
 

@@ -58,7 +58,8 @@ def test_hand_computed_errors_controls_and_buckets():
     metric.update(video, None, first_visit)
     out = metric.compute()
     assert out["gap_error"][2].item() == 1.0  # (2 - 1)^2
-    # gap 1: (1-0)^2, (3-1)^2, (2-3)^2; gap 2: (3-0)^2 only (frames 3 and 1 show the same view); gap 3: (2-0)^2
+    # gap 1: (1-0)^2, (3-1)^2, (2-3)^2; gap 2: (3-0)^2 only (frames 3 and 1 show the same view); gap 3:
+    # (2-0)^2
     torch.testing.assert_close(out["gap_control"][1:], torch.tensor([2.0, 9.0, 4.0], dtype=torch.float64))
     assert out["count"].tolist() == [0, 1]
     assert out["control_count"].tolist() == [3, 2]

@@ -46,11 +46,26 @@ def tiny_clip(path: Path, projection_dim: int = 12) -> Path:
     torch.manual_seed(0)
     path.mkdir(parents=True, exist_ok=True)
     config = CLIPConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "vocab_size": EOS + 1, "bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": EOS},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=projection_dim)
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": EOS + 1,
+            "bos_token_id": BOS,
+            "eos_token_id": EOS,
+            "pad_token_id": EOS,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=projection_dim,
+    )
     CLIPModel(config).save_pretrained(path)
     (path / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32},

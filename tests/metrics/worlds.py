@@ -16,7 +16,9 @@ def revisit_world(gaps: list[int], length: int = 2, frames: int = 24, size: int 
     start = frames - length
     for b, gap in enumerate(gaps):
         if not length <= gap <= start:
-            raise ValueError(f"gap {gap} must be in [{length}, {start}] so the replayed views are first visits")
+            raise ValueError(
+                f"gap {gap} must be in [{length}, {start}] so the replayed views are first visits"
+            )
         source = torch.arange(start - gap, start - gap + length)
         video[b, :, start:] = video[b, :, source]
         first_visit[b, start:] = source

@@ -1,4 +1,5 @@
-"""Checkpoint layouts round-trip exactly, and every malformed checkpoint fails with a message naming the problem."""
+"""Checkpoint layouts round-trip exactly, and every malformed checkpoint fails with a message naming the
+problem."""
 
 from __future__ import annotations
 
@@ -29,14 +30,38 @@ from cf_lightning.models.checkpoint import (
 
 TINY = WanConfig.from_name("tiny")
 # Wan-AI/Wan2.1-T2V-1.3B config.json, minus the informational "_diffusers_version".
-WAN_13B_CONFIG = {"_class_name": "WanModel", "dim": 1536, "eps": 1e-06, "ffn_dim": 8960, "freq_dim": 256,
-                  "in_dim": 16, "model_type": "t2v", "num_heads": 12, "num_layers": 30, "out_dim": 16, "text_len": 512}
+WAN_13B_CONFIG = {
+    "_class_name": "WanModel",
+    "dim": 1536,
+    "eps": 1e-06,
+    "ffn_dim": 8960,
+    "freq_dim": 256,
+    "in_dim": 16,
+    "model_type": "t2v",
+    "num_heads": 12,
+    "num_layers": 30,
+    "out_dim": 16,
+    "text_len": 512,
+}
 # Wan-AI/Wan2.1-T2V-14B-Diffusers transformer/config.json, minus "_diffusers_version".
-DIFFUSERS_14B_CONFIG = {"_class_name": "WanTransformer3DModel", "added_kv_proj_dim": None, "attention_head_dim": 128,
-                        "cross_attn_norm": True, "eps": 1e-06, "ffn_dim": 13824, "freq_dim": 256, "image_dim": None,
-                        "in_channels": 16, "num_attention_heads": 40, "num_layers": 40, "out_channels": 16,
-                        "patch_size": [1, 2, 2], "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024,
-                        "text_dim": 4096}
+DIFFUSERS_14B_CONFIG = {
+    "_class_name": "WanTransformer3DModel",
+    "added_kv_proj_dim": None,
+    "attention_head_dim": 128,
+    "cross_attn_norm": True,
+    "eps": 1e-06,
+    "ffn_dim": 13824,
+    "freq_dim": 256,
+    "image_dim": None,
+    "in_channels": 16,
+    "num_attention_heads": 40,
+    "num_layers": 40,
+    "out_channels": 16,
+    "patch_size": [1, 2, 2],
+    "qk_norm": "rms_norm_across_heads",
+    "rope_max_seq_len": 1024,
+    "text_dim": 4096,
+}
 
 
 def _model(seed: int = 0, config: WanConfig = TINY) -> WanModel:
@@ -172,7 +197,10 @@ def test_configs_match_the_released_files():
     assert config_from_wan(WAN_13B_CONFIG) == WanConfig.from_name("wan2.1-1.3b")
     assert config_to_wan(WanConfig.from_name("wan2.1-1.3b")) == WAN_13B_CONFIG
     assert config_from_diffusers(DIFFUSERS_14B_CONFIG) == WanConfig.from_name("wan2.1-14b")
-    assert config_to_diffusers(WanConfig.from_name("wan2.1-14b")) == {**DIFFUSERS_14B_CONFIG, "pos_embed_seq_len": None}
+    assert config_to_diffusers(WanConfig.from_name("wan2.1-14b")) == {
+        **DIFFUSERS_14B_CONFIG,
+        "pos_embed_seq_len": None,
+    }
     extended = WanConfig.from_name("tiny", frame_cond_dim=3, rope_theta=500.0)
     assert config_from_wan(config_to_wan(extended)) == extended
     assert config_from_diffusers(config_to_diffusers(TINY)) == TINY
@@ -213,7 +241,9 @@ def test_unexpected_keys_are_named_and_counted(model, tmp_path):
 
 def test_shape_mismatch_names_parameter_and_both_shapes(model, tmp_path):
     path = save_wan(model, tmp_path / "m.safetensors")
-    with pytest.raises(ValueError, match=re.escape("blocks.0.ffn.0.weight: checkpoint (48, 24) vs model (64, 24)")):
+    with pytest.raises(
+        ValueError, match=re.escape("blocks.0.ffn.0.weight: checkpoint (48, 24) vs model (64, 24)")
+    ):
         load_wan(path, WanConfig.from_name("tiny", ffn_dim=64))
 
 
@@ -232,7 +262,10 @@ def test_strict_false_tolerates_key_differences_but_never_shapes(model, tmp_path
     _save_raw({**state_dict, "unused.weight": torch.zeros(1)}, tmp_path / "m.safetensors")
     with caplog.at_level(logging.WARNING):
         loaded = load_wan(tmp_path / "m.safetensors", TINY, strict=False)
-    assert "missing keys (1): head.modulation" in caplog.text and "unexpected keys (1): unused.weight" in caplog.text
+    assert (
+        "missing keys (1): head.modulation" in caplog.text
+        and "unexpected keys (1): unused.weight" in caplog.text
+    )
     assert torch.equal(loaded.blocks[0].ffn[0].weight, model.blocks[0].ffn[0].weight)
     with pytest.raises(ValueError, match="shape mismatches"):
         load_wan(tmp_path / "m.safetensors", WanConfig.from_name("tiny", ffn_dim=64), strict=False)
@@ -240,18 +273,26 @@ def test_strict_false_tolerates_key_differences_but_never_shapes(model, tmp_path
 
 def test_unknown_layout_names_the_allowed_ones(model, tmp_path):
     path = save_wan(model, tmp_path / "m.safetensors")
-    with pytest.raises(ValueError, match=re.escape("unknown layout 'comfy'; allowed: auto, wan, diffusers, self_forcing")):
+    with pytest.raises(
+        ValueError, match=re.escape("unknown layout 'comfy'; allowed: auto, wan, diffusers, self_forcing")
+    ):
         load_wan(path, layout="comfy")
-    with pytest.raises(ValueError, match=re.escape("unknown layout 'self_forcing' for saving; allowed: wan, diffusers")):
+    with pytest.raises(
+        ValueError, match=re.escape("unknown layout 'self_forcing' for saving; allowed: wan, diffusers")
+    ):
         save_wan(model, tmp_path / "x", layout="self_forcing")
 
 
 def test_unrecognised_keys_name_what_was_found_and_what_is_allowed(tmp_path):
     _save_raw({"encoder.conv1.weight": torch.zeros(2)}, tmp_path / "vae.safetensors")
-    with pytest.raises(ValueError, match=r"found keys encoder\.conv1\.weight; allowed layouts: 'wan'.*'diffusers'"):
+    with pytest.raises(
+        ValueError, match=r"found keys encoder\.conv1\.weight; allowed layouts: 'wan'.*'diffusers'"
+    ):
         load_wan(tmp_path / "vae.safetensors", TINY)
     (tmp_path / "model.gguf").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"unrecognised checkpoint .*model\.gguf: expected a \.safetensors file"):
+    with pytest.raises(
+        ValueError, match=r"unrecognised checkpoint .*model\.gguf: expected a \.safetensors file"
+    ):
         load_wan(tmp_path / "model.gguf")
 
 
@@ -266,8 +307,12 @@ def test_mislabelled_layout_is_reported(model, tmp_path):
 def test_pt_without_the_requested_generator(model, tmp_path):
     path = tmp_path / "ema_only.pt"
     torch.save({"generator_ema": _wrapped(model.state_dict()), "critic": {}}, path)
-    with pytest.raises(ValueError, match=re.escape("has no 'generator' state dict; its top-level keys are critic, "
-                                                   "generator_ema; pass use_ema=True")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "has no 'generator' state dict; its top-level keys are critic, generator_ema; pass use_ema=True"
+        ),
+    ):
         load_wan(path, TINY)
     torch.save({"generator": model.state_dict()}, path)
     with pytest.raises(ValueError, match="has no 'generator_ema' state dict"):
@@ -275,7 +320,9 @@ def test_pt_without_the_requested_generator(model, tmp_path):
 
 
 def test_unconvertible_diffusers_keys_are_named():
-    with pytest.raises(ValueError, match=re.escape("cannot convert 1 key(s): blocks.0.attn2.add_k_proj.weight")):
+    with pytest.raises(
+        ValueError, match=re.escape("cannot convert 1 key(s): blocks.0.attn2.add_k_proj.weight")
+    ):
         diffusers_to_wan_state_dict({"blocks.0.attn2.add_k_proj.weight": torch.zeros(1),
                                      "blocks.0.attn2.to_k.weight": torch.zeros(1)})
 
@@ -301,7 +348,10 @@ def test_resaving_a_directory_removes_stale_shards(model, tmp_path):
     save_wan(model, tmp_path, max_shard_size=4_000)
     other = _model(seed=2)
     save_wan(other, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
     assert torch.equal(_output(load_wan(tmp_path)), _output(other))
 
 

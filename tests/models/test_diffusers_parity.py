@@ -21,9 +21,19 @@ from cf_lightning.models.wan import sinusoidal_embedding
 TOL = 1e-5
 FRAMES, HEIGHT, WIDTH = 3, 8, 6  # non-square grid: catches h/w swaps in RoPE and unpatchify
 TINY_DIFFUSERS = {
-    "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 4, "out_channels": 4,
-    "text_dim": 16, "freq_dim": 16, "ffn_dim": 48, "num_layers": 2, "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 32,
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 2,
+    "attention_head_dim": 12,
+    "in_channels": 4,
+    "out_channels": 4,
+    "text_dim": 16,
+    "freq_dim": 16,
+    "ffn_dim": 48,
+    "num_layers": 2,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "rope_max_seq_len": 32,
 }
 
 
@@ -54,7 +64,9 @@ def reference() -> diffusers.WanTransformer3DModel:
     return model.eval()
 
 
-def _max_diff(ours: WanModel, theirs: diffusers.WanTransformer3DModel, t: torch.Tensor | None = None) -> float:
+def _max_diff(
+    ours: WanModel, theirs: diffusers.WanTransformer3DModel, t: torch.Tensor | None = None
+) -> float:
     x, t_batch, context = _inputs()
     t_ours = t_batch if t is None else t
     t_theirs = t_batch if t is None else _per_token(t)
@@ -72,8 +84,9 @@ def test_diffusers_save_pretrained_loads_and_matches(reference, tmp_path, max_sh
     if max_shard_size is not None:
         assert len(list((tmp_path / "transformer").glob("*.safetensors"))) > 1
     model = load_wan(tmp_path / "transformer")
-    assert model.config == WanConfig(dim=24, ffn_dim=48, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=16,
-                                     freq_dim=16)
+    assert model.config == WanConfig(
+        dim=24, ffn_dim=48, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=16, freq_dim=16
+    )
     assert _max_diff(model, reference) < TOL
 
 

@@ -71,8 +71,12 @@ def test_cached_reads_and_text_reuse_are_bit_identical_to_the_plain_path(model, 
     noisy, clean, context = data(12)
     plain = stream(model, model.new_memory(POLICIES[name](), B, CHUNK, (H, W), cache_reads=False),
                    noisy, clean, context, reuse_text=False)
-    reads = stream(model, model.new_memory(POLICIES[name](), B, CHUNK, (H, W)), noisy, clean, context, reuse_text=False)
-    both = stream(model, model.new_memory(POLICIES[name](), B, CHUNK, (H, W)), noisy, clean, context, reuse_text=True)
+    reads = stream(
+        model, model.new_memory(POLICIES[name](), B, CHUNK, (H, W)), noisy, clean, context, reuse_text=False
+    )
+    both = stream(
+        model, model.new_memory(POLICIES[name](), B, CHUNK, (H, W)), noisy, clean, context, reuse_text=True
+    )
     assert torch.equal(reads, plain)
     assert torch.equal(both, plain)
 
@@ -87,7 +91,14 @@ def test_commit_mode_commits_exactly_what_the_full_refresh_commits(model, name):
         part = slice(start, start + CHUNK)
         for memory in (full, short):  # a denoising forward first, so the refresh reuses a staged read
             model(noisy[:, :, part], torch.full((B,), 500.0), context, memory=memory, context_kv=context_kv)
-        model(clean[:, :, part], torch.zeros(B), context, memory=full, context_kv=context_kv, mode="predict_commit")
+        model(
+            clean[:, :, part],
+            torch.zeros(B),
+            context,
+            memory=full,
+            context_kv=context_kv,
+            mode="predict_commit",
+        )
         model(clean[:, :, part], torch.zeros(B), context, memory=short, context_kv=context_kv, mode="commit")
         assert [s.regions for s in short.states] == [s.regions for s in full.states]
         assert torch.equal(short.keys, full.keys) and torch.equal(short.values, full.values)
@@ -121,7 +132,9 @@ def _rotated_token_counts(model, policy, monkeypatch) -> list[int]:
 
     counts: list[int] = []
     original = wan.apply_rope
-    monkeypatch.setattr(wan, "apply_rope", lambda x, cos, sin: counts.append(x.shape[1]) or original(x, cos, sin))
+    monkeypatch.setattr(
+        wan, "apply_rope", lambda x, cos, sin: counts.append(x.shape[1]) or original(x, cos, sin)
+    )
     noisy, clean, context = data(12)
     memory = model.new_memory(policy, B, CHUNK, (H, W))
     stream(model, memory, noisy[:, :, :6], clean[:, :, :6], context, True)
@@ -136,8 +149,13 @@ def test_fixed_positions_never_rotate_the_cache_again(model, monkeypatch):
     chunk_tokens = CHUNK * model.tokens_per_frame((H, W))
     policy = SlidingWindow(sink=1, window=4, position_mode="absolute")
     assert set(_rotated_token_counts(model, policy, monkeypatch)) == {chunk_tokens}
-    bounded = SlidingWindow(sink=1, window=4, rope_length=5)  # positions re-packed every chunk: rotated on read
-    assert max(_rotated_token_counts(model, bounded, monkeypatch)) == bounded.budget(CHUNK) * chunk_tokens // CHUNK
+    bounded = SlidingWindow(
+        sink=1, window=4, rope_length=5
+    )  # positions re-packed every chunk: rotated on read
+    assert (
+        max(_rotated_token_counts(model, bounded, monkeypatch))
+        == bounded.budget(CHUNK) * chunk_tokens // CHUNK
+    )
 
 
 def test_store_rotated_is_refused_when_positions_move(model):
@@ -216,7 +234,11 @@ def test_gradients_through_rollout_still_reach_the_text_projections(model):
     sigmas = denoising_sigmas(2)
     noise, _, context = data(4, seed=4, static_first=False)
     policy = SlidingWindow(sink=1, window=4, rope_length=5)
-    weights = [model.text_embedding[0].weight, model.blocks[0].cross_attn.k.weight, model.blocks[-1].cross_attn.v.weight]
+    weights = [
+        model.text_embedding[0].weight,
+        model.blocks[0].cross_attn.k.weight,
+        model.blocks[-1].cross_attn.v.weight,
+    ]
 
     def grads(run):
         model.zero_grad(set_to_none=True)
@@ -224,8 +246,17 @@ def test_gradients_through_rollout_still_reach_the_text_projections(model):
         return [w.grad.clone() for w in weights]
 
     def with_rollout():
-        return rollout(model, policy, noise, context, sigmas, chunk_frames=CHUNK, exit_step=1, grad_from_chunk=1,
-                       generator=torch.Generator().manual_seed(0)).video
+        return rollout(
+            model,
+            policy,
+            noise,
+            context,
+            sigmas,
+            chunk_frames=CHUNK,
+            exit_step=1,
+            grad_from_chunk=1,
+            generator=torch.Generator().manual_seed(0),
+        ).video
 
     def plain():  # same draws, every forward re-projects the text
         gen = torch.Generator().manual_seed(0)

@@ -43,7 +43,9 @@ def stream(model, policy: MemoryPolicy, chunk: int, clean, noisy, context, t: fl
     for start in range(0, clean.shape[2], chunk):
         part = slice(start, start + chunk)
         noisy_out.append(model(noisy[:, :, part], torch.full((B,), t), context, memory=memory))
-        clean_out.append(model(clean[:, :, part], torch.zeros(B), context, memory=memory, mode="predict_commit"))
+        clean_out.append(
+            model(clean[:, :, part], torch.zeros(B), context, memory=memory, mode="predict_commit")
+        )
     return torch.cat(noisy_out, 2), torch.cat(clean_out, 2), memory
 
 
@@ -102,11 +104,17 @@ def reference_stream(model, policy: MemoryPolicy, chunk: int, clean, noisy, cont
             positions = torch.tensor(view.positions + view.query_positions)[None]
             keep = len(view.frames)
             # Run the same blocks by hand with memory built from the dict.
-            per_video.append(_manual(model, noisy[b:b + 1, :, part], t, context[b:b + 1], positions, view, store))
+            per_video.append(
+                _manual(model, noisy[b : b + 1, :, part], t, context[b : b + 1], positions, view, store)
+            )
             kvs = _manual(model, clean[b:b + 1, :, part], 0.0, context[b:b + 1], positions, view, store,
                           return_kv=True)
             keys = [k for k, _ in kvs]
-            summaries = model.frame_summaries(keys, chunk, policy.summary_spec())[0] if policy.needs_summaries() else None
+            summaries = (
+                model.frame_summaries(keys, chunk, policy.summary_spec())[0]
+                if policy.needs_summaries()
+                else None
+            )
             policy.commit(state, summaries)
             tokens = kvs[0][0].shape[1] // chunk
             for j, frame in enumerate(range(start, start + chunk)):

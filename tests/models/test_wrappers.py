@@ -43,8 +43,17 @@ def run(model: nn.Module, grad_from_chunk: int | None = None):
     gen = torch.Generator().manual_seed(1)
     noise = torch.randn(B, 4, CHUNK * CHUNKS, H, W, generator=gen)
     context = torch.randn(B, 5, 16, generator=gen)
-    return rollout(model, policy(), noise, context, denoising_sigmas(2, 5.0), chunk_frames=CHUNK, exit_step=1,
-                   grad_from_chunk=grad_from_chunk, generator=[torch.Generator().manual_seed(b) for b in range(B)])
+    return rollout(
+        model,
+        policy(),
+        noise,
+        context,
+        denoising_sigmas(2, 5.0),
+        chunk_frames=CHUNK,
+        exit_step=1,
+        grad_from_chunk=grad_from_chunk,
+        generator=[torch.Generator().manual_seed(b) for b in range(B)],
+    )
 
 
 class ReshardLikeFSDP:
@@ -69,7 +78,9 @@ class ReshardLikeFSDP:
 
     def _free(self) -> None:
         for p in self.params:
-            p.data = torch.full_like(p.data, float("nan"))  # a new tensor: saved activations keep the real one
+            p.data = torch.full_like(
+                p.data, float("nan")
+            )  # a new tensor: saved activations keep the real one
 
 
 def resharded(model: WanModel) -> tuple[ReshardLikeFSDP, list[ReshardLikeFSDP]]:

@@ -32,7 +32,9 @@ class FixedDraws(ContextForcingModule):
     """Same draws every step, so two runs can be compared sample for sample."""
 
     def draw(self, batch_size: int) -> StepDraws:
-        return StepDraws(num_chunks=3, exit_step=1, seeds=list(range(100, 100 + batch_size * self.trainer.world_size)))
+        return StepDraws(
+            num_chunks=3, exit_step=1, seeds=list(range(100, 100 + batch_size * self.trainer.world_size))
+        )
 
 
 def fit(module, loader, steps: int) -> None:
@@ -71,8 +73,9 @@ def test_generator_moves_its_samples_towards_the_teacher(loader):
         from cf_lightning.modules.common import batch_condition
 
         with torch.no_grad():
-            _, target, _ = module.student_rollout(batch_condition(batch), tuple(batch["latents"].shape), draws,
-                                                  draws.seeds, with_grad=False)
+            _, target, _ = module.student_rollout(
+                batch_condition(batch), tuple(batch["latents"].shape), draws, draws.seeds, with_grad=False
+            )
         return target
 
     before = sample()
@@ -114,10 +117,20 @@ def test_accumulation_equals_one_big_batch(loader):
 
 def base_settings() -> dict:
     torch.manual_seed(0)
-    return {"latent_channels": CHANNELS, "text_dim": TEXT_DIM, "frame_cond_dim": 2,
-                "memory": SlowFast(sink=1, slow=2, fast=4, rope_length=7), "min_rollout_chunks": 3, "max_rollout_chunks": 3,
-                "target_chunks": 1, "generator_every": 1, "denoising_steps": 2, "guidance_scale": 2.0,
-                "generator_optimizer": sgd(1e-2), "critic_optimizer": sgd(1e-2)}
+    return {
+        "latent_channels": CHANNELS,
+        "text_dim": TEXT_DIM,
+        "frame_cond_dim": 2,
+        "memory": SlowFast(sink=1, slow=2, fast=4, rope_length=7),
+        "min_rollout_chunks": 3,
+        "max_rollout_chunks": 3,
+        "target_chunks": 1,
+        "generator_every": 1,
+        "denoising_steps": 2,
+        "guidance_scale": 2.0,
+        "generator_optimizer": sgd(1e-2),
+        "critic_optimizer": sgd(1e-2),
+    }
 
 
 def test_curriculum_grows_linearly():

@@ -29,7 +29,9 @@ def test_reference_guidance_form_is_wan_scale_plus_one():
     assert torch.equal(ours, reference) and torch.equal(reference, torch.full((1, 4), 6.0 + 4.0 * 6.0))
     assert guidance_weight(0.0, "cond") == 1.0 and guidance_weight(3.0) == 3.0
     calls.clear()
-    with_negative = guided(score, context, 4.0, mask, form="cond", negative=negative)(torch.zeros(1, 4), torch.ones(1))
+    with_negative = guided(score, context, 4.0, mask, form="cond", negative=negative)(
+        torch.zeros(1, 4), torch.ones(1)
+    )
     assert torch.equal(with_negative, torch.full((1, 4), 6.0 + 4.0 * (6.0 - 7.5)))  # cond + g (cond - neg)
     assert calls[0][1] is mask and calls[1][1] is None and calls[1][0].shape == (1, 5, 3)
     with pytest.raises(ValueError, match="allowed: uncond, cond"):
@@ -75,7 +77,9 @@ def test_schedules_count_trainer_steps_when_asked(loader):
 
 
 def test_dmd_step_with_every_reference_switch(loader, tmp_path):
-    negative = save_negative_prompt(tmp_path / "negative.safetensors", "blurry", HashTextEncoder(dim=TEXT_DIM))
+    negative = save_negative_prompt(
+        tmp_path / "negative.safetensors", "blurry", HashTextEncoder(dim=TEXT_DIM)
+    )
     module = make(guidance_scale=4.0, guidance_form="cond", negative_prompt=str(negative),
                   context_timestep="shared", schedule_unit="trainer")
     assert module.negative_prompt.shape[1] == TEXT_DIM

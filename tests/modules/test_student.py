@@ -1,4 +1,5 @@
-"""Stage-1 student init: both objectives train; ODE pairs come from trajectory shards or the teacher on the fly."""
+"""Stage-1 student init: both objectives train; ODE pairs come from trajectory shards or the teacher on the
+fly."""
 
 from __future__ import annotations
 
@@ -92,8 +93,16 @@ def trajectory_shards(tmp_path):
 
 
 def ode_student(**overrides) -> StudentModule:
-    return StudentModule(latent_channels=SHARD_CHANNELS, text_dim=SHARD_TEXT_DIM, frame_cond_dim=2,
-                         objective="ode", clip_frames=4, memory=SlowFast(**POLICY), cfg_dropout=0.0, **overrides)
+    return StudentModule(
+        latent_channels=SHARD_CHANNELS,
+        text_dim=SHARD_TEXT_DIM,
+        frame_cond_dim=2,
+        objective="ode",
+        clip_frames=4,
+        memory=SlowFast(**POLICY),
+        cfg_dropout=0.0,
+        **overrides,
+    )
 
 
 def test_ode_objective_trains_from_trajectory_shards_without_a_teacher(trajectory_shards):
@@ -125,8 +134,10 @@ def test_ode_objective_trains_from_trajectory_shards_without_a_teacher(trajector
 
 def test_trajectories_at_other_levels_are_refused_naming_both(trajectory_shards):
     batch = next(iter(trajectory_shards(denoising_steps=3).train_dataloader()))
-    expected = re.escape(f"stores teacher trajectories at sigmas {denoising_sigmas(3, 5.0).tolist()}, but this "
-                         f"student's levels are {denoising_sigmas(4, 5.0).tolist()} (denoising_steps=4, shift=5.0)")
+    expected = re.escape(
+        f"stores teacher trajectories at sigmas {denoising_sigmas(3, 5.0).tolist()}, but this "
+        f"student's levels are {denoising_sigmas(4, 5.0).tolist()} (denoising_steps=4, shift=5.0)"
+    )
     with pytest.raises(ValueError, match=f"sample 'world-0000000\\d\\d' {expected}"):
         ode_student().training_step(batch, 0)
     other = re.escape(f"levels are {denoising_sigmas(3, 3.0).tolist()} (denoising_steps=3, shift=3.0)")
@@ -145,4 +156,8 @@ def test_ode_objective_without_teacher_or_trajectories_is_refused(loader):
 
 def test_surprisal_policy_is_rejected_for_teacher_forcing():
     with pytest.raises(ValueError, match="admission: uniform"):
-        StudentModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, memory=SlowFast(sink=1, slow=2, fast=4, rope_length=7))
+        StudentModule(
+            latent_channels=CHANNELS,
+            text_dim=TEXT_DIM,
+            memory=SlowFast(sink=1, slow=2, fast=4, rope_length=7),
+        )

@@ -22,8 +22,16 @@ def make(**overrides) -> TeacherModule:
 
 
 def fit(module, loader, steps, root=None):
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", default_root_dir=root, enable_checkpointing=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=root,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, loader)
     return trainer
 
@@ -104,7 +112,9 @@ def test_lora_merges_back_into_plain_weights(loader):
     x, t, ctx = torch.randn(1, CHANNELS, 4, 4, 4), torch.full((1,), 300.0), torch.randn(1, 3, TEXT_DIM)
     cam = torch.zeros(1, 4, 2)
     with torch.no_grad():
-        assert torch.allclose(merged(x, t, ctx, frame_cond=cam), module.model(x, t, ctx, frame_cond=cam), atol=1e-5)
+        assert torch.allclose(
+            merged(x, t, ctx, frame_cond=cam), module.model(x, t, ctx, frame_cond=cam), atol=1e-5
+        )
         assert not torch.equal(merged.blocks[0].ffn[0].weight, frozen)
 
 
@@ -115,6 +125,7 @@ def test_revisit_targets_pick_windows_that_revisit_distant_views():
     first_visit[1, 14:18] = torch.tensor([1, 2, 1, 2])
     first_visit[1, 6:10] = torch.tensor([5, 5, 5, 5])  # a recent revisit: inside the last-N context
     assert module._revisit_starts(first_visit, list(range(2, 17, 2))) == [14]
-    history, target, frames = module._split(torch.randn(2, CHANNELS, 20, 4, 4), torch.Generator().manual_seed(0),
-                                            first_visit)
+    history, target, frames = module._split(
+        torch.randn(2, CHANNELS, 20, 4, 4), torch.Generator().manual_seed(0), first_visit
+    )
     assert history.shape[2] == 14 and target.shape[2] == 4 and frames == [[10, 11, 12, 13]] * 2

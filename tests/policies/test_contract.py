@@ -48,7 +48,9 @@ class TestSlowFastLastAdmittedAbsolute(PolicyContract):
     recent = 3
 
     def make_policy(self):
-        return SlowFast(sink=3, slow=5, fast=6, threshold=0.5, compare_to="last_admitted", position_mode="absolute")
+        return SlowFast(
+            sink=3, slow=5, fast=6, threshold=0.5, compare_to="last_admitted", position_mode="absolute"
+        )
 
 
 class TestKeyframe(PolicyContract):
