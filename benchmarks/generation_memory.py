@@ -6,10 +6,9 @@ Each measurement is a fresh process that builds the parts (random DiT, a Wan-arc
 hash text encoder; ``benchmarks/t2v_parts.py``), notes its resident memory, then streams a video of
 ``--chunks`` chunks (and, side by side, ``factor`` times as many) through :func:`generate_video` with
 the ``longlive`` preset: rollout over a bounded memory (6-frame chunks, sink 3 + window 9), chunk-by-chunk VAE
-decode with the causal
-cache, incremental mp4 and latent file. Printed: the peak RSS of each (median over ``--rounds``
-interleaved runs), the ratio, and the growth over the RSS after setup. Numbers are measured, never
-asserted.
+decode with the causal cache, incremental mp4 and latent file. Printed: the peak RSS of each (median over
+``--rounds`` interleaved runs), the ratio, and the growth over the RSS after setup. Numbers are measured,
+never asserted.
 """
 
 from __future__ import annotations

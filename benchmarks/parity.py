@@ -98,9 +98,8 @@ def reference_rollout(
     c = model.in_dim
     tokens = (latent // 2) ** 2
     frames = chunks * chunk_frames
-    cached = (
-        frames if model.local_attn_size == -1 else model.local_attn_size
-    )  # as its pipeline sizes the cache
+    # as its pipeline sizes the cache
+    cached = frames if model.local_attn_size == -1 else model.local_attn_size
     head_dim = model.dim // model.num_heads
     kv = [{"k": torch.zeros(1, cached * tokens, model.num_heads, head_dim),
            "v": torch.zeros(1, cached * tokens, model.num_heads, head_dim),

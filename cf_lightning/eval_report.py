@@ -150,8 +150,7 @@ def plot_curves(results: Sequence[SystemResult], path: Path) -> Path:
 
 def log_to_tensorboard(result: SystemResult, log_dir: Path, hparams: Mapping[str, Primitive]) -> None:
     """Scalars (each series also as a curve ``eval_curve/<series>`` over step = timestamp in ms) and one
-    HParams row
-    whose metric columns are the flat per-timestamp and video-level tags."""
+    HParams row whose metric columns are the flat per-timestamp and video-level tags."""
     logger = TensorBoardLogger(save_dir=str(log_dir), name="", version="", default_hp_metric=False)
     tags = result.tags()
     log_ablation_hparams(logger, {"eval/system": result.name, **hparams}, list(tags))

@@ -100,8 +100,7 @@ def inject_lora(
     ``target_modules`` entries match module names by dotted suffix (``"q"``, ``"ffn.0"``) or by full-name
     regex (``r"blocks\\.\\d+\\.self_attn\\.[qkvo]"``). With ``freeze_base_model`` every other parameter
     is frozen too, so only the adapters (including ones injected earlier) train. Returns the names of the
-    wrapped modules; raises if
-    nothing matches, listing some available Linear names.
+    wrapped modules; raises if nothing matches, listing some available Linear names.
     """
     compiled = _compile_targets(target_modules)
     inside_lora = {f"{name}.base" if name else "base"

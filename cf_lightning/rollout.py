@@ -66,9 +66,8 @@ def rollout(
         raise ValueError(f"exit_step={exit_step} outside the {steps}-step schedule")
     if memory is None:
         memory = model.new_memory(policy, batch, chunk_frames, (height, width), device=noise.device)
-    with (
-        torch.no_grad()
-    ):  # the prompt is fixed for the whole rollout: project it once for the no-grad forwards
+    # the prompt is fixed for the whole rollout: project it once for the no-grad forwards
+    with torch.no_grad():
         context_kv = model(None, None, context, mode="context_kv")
     chunks, exits = [], []
     for index, start in enumerate(range(0, frames, chunk_frames)):

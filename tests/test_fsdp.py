@@ -142,9 +142,8 @@ def test_fsdp2_two_processes_match_one_process_through_a_sharded_checkpoint(tmp_
     for kind, half in HALF_STEPS.items():
         single, sharded = (torch.load(tmp_path / f"{kind}_of{n}.pt") for n in (1, 2))
         assert single["step"] == sharded["step"] == 2 * half
-        assert not torch.allclose(single["weights"], single["initial"], atol=1e-4), (
-            kind
-        )  # training moved them
+        # training moved them
+        assert not torch.allclose(single["weights"], single["initial"], atol=1e-4), kind
         assert torch.allclose(sharded["weights"], single["weights"], atol=1e-5), kind
         assert is_sharded_checkpoint(tmp_path / f"{kind}_of2.ckpt")
         exported = [

@@ -193,9 +193,8 @@ class RunCheckpoint(ModelCheckpoint):
 
     def _write(self, trainer: pl.Trainer, target: Path) -> None:
         partial = target.with_name(target.name + PARTIAL)
-        trainer.save_checkpoint(
-            partial, weights_only=False
-        )  # every rank: the strategy decides who writes what
+        # every rank: the strategy decides who writes what
+        trainer.save_checkpoint(partial, weights_only=False)
         if trainer.is_global_zero:
             publish(partial, target)
         trainer.strategy.barrier("RunCheckpoint.write")

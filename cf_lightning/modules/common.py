@@ -37,9 +37,8 @@ class EMAAfterStep(L.LightningModule):
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        self.ema_rule.update(
-            self.ema, self.model, self.global_step + 1
-        )  # the step count once this step is done
+        # the step count once this step is done
+        self.ema_rule.update(self.ema, self.model, self.global_step + 1)
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (FSDP2) both backbones are sharded block by block."""

@@ -149,9 +149,8 @@ def test_fixed_positions_never_rotate_the_cache_again(model, monkeypatch):
     chunk_tokens = CHUNK * model.tokens_per_frame((H, W))
     policy = SlidingWindow(sink=1, window=4, position_mode="absolute")
     assert set(_rotated_token_counts(model, policy, monkeypatch)) == {chunk_tokens}
-    bounded = SlidingWindow(
-        sink=1, window=4, rope_length=5
-    )  # positions re-packed every chunk: rotated on read
+    # positions re-packed every chunk: rotated on read
+    bounded = SlidingWindow(sink=1, window=4, rope_length=5)
     assert (
         max(_rotated_token_counts(model, bounded, monkeypatch))
         == bounded.budget(CHUNK) * chunk_tokens // CHUNK

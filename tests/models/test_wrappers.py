@@ -78,9 +78,8 @@ class ReshardLikeFSDP:
 
     def _free(self) -> None:
         for p in self.params:
-            p.data = torch.full_like(
-                p.data, float("nan")
-            )  # a new tensor: saved activations keep the real one
+            # a new tensor: saved activations keep the real one
+            p.data = torch.full_like(p.data, float("nan"))
 
 
 def resharded(model: WanModel) -> tuple[ReshardLikeFSDP, list[ReshardLikeFSDP]]:
