@@ -1,11 +1,14 @@
 """Pluggable memory policies for streaming video diffusion (pure torch, no Lightning)."""
 
 from memory_policies.base import (
+    ARCHIVE,
     POSITION_MODES,
     REGIONS,
+    AttentionSpec,
     MemoryPolicy,
     MemoryState,
     MemoryView,
+    Merge,
     PositionMode,
     SummarySpec,
 )
@@ -24,14 +27,17 @@ from memory_policies.sliding_window import SlidingWindow
 from memory_policies.slow_fast import SlowFast, calibrate_threshold
 
 __all__ = [
+    "ARCHIVE",
     "ENTRY_POINT_GROUP",
     "POSITION_MODES",
     "REGIONS",
+    "AttentionSpec",
     "Full",
     "Keyframe",
     "MemoryPolicy",
     "MemoryState",
     "MemoryView",
+    "Merge",
     "PositionMode",
     "SlidingWindow",
     "SlowFast",
