@@ -12,8 +12,12 @@ from memory_policies.base import (
     PositionMode,
     SummarySpec,
 )
+from memory_policies.deep_forcing import DeepForcing
+from memory_policies.fade_mem import FadeMem
 from memory_policies.full import Full
 from memory_policies.keyframe import Keyframe
+from memory_policies.oracle import Oracle
+from memory_policies.pack_forcing import PackForcing
 from memory_policies.registry import (
     ENTRY_POINT_GROUP,
     available_policies,
@@ -23,6 +27,7 @@ from memory_policies.registry import (
     load_plugins,
     register_policy,
 )
+from memory_policies.retrieval import LongLiveRAG
 from memory_policies.sliding_window import SlidingWindow
 from memory_policies.slow_fast import SlowFast, calibrate_threshold
 
@@ -32,12 +37,17 @@ __all__ = [
     "POSITION_MODES",
     "REGIONS",
     "AttentionSpec",
+    "DeepForcing",
+    "FadeMem",
     "Full",
     "Keyframe",
+    "LongLiveRAG",
     "MemoryPolicy",
     "MemoryState",
     "MemoryView",
     "Merge",
+    "Oracle",
+    "PackForcing",
     "PositionMode",
     "SlidingWindow",
     "SlowFast",

@@ -281,13 +281,15 @@ class MemoryPolicy(ABC):
         return [f if f in sink_set else packed[f] for f in everything]
 
     def frame_mask(self, num_frames: int, chunk_frames: int, summaries: torch.Tensor | None = None,
-                   attention: Callable[[MemoryView], torch.Tensor] | None = None) -> torch.Tensor:
+                   attention: Callable[[MemoryView], torch.Tensor] | None = None,
+                   state: MemoryState | None = None) -> torch.Tensor:
         """Boolean ``[num_frames, num_frames]``: query frame i may attend to key frame j.
 
         Rendered by replaying the streaming decisions, so a masked full-sequence forward sees exactly
         what the chunk-by-chunk path sees. ``summaries`` is ``[num_frames, dim]`` when the policy
         needs them; ``attention(view)`` gives a chunk's per-frame attention statistics when the policy
-        needs those. ``num_frames`` must be a multiple of ``chunk_frames``. A policy that merges
+        needs those; ``state`` is the fresh state to replay from when the caller prepared one (an
+        informed :class:`~memory_policies.Oracle`). ``num_frames`` must be a multiple of ``chunk_frames``. A policy that merges
         entries cannot be rendered: a boolean mask cannot attend to a weighted combination.
         """
         if self.merges_entries():
@@ -298,7 +300,7 @@ class MemoryPolicy(ABC):
         if summaries is not None and summaries.shape[0] != num_frames:
             raise ValueError(f"summaries must have {num_frames} rows, got {tuple(summaries.shape)}")
         mask = torch.zeros(num_frames, num_frames, dtype=torch.bool)
-        state = self.new_state(chunk_frames)
+        state = state or self.new_state(chunk_frames)
         for start in range(0, num_frames, chunk_frames):
             view = self.read(state)
             rows = slice(start, start + chunk_frames)
