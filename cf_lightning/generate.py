@@ -10,7 +10,8 @@ generation for real-data models (no per-frame condition) is not wired into this 
 ``{"prompt": ..., "start_frame": n}`` per line (latent frames); at every switch the memory is
 re-cached: the clean refresh passes of the history are replayed under the new prompt, so no key or
 value computed with the old prompt survives (one forward per history chunk, once per switch).
-Writes ``video.mp4`` (decoded by the codec) and ``latents.npy``.
+Writes ``video.mp4`` (decoded by the codec), ``latents.npy`` and ``memory_timeline.png`` (which frames
+the memory held at every chunk, by region, with the world's revisits marked held or missed).
 
 The world, codec and text encoder default to what the run trained on (its data module's settings,
 saved in the checkpoint), so the latents are conditioned and decoded as in training; ``--world``
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from cf_lightning.codecs import build_codec, unit_to_uint8
 from cf_lightning.data.revisit_world import RevisitWorldConfig, generate_video, latent_truth
 from cf_lightning.data.video_write import write_mp4
+from cf_lightning.memory_timeline import TimelineRecorder, render_timeline, write_timeline
 from cf_lightning.models import KVMemory, WanModel
 from cf_lightning.modules import ContextForcingModule
 from cf_lightning.rollout import randn, rollout
@@ -174,9 +176,14 @@ def main(argv: list[str] | None = None) -> None:
     frames = args.frames or truth_frames
     if frames > frame_cond.shape[1]:
         raise SystemExit(f"--frames {frames} exceeds the {frame_cond.shape[1]} frames of the world video's camera path")
-    latents = stream_video(model, policy, module.sigmas, module.hparams.chunk_frames,
-                           (codec.latent_channels, height, width), segments, frames, frame_cond, args.seed)
+    with TimelineRecorder(policy) as recorder:
+        latents = stream_video(model, policy, module.sigmas, module.hparams.chunk_frames,
+                               (codec.latent_channels, height, width), segments, frames, frame_cond, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
+    write_timeline(str(args.out / "memory_timeline.png"),
+                   # the last timeline: a prompt switch re-caches into a fresh state that replays the history
+                   render_timeline(recorder.timelines[-1], module.hparams.chunk_frames, truth.first_visit[:frames],
+                                   title=f"{type(policy).__name__}: memory per chunk (world seed {args.world_seed})"))
     np.save(args.out / "latents.npy", latents[0].numpy().astype(np.float16))
     pixels = codec.decode(latents)[0]
     write_mp4(args.out / "video.mp4", unit_to_uint8(pixels).permute(1, 0, 2, 3), args.fps)
