@@ -4,7 +4,8 @@ Chunks run along the x axis, latent frames along the y axis; a cell is coloured 
 the frame when that chunk was generated (sink, slow, fast, archive: stored but not attended), a merged
 entry spans the frames it stands for, and the chunk's own frames are grey. Where the data knows which
 frames revisit an earlier view (the revisit world's ``first_visit``), each revisit is marked at the
-first visit it needs: a dot when the memory held that view, a cross when it did not. A policy author
+first visit it needs (at each return to an earlier view): a dot when the memory held that view, a
+cross when it did not. A policy author
 sees what a policy keeps, and what it misses, without reading its code.
 
 :class:`TimelineRecorder` records snapshots without touching the generation code: while it is open,
@@ -76,20 +77,21 @@ class TimelineRecorder:
 
 def chunk_revisits(snapshot: Snapshot, first_visit: torch.Tensor, start: int, chunk_frames: int
                    ) -> list[tuple[int, bool]]:
-    """For each frame of the chunk at ``start`` that revisits a view first seen before the chunk: that
-    first visit, and whether the memory the chunk read (``snapshot``) held the view in any attended
-    frame (a merged entry counts for every frame it stands for)."""
+    """For each *return* in the chunk at ``start`` (a frame whose view differs from the frame before and
+    was first seen before the chunk; frames that merely continue a view are served by the recent
+    window): that first visit, and whether the memory the chunk read (``snapshot``) held the view in
+    any attended frame (a merged entry counts for every frame it stands for)."""
     visits = first_visit.tolist()
     views = [f if v < 0 else v for f, v in enumerate(visits)]
     held = {views[m] for region in REGIONS for entry in snapshot.regions.get(region, [])
             for m in snapshot.members.get(entry, [entry]) if m < len(views)}
     return [(visits[q], views[q] in held) for q in range(start, min(start + chunk_frames, len(views)))
-            if 0 <= visits[q] < start]
+            if 0 <= visits[q] < start and views[q] != views[q - 1]]
 
 
 def revisit_recall(snapshots: list[Snapshot], first_visit: torch.Tensor, chunk_frames: int) -> tuple[int, int]:
-    """Revisits whose view the memory held when they were generated, and all revisits it could hold
-    (those whose first visit precedes their chunk): what a policy *offers* the model, model-free."""
+    """Returns whose view the memory held when they were generated, and all returns it could hold (see
+    :func:`chunk_revisits`): what a policy *offers* the model, model-free."""
     outcomes = [hit for chunk, snapshot in enumerate(snapshots, start=1)
                 for _, hit in chunk_revisits(snapshot, first_visit, chunk * chunk_frames, chunk_frames)]
     return sum(outcomes), len(outcomes)

@@ -104,12 +104,13 @@ class LongLiveRAG(MemoryPolicy):
     def _retrieve(self, query: torch.Tensor, archive: list[int], bank: dict[int, torch.Tensor]) -> list[int]:
         if not archive or self.retrieved == 0:
             return []
-        stacked = torch.stack([bank[f] for f in archive])
-        scores = F.cosine_similarity(stacked, query[None], dim=-1).tolist()
+        unit = F.normalize(torch.stack([bank[f] for f in archive]), dim=-1)
+        scores = (unit @ F.normalize(query, dim=0)).tolist()
+        pairwise = (unit @ unit.T).tolist()  # one host transfer, then plain Python
         chosen: list[int] = []
         for index in sorted(range(len(archive)), key=lambda i: (-scores[i], -archive[i])):
             if len(chosen) == self.retrieved:
                 break
-            if all(F.cosine_similarity(stacked[index], bank[c], dim=0) <= self.redundancy for c in chosen):
-                chosen.append(archive[index])
-        return chosen
+            if all(pairwise[index][other] <= self.redundancy for other in chosen):
+                chosen.append(index)
+        return [archive[i] for i in chosen]
