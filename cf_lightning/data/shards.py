@@ -24,6 +24,7 @@ never dropped silently.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import lzma
@@ -43,7 +44,6 @@ import webdataset as wds
 from torch import Tensor
 from torch.utils.data import DataLoader, get_worker_info
 from webdataset.tariterators import base_plus_ext
-from webdataset.utils import make_seed
 
 from cf_lightning.data.revisit_world import first_visit_from_views
 from cf_lightning.text.base import TextEncoder
@@ -384,10 +384,21 @@ def collate_samples(samples: list[dict[str, Any]], text_encoder: TextEncoder | N
     return batch
 
 
+def stable_seed(*parts: int | str) -> int:
+    """A 31-bit seed from ints and strings that is the same in every process.
+
+    Python's ``hash`` of a string changes from process to process (``PYTHONHASHSEED``), so a seed
+    built on it (as webdataset's ``make_seed`` is) would give a resumed run, or another rank, other
+    shuffles and crops than the run it continues.
+    """
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
 def _stream_seed(seed: int, passes: Tensor, rank: int, tag: str) -> int:
     """Seed for one worker's random stream: differs per epoch pass, rank, worker and purpose."""
     info = get_worker_info()
-    return make_seed(seed, int(passes), rank, info.id if info else 0, tag)
+    return stable_seed(seed, int(passes), rank, info.id if info else 0, tag)
 
 
 def _ordered_shards(
@@ -396,7 +407,7 @@ def _ordered_shards(
     """This rank's share of the shard list; the shuffle is the same on every rank, so shares are disjoint."""
     order = list(shards)
     if shuffle:
-        random.Random(make_seed(seed, int(passes))).shuffle(order)
+        random.Random(stable_seed(seed, int(passes))).shuffle(order)
     for url in islice(order, rank, None, world_size):
         yield {"url": url}
 

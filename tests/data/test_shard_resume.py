@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -76,7 +79,26 @@ def test_without_a_length_the_saved_pass_restarts(shards: Path) -> None:
     resumed.load_state_dict(killed.state_dict())
     assert same(list(resumed), uninterrupted[3:])
     resumed.load_state_dict({**killed.state_dict(), "epoch_done": True})
-    assert {b["key"][0] for b in resumed} != {b["key"][0] for b in uninterrupted[3:]}, "the next pass"
+    assert same(list(resumed), take(train_loader(shards), 9)[6:]), "the next pass"
+
+
+PASS_DIGEST = """
+import sys, torch
+from cf_lightning.data import ShardDataModule
+loader = ShardDataModule(sys.argv[1], **{options}).train_dataloader()
+for batch in loader:
+    print(batch["key"], float(batch["latents"].double().sum()))
+"""
+
+
+def test_shuffles_and_crops_are_the_same_in_every_process(shards: Path) -> None:
+    """A resumed run (or another rank) is a new process with another string-hash seed: its pass must
+    still shuffle and crop as the killed run's did."""
+    script = PASS_DIGEST.format(options=OPTIONS)
+    outputs = [subprocess.run([sys.executable, "-c", script, str(shards)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"},
+                              check=True).stdout for hash_seed in ("1", "2")]
+    assert outputs[0].count("\n") == 3 and outputs[0] == outputs[1]
 
 
 def test_foreign_loader_state_is_named(shards: Path) -> None:
