@@ -118,8 +118,10 @@ def render_timeline(snapshots: list[Snapshot], chunk_frames: int, first_visit: t
         for region in DRAW_ORDER:
             for entry in snapshot.regions.get(region, []):
                 members = snapshot.members.get(entry, [entry])
+                merged = len(members) > 1  # lighter, with an edge, so adjacent merged entries stay apart
                 axis.bar(chunk, max(members) - min(members) + 1, bottom=min(members), width=1.0,
-                         color=COLOURS[region], align="edge", alpha=0.55 if len(members) > 1 else 1.0)
+                         color=COLOURS[region], align="edge", alpha=0.55 if merged else 1.0,
+                         edgecolor="white" if merged else "none", linewidth=0.3)
         if first_visit is not None:
             for first, hit in chunk_revisits(snapshot, first_visit, start, chunk_frames):
                 axis.plot(chunk + 0.5, first + 0.5, marker="o" if hit else "x", markersize=3,
