@@ -25,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from recipe_world import add_world_arguments, held_out
+import yaml
+from recipe_world import RECIPE, add_world_arguments, held_out
 
 from cf_lightning.memory_timeline import TimelineRecorder, revisit_recall
 from cf_lightning.metrics import RevisitError
@@ -53,7 +54,8 @@ SINK, RECENT = 2, 4  # shared by every budget-matched policy (the recipe's sink 
 
 def zoo(budget: int, chunk: int, trained: SlowFast) -> dict[str, MemoryPolicy]:
     """Every registered policy with ``budget`` attended memory frames (sink 2 + recent window 4 where a
-    policy has them, as the trained recipe; the rest is each policy's own region)."""
+    policy has them, as the trained recipe; the rest is each policy's own region). ``trained`` gives
+    Slow-Fast's admission settings (the student's own, or the recipe's)."""
     mid = budget - SINK - (RECENT - chunk)
     rope = budget + chunk  # positions 0..span-1, as the recipe (rope_length = budget + chunk)
     deep_sink = budget // 2
@@ -74,6 +76,12 @@ def zoo(budget: int, chunk: int, trained: SlowFast) -> dict[str, MemoryPolicy]:
         if policy.budget(chunk) != budget:
             raise ValueError(f"{name} attends {policy.budget(chunk)} frames, not the budget {budget}")
     return policies
+
+
+def recipe_slow_fast() -> SlowFast:
+    """The Slow-Fast settings of ``recipes/slowfast.yaml``, for students trained with another policy."""
+    recipe = yaml.safe_load(RECIPE.read_text())
+    return SlowFast(**recipe["model"]["init_args"]["memory"]["init_args"])
 
 
 class Clock:
@@ -181,13 +189,13 @@ def main() -> None:
     torch.manual_seed(0)
     loader = held_out(args, args.videos, args.frames, args.batch).val_dataloader()
     module = ContextForcingModule.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=False).eval()
-    if not isinstance(module.memory, SlowFast):
-        raise TypeError(f"expected a student trained with SlowFast memory, got {canonical_name(module.memory)}")
+    slow_fast = module.memory if isinstance(module.memory, SlowFast) else recipe_slow_fast()
+    print(f"student trained with {canonical_name(module.memory)}", flush=True)
     chunk = module.hparams.chunk_frames
     only = {name for name in args.only.split(",") if name}
     results: dict[int, dict[str, dict[str, object]]] = {}
     for budget in (int(b) for b in args.budgets.split(",")):
-        policies: dict[str, MemoryPolicy] = {**zoo(budget, chunk, module.memory), "full": Full()}
+        policies: dict[str, MemoryPolicy] = {**zoo(budget, chunk, slow_fast), "full": Full()}
         results[budget] = {}
         for name, policy in policies.items():
             if only and name not in only:
