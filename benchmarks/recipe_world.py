@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from cf_lightning.cli import load_recipe
+from cf_lightning.codecs import build_codec
 from cf_lightning.data import RevisitWorldConfig
 from cf_lightning.data.datamodules import RevisitWorldDataModule
 
@@ -17,7 +17,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "slowfast.yaml"
 
 
 def _recipe_data(recipe: Path = RECIPE) -> dict[str, Any]:
-    return yaml.safe_load(recipe.read_text())["data"]["init_args"]
+    return load_recipe(recipe)["data"]["init_args"]
 
 
 def add_world_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +30,7 @@ def add_world_arguments(parser: argparse.ArgumentParser) -> None:
 
 def held_out(args: argparse.Namespace, videos: int, frames: int = 96, batch_size: int = 1) -> RevisitWorldDataModule:
     """A data module whose validation loader yields ``videos`` held-out videos of ``frames`` frames."""
-    return RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)), codec=args.codec,
+    return RevisitWorldDataModule(world=RevisitWorldConfig(**json.loads(args.world)),
+                                  codec=build_codec(args.codec),
                                   num_videos=batch_size, batch_size=batch_size, num_val_videos=videos,
                                   val_num_frames=frames)

@@ -1,4 +1,4 @@
-"""Effective context of trained students on held-out revisit-world videos (design.md sections 4 and 7).
+"""Effective context of trained students on held-out revisit-world videos.
 
 Every student streams whole held-out videos (its own camera path and prompt, all denoising steps)
 with its own memory policy; the revisit error is the model's

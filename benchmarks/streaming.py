@@ -100,7 +100,7 @@ class Bench:
 
     def manual_chunk(self, memory: KVMemory, gen: torch.Generator, reuse_text: bool, model: WanModel | None = None
                      ) -> tuple[torch.Tensor, float]:
-        """The rollout chunk written out with ``forward_chunk`` (and ``commit_chunk`` for the refresh, as
+        """The rollout chunk written out with streaming forwards (and ``mode="commit"`` for the refresh, as
         :func:`rollout` does), with the text projection reuse switchable."""
         model = model or self.model
         noise = self.noise(gen)
@@ -108,15 +108,15 @@ class Bench:
         self.sync()
         start = time.perf_counter()
         with torch.no_grad():
-            context_kv = model.project_context(self.context) if reuse_text else None
+            context_kv = model(None, None, self.context, mode="context_kv") if reuse_text else None
             x = noise
             for step, sigma in enumerate(self.sigmas.tolist()):
                 t = torch.full((batch, CHUNK), timestep_from_sigma(sigma), device=self.device)
-                x0 = x0_from_velocity(x, model.forward_chunk(x, t, self.context, memory, context_kv=context_kv), sigma)
+                x0 = x0_from_velocity(x, model(x, t, self.context, memory=memory, context_kv=context_kv), sigma)
                 if step + 1 < len(self.sigmas):
                     x = add_noise(x0, torch.randn(x0.shape, generator=gen).to(x0), float(self.sigmas[step + 1]))
             zero = torch.zeros(batch, CHUNK, device=self.device)
-            model.commit_chunk(x0, zero, self.context, memory, context_kv=context_kv)
+            model(x0, zero, self.context, memory=memory, context_kv=context_kv, mode="commit")
         self.sync()
         return x0, time.perf_counter() - start
 
@@ -295,7 +295,7 @@ def recompute_chunk(bench: Bench, policy: MemoryPolicy, state: MemoryState, clea
     bench.sync()
     start = time.perf_counter()
     with torch.no_grad():
-        context_kv = bench.model.project_context(bench.context)
+        context_kv = bench.model(None, None, bench.context, mode="context_kv")
         view = policy.read(state)
         kept = len(view.frames)
         positions = torch.tensor(view.positions + view.query_positions, device=bench.device)
@@ -539,7 +539,7 @@ OP_GROUPS = {  # torch.profiler op name -> what it is; anything else is "other e
 def _timed_forward(bench: Bench, x: torch.Tensor, t: torch.Tensor) -> float:
     """Seconds of one no-grad forward without memory (text projected outside the timing)."""
     with torch.no_grad():
-        context_kv = bench.model.project_context(bench.context)
+        context_kv = bench.model(None, None, bench.context, mode="context_kv")
         bench.sync()
         start = time.perf_counter()
         bench.model(x, t, bench.context, context_kv=context_kv)

@@ -58,12 +58,12 @@ def similarities(model: WanModel, data: RevisitWorldDataModule, summary: str, la
                     generator=torch.Generator().manual_seed(index))
         else:
             memory = model.new_memory(recorder, latents.shape[0], chunk, tuple(latents.shape[-2:]))
-            context_kv = model.project_context(cond.context)
+            context_kv = model(None, None, cond.context, mode="context_kv")
             for start in range(0, frames, chunk):
                 part = slice(start, start + chunk)
-                model.commit_chunk(latents[:, :, part], torch.zeros(latents.shape[0], chunk), cond.context, memory,
-                                   context_mask=cond.context_mask, frame_cond=cond.frames(part),
-                                   context_kv=context_kv)
+                model(latents[:, :, part], torch.zeros(latents.shape[0], chunk), cond.context, memory=memory,
+                      context_mask=cond.context_mask, frame_cond=cond.frames(part), context_kv=context_kv,
+                      mode="commit")
         summaries = torch.cat(recorder.summaries)  # [frames, dim]: one video, chunks in order
         sims = F.cosine_similarity(summaries[1:], summaries[:-1], dim=-1)
         view = batch["view"][0, :frames]

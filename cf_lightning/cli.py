@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NoReturn
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import OmegaConf
 
-from cf_lightning.resume import AUTO, check_resume, find_run_checkpoint, qualified_name
+from cf_lightning.resume import AUTO, LAST_ALIAS, check_resume, find_run_checkpoint, qualified_name
 from memory_policies import available_policies, load_plugins
+
+#: Module arguments naming weight files to start from; a checkpoint being evaluated replaces them all.
+INIT_FILES = ("student_init", "teacher", "critic_init", "init_from")
 
 #: Shapes every module takes from the data, so no recipe states them twice.
 LINKED_SHAPES = ("latent_channels", "text_dim", "frame_cond_dim")
@@ -27,9 +32,29 @@ class CFArgumentParser(LightningArgumentParser):
         super().error(message, ex)
 
 
+#: Arithmetic for recipe interpolations, so a budget is written once: ``rope_length: ${cf.sum:2,4,4}``
+#: or ``clip_frames: ${cf.mul:${model.init_args.max_rollout_chunks},${model.init_args.chunk_frames}}``.
+RESOLVERS = {"cf.sum": lambda *values: sum(values), "cf.mul": lambda *values: math.prod(values)}
+
+
+def register_resolvers() -> None:
+    """Make the ``cf.*`` interpolation resolvers known to OmegaConf (idempotent)."""
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_resolver(name, resolver)
+
+
+def load_recipe(path: str | Path) -> dict:
+    """A recipe file as ``cf-fit`` reads it (OmegaConf, ``cf.*`` resolvers, interpolations resolved), for
+    tools that read recipes without parsing them into a run (e.g. ``benchmarks/memory_plan.py``)."""
+    register_resolvers()
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+
+
 class CFLightningCLI(LightningCLI):
     """LightningCLI with subclass mode, OmegaConf interpolation, explicit seeds, shape links and
-    ``fit --ckpt_path auto`` (resume from this run directory's ``last.ckpt``, or start fresh)."""
+    ``fit --ckpt_path last`` / ``auto`` (resume from this run directory's ``last.ckpt``, or start fresh;
+    ``auto`` also refuses a run directory that changes with every launch)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         for name in LINKED_SHAPES:
@@ -43,14 +68,34 @@ class CFLightningCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
-        if path not in (None, AUTO) and Path(path).exists():
+        if path not in (None, AUTO, LAST_ALIAS) and Path(path).exists():
             check_resume(path, self.config[subcommand]["model"]["class_path"])
 
+    def before_instantiate_classes(self) -> None:
+        """Outside ``fit``, a ``--ckpt_path`` checkpoint supplies every weight: the init files its
+        hyper-parameters name (student init, teacher, critic) are not read, so a checkpoint copied to
+        another machine predicts, validates and tests there."""
+        subcommand = self.config.get("subcommand")
+        if subcommand in (None, "fit") or not self.config[subcommand].get("ckpt_path"):
+            return
+        init_args = self.config[subcommand]["model"].get("init_args")
+        for name in INIT_FILES:
+            if init_args is not None and init_args.get(name) is not None:
+                init_args[name] = None
+
     def before_fit(self) -> None:
-        """Resolve ``--ckpt_path auto`` to this run directory's ``last.ckpt`` (or a fresh start) and check
-        that this module class wrote it."""
+        """Resolve ``--ckpt_path auto`` to this run directory's ``last.ckpt`` (or a fresh start), and check
+        that this module class wrote the checkpoint ``auto`` or ``last`` picks."""
         config = self.config_init[self.subcommand]
-        if config.get("ckpt_path") != AUTO:
+        alias = config.get("ckpt_path")
+        if alias == LAST_ALIAS:
+            if not self.trainer.checkpoint_callbacks:
+                return  # Lightning warns that there is no last checkpoint and starts fresh
+            found = find_run_checkpoint(self.trainer, fixed_version=False)
+            if found is not None:  # Lightning resolves "last" to the same file and warns when there is none
+                check_resume(found, qualified_name(type(self.model)))
+            return
+        if alias != AUTO:
             return
         found = find_run_checkpoint(self.trainer)
         config["ckpt_path"] = None if found is None else str(found)
@@ -75,6 +120,7 @@ def main(args: list[str] | None = None) -> None:
     # Import third-party policies first so their class names and aliases resolve in YAML, and our
     # modules and data modules so recipes can name them by class name.
     load_plugins()
+    register_resolvers()
     import cf_lightning.data.datamodules
     import cf_lightning.modules  # noqa: F401
 
@@ -84,7 +130,11 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_class=CFArgumentParser,
-        parser_kwargs={"parser_mode": "omegaconf+"},
+        # Each recipe file is read by OmegaConf, so its interpolations resolve when it is loaded:
+        # a later --config or flag that changes a referenced value does not reach the values that
+        # interpolate it (jsonargparse's "omegaconf+" would, but rejects interpolations inside
+        # class_path / init_args blocks, where recipes need them).
+        parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         seed_everything_default=0,

@@ -50,14 +50,19 @@ def _paired(ema_items: list[tuple[str, torch.Tensor]], items: list[tuple[str, to
 
 @torch.no_grad()
 def update_ema(ema_module: nn.Module, module: nn.Module, decay: float) -> None:
-    """In place ``ema = decay * ema + (1 - decay) * p`` for every parameter and floating-point buffer.
+    """In place ``ema = decay * ema + (1 - decay) * p`` for every trainable parameter (``requires_grad``
+    in ``module``) and floating-point buffer.
 
+    Frozen parameters are left alone: they never change, so their average is themselves, and under LoRA
+    (a rank-128 context teacher) they are nearly all the weights: lerping them would cost a pass over
+    ~1.3B weights per step to average a few million. The EMA keeps the copy it was made with.
     One fused ``torch._foreach_lerp_`` per dtype keeps this cheap for a 1.3B student. Non-float buffers
     (step counters, index tables) cannot be averaged and are copied. The source is cast to the EMA's
     dtype and device, so an fp32 EMA of a bf16 student works.
     """
     _check_decay(decay)
-    pairs = _paired(list(ema_module.named_parameters()), list(module.named_parameters()), "parameters")
+    pairs = [(e, p) for e, p in _paired(list(ema_module.named_parameters()), list(module.named_parameters()),
+                                        "parameters") if p.requires_grad]
     for e, p in _paired(list(ema_module.named_buffers()), list(module.named_buffers()), "buffers"):
         if e.is_floating_point():
             pairs.append((e, p))

@@ -5,31 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import lightning as L
-
-from cf_lightning.lora import merge_lora
-from cf_lightning.models import WanModel
+from cf_lightning.inference.loading import EMA_FIRST as BACKBONE_ATTRIBUTES
 from cf_lightning.models.checkpoint import save_wan
-
-#: Where each module keeps its backbones, best first.
-BACKBONE_ATTRIBUTES = ("ema", "model", "student")
 
 
 def export_backbone(checkpoint: str | Path, output: str | Path, attribute: str | None = None) -> Path:
-    """Write the backbone of a ``cf-fit`` checkpoint as one Wan-layout safetensors file.
+    """Write the backbone of a ``cf-fit`` checkpoint (one file, or a sharded run's directory) as one
+    Wan-layout safetensors file.
 
-    The module class comes from the checkpoint itself, so teacher, student and distillation runs
+    Only the backbone is rebuilt, from the run's saved hyper-parameters (no teacher, critic or init
+    file is read, so a checkpoint copied anywhere exports), and teacher, student and distillation runs
     export alike; ``attribute`` picks a specific backbone (default: the EMA weights).
     """
-    import cf_lightning.modules  # noqa: F401  (the recorded class must be importable)
+    from cf_lightning.modules.common import backbone_from_run, read_lightning_checkpoint
 
-    module = L.LightningModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
-    names = [attribute] if attribute else list(BACKBONE_ATTRIBUTES)
-    for name in names:
-        backbone = getattr(module, name, None)
-        if isinstance(backbone, WanModel):
-            return save_wan(merge_lora(backbone), output)
-    raise ValueError(f"{type(module).__name__} in {checkpoint} has no backbone among {names}")
+    if attribute is not None and attribute not in BACKBONE_ATTRIBUTES:
+        raise ValueError(f"unknown backbone attribute {attribute!r}; allowed: {', '.join(BACKBONE_ATTRIBUTES)}")
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+    names = (attribute,) if attribute else BACKBONE_ATTRIBUTES
+    return save_wan(backbone_from_run(read_lightning_checkpoint(checkpoint), str(checkpoint), names), output)
 
 
 def main(argv: list[str] | None = None) -> None:

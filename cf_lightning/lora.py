@@ -156,3 +156,24 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
             state[f"{prefix}lora_a"] = module.lora_a.detach()
             state[f"{prefix}lora_b"] = module.lora_b.detach()
     return state
+
+
+def fold_lora_state_dict(state: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """A state dict of a model with adapters -> the plain model's, each adapter folded into its weight.
+
+    ``X.base.weight + alpha / rank * X.lora_b @ X.lora_a`` becomes ``X.weight`` (and ``X.base.bias``
+    ``X.bias``), exactly what :func:`merge_lora` does to modules, so a checkpoint of a LoRA run loads
+    into an adapter-free backbone without rebuilding the module that trained it.
+    """
+    adapters = {key[: -len(".lora_a")] for key in state if key.endswith(".lora_a")}
+    out = {}
+    for key, value in state.items():
+        owner = next((name for name in adapters if key.startswith(name + ".")), None)
+        if owner is None:
+            out[key] = value
+        elif key == f"{owner}.base.weight":
+            a, b = state[f"{owner}.lora_a"], state[f"{owner}.lora_b"]
+            out[f"{owner}.weight"] = value + (alpha / a.shape[0]) * (b.float() @ a.float()).to(value.dtype)
+        elif key == f"{owner}.base.bias":
+            out[f"{owner}.bias"] = value
+    return out

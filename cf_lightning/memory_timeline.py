@@ -37,6 +37,12 @@ class Snapshot:
     members: dict[int, list[int]]
     frames_committed: int
 
+    @classmethod
+    def of(cls, state: MemoryState) -> Snapshot:
+        """A copy of ``state``'s regions and merged entries (later commits do not change it)."""
+        return cls({k: list(v) for k, v in state.regions.items()}, {k: list(v) for k, v in state.members.items()},
+                   state.frames_committed)
+
 
 class TimelineRecorder:
     """Context manager recording, per video, the memory after every commit of ``policy``.
@@ -60,9 +66,7 @@ class TimelineRecorder:
             video = self._index.setdefault(id(state), len(self._index))
             if video == len(self.timelines):
                 self.timelines.append([])
-            self.timelines[video].append(Snapshot({k: list(v) for k, v in state.regions.items()},
-                                                  {k: list(v) for k, v in state.members.items()},
-                                                  state.frames_committed))
+            self.timelines[video].append(Snapshot.of(state))
 
         self.policy.commit = recording  # type: ignore[method-assign]
         return self

@@ -1,9 +1,11 @@
-"""Resuming a run: ``--ckpt_path auto`` picks the run directory's own ``last.ckpt``, and a checkpoint
-written by another module class (another stage) is refused before Lightning loads any of it.
+"""Resuming a run: ``--ckpt_path last`` (Lightning's) or ``auto`` picks the run directory's own
+``last.ckpt``, and a checkpoint written by another module class (another stage) is refused before
+Lightning loads any of it.
 
 The run directory is the logger's ``<save_dir>/<name>/<version>`` (or a checkpoint callback's
-``dirpath``), so auto-resume needs a fixed version: with Lightning's auto-incremented ``version_N``
-every launch would get a new, empty directory and silently start over.
+``dirpath``). ``auto`` is ``last`` with one guard more: it refuses a logger without a fixed version,
+because with Lightning's auto-incremented ``version_N`` every launch gets a new, empty directory and
+``last`` silently starts over (a requeued job would never resume).
 """
 
 from __future__ import annotations
@@ -20,20 +22,24 @@ import torch
 from cf_lightning.callbacks.checkpointing import LAST, run_checkpoint_dir
 
 AUTO = "auto"
+#: Lightning's own name for the newest ``last*.ckpt`` of the trainer's ``ModelCheckpoint`` callbacks.
+LAST_ALIAS = "last"
 #: Where sharded (directory) checkpoints of Lightning's FSDP strategy keep everything but the tensors.
 SHARDED_METADATA = "meta.pt"
 
 
-def find_run_checkpoint(trainer: pl.Trainer) -> Path | None:
+def find_run_checkpoint(trainer: pl.Trainer, fixed_version: bool = True) -> Path | None:
     """The newest ``last.ckpt`` in the directories of the trainer's checkpoint callbacks, or ``None``
-    when the run has not saved one yet."""
+    when the run has not saved one yet; ``fixed_version`` refuses a run directory that changes with
+    every launch (``--ckpt_path auto``)."""
     if not trainer.checkpoint_callbacks:
         raise ValueError("--ckpt_path auto resumes from the run's checkpoint directory, but this trainer has no "
                          "checkpoint callback (trainer.enable_checkpointing is false and none is configured)")
     found = []
     for callback in trainer.checkpoint_callbacks:
         dirpath = getattr(callback, "dirpath", None)
-        if dirpath is None and trainer.loggers and getattr(trainer.loggers[0], "_version", None) is None:
+        unversioned = trainer.loggers and getattr(trainer.loggers[0], "_version", None) is None
+        if fixed_version and dirpath is None and unversioned:
             logger = type(trainer.loggers[0]).__name__
             raise ValueError(f"--ckpt_path auto resumes from this run's own directory, but {logger} has no fixed "
                              "version, so every launch writes to a new version_N directory; set "

@@ -1,11 +1,11 @@
 """Chunk-by-chunk generation over a memory policy, for training (Self-Forcing style) and inference.
 
 Each chunk is denoised in a few steps (predict x0, re-noise to the next level), then one clean
-refresh pass at t = 0 writes its keys/values into the memory (:meth:`WanModel.commit_chunk`: its output
-is never read, so the model stops at the last block's keys and values). The refresh never carries
+refresh pass at t = 0 writes its keys/values into the memory (``mode="commit"``: its output is never
+read, so the model stops at the last block's keys and values). The refresh never carries
 gradient. During training the chunk may stop at a randomly drawn *exit step* and only the chunks from
 ``grad_from_chunk`` on keep the graph of that one step, which is what makes long rollouts
-affordable (design.md section 1, stage 2).
+affordable in stage 2.
 
 The text context is projected to cross-attention keys/values once per call and reused by every
 no-grad forward; the step that keeps a graph re-projects it, so gradients reach those weights.
@@ -57,7 +57,7 @@ def rollout(model: WanModel, policy: MemoryPolicy, noise: torch.Tensor, context:
     if memory is None:
         memory = model.new_memory(policy, batch, chunk_frames, (height, width), device=noise.device)
     with torch.no_grad():  # the prompt is fixed for the whole rollout: project it once for the no-grad forwards
-        context_kv = model.project_context(context)
+        context_kv = model(None, None, context, mode="context_kv")
     chunks, exits = [], []
     for index, start in enumerate(range(0, frames, chunk_frames)):
         part = slice(start, start + chunk_frames)
@@ -69,16 +69,16 @@ def rollout(model: WanModel, policy: MemoryPolicy, noise: torch.Tensor, context:
             keep_graph = track and step == last_step
             with contextlib.nullcontext() if keep_graph else torch.no_grad():
                 t = torch.full((batch, chunk_frames), timestep_from_sigma(sigma), device=noise.device)
-                velocity = model.forward_chunk(x, t, context, memory, context_mask=context_mask, frame_cond=cond,
-                                               context_kv=None if keep_graph else context_kv)
+                velocity = model(x, t, context, memory=memory, context_mask=context_mask, frame_cond=cond,
+                                 context_kv=None if keep_graph else context_kv)
                 x0 = x0_from_velocity(x, velocity, sigma)
             if step < last_step:
                 fresh = _to_device(randn(x0.shape, generator), x0)
                 x = add_noise(x0.detach(), fresh, float(sigmas[step + 1]))
         with torch.no_grad():
             zero = torch.zeros(batch, chunk_frames, device=noise.device)
-            model.commit_chunk(x0.detach(), zero, context, memory, context_mask=context_mask, frame_cond=cond,
-                               context_kv=context_kv)
+            model(x0.detach(), zero, context, memory=memory, context_mask=context_mask, frame_cond=cond,
+                  context_kv=context_kv, mode="commit")
         chunks.append(x0)
         exits.append(float(sigmas[last_step]))
     return RolloutResult(torch.cat(chunks, dim=2), memory, torch.tensor(exits))

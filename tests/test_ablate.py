@@ -7,6 +7,7 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import metadata
+from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hparams_limit
 
 from cf_lightning.ablate import load_variants
 from cf_lightning.ablate import main as ablate
@@ -33,6 +34,9 @@ def test_tiny_ablation_logs_hparams_and_metrics_per_policy(tmp_path, monkeypatch
         policies[run] = start.hparams["memory/policy"].string_value
         experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
         assert {m.name.tag for m in experiment.metric_infos} == {"val/effective_context", "train/dmd_loss"}
+        # the columns an ablation is about lead TensorBoard's order (differing first, then by name)
+        _sort_and_reduce_to_hparams_limit(experiment, hparams_limit=5)
+        assert [info.name for info in experiment.hparam_infos][:2] == ["memory/policy", "teacher/context"]
         scalars = runs.GetAccumulator(run).Tags()["scalars"]
         assert {"val/effective_context", "train/dmd_loss"} <= set(scalars)
     assert policies == {"slow_fast": "SlowFast", "sliding_window": "SlidingWindow"}

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import inspect
+import json
+import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
+from omegaconf.errors import InterpolationKeyError
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cf_lightning.cli import main
+from cf_lightning.codecs import build_codec
 from tests.cli_helpers import RECIPES, TINY_DATA, TINY_DISTILL, logged
 
 
@@ -45,6 +50,24 @@ def test_deepspeed_overlay_swaps_the_teacher_strategy_only(capsys):
     fsdp["model"]["init_args"].pop("gradient_checkpointing")
     assert deepspeed == fsdp, "only the strategy and activation checkpointing change"
     inspect.signature(DeepSpeedStrategy).bind(**strategy["init_args"])  # every argument is DeepSpeedStrategy's
+
+
+@pytest.mark.parametrize("recipe", ["context_teacher.yaml", "slowfast.yaml"])
+def test_fsdp2_overlay_swaps_the_strategy_only(recipe, capsys):
+    printed = []
+    for extra in ([], ["--config", str(RECIPES / "wan2.1-1.3b" / "strategies" / "fsdp2.yaml")]):
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", str(RECIPES / "wan2.1-1.3b" / recipe), *extra, "--print_config"])
+        printed.append(yaml.safe_load(capsys.readouterr().out))
+    fsdp1, fsdp2 = printed
+    strategy = fsdp2["trainer"].pop("strategy")
+    assert strategy["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    assert strategy["init_args"]["data_parallel_size"] == fsdp1["trainer"]["devices"]
+    inspect.signature(ModelParallelStrategy).bind(**strategy["init_args"])
+    assert fsdp2["model"]["init_args"].pop("gradient_checkpointing") is True
+    fsdp1["trainer"].pop("strategy")
+    fsdp1["model"]["init_args"].pop("gradient_checkpointing")
+    assert fsdp2 == fsdp1, "only the strategy and activation checkpointing change"
 
 
 def test_teacher_recipe_trains_and_resumes(tmp_path):
@@ -95,3 +118,63 @@ def test_unknown_policy_and_unknown_key_fail_before_training(tmp_path, capsys):
         main([*base, "--model.memory.init_args.sinkk", "3"])
     assert "sinkk" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_student_recipe_validates_and_tests(tmp_path):
+    """Stage 1 logs val/loss while training (with a warm-up + cosine schedule given by class path), and
+    `cf-fit test` scores the checkpoint on held-out clips."""
+    args = ["--config", str(RECIPES / "student_init.yaml"), *TINY_DATA, *logged(tmp_path, "s"),
+            "--model.backbone", "tiny", "--trainer.logger.init_args.version", "v",
+            "--trainer.log_every_n_steps", "1"]
+    schedule = {"class_path": "cf_lightning.lr_schedules.WarmupCosineLR",
+                "init_args": {"warmup_steps": 1, "total_steps": 4}}
+    main(["fit", *args, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+          "--trainer.limit_val_batches", "1", "--trainer.callbacks.init_args.every_n_batches", "2",
+          "--model.lr_scheduler", json.dumps(schedule)])
+    checkpoint = tmp_path / "s" / "v" / "checkpoints" / "last.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)
+    [scheduler] = saved["lr_schedulers"]
+    assert scheduler["last_epoch"] == 2 and scheduler["warmup_steps"] == 1
+    # the recipe's `codec: PooledPixelCodec` is recorded as the spec cf-gen rebuilds the codec from
+    codec = saved["datamodule_hyper_parameters"]["codec"]
+    assert codec == {"class_path": "cf_lightning.codecs.pixel.PooledPixelCodec", "init_args": {"patch": 8}}
+    assert build_codec(codec).latent_channels == saved["hyper_parameters"]["latent_channels"]
+    main(["test", *args, "--ckpt_path", str(checkpoint)])
+    events = EventAccumulator(str(tmp_path / "s" / "v"))
+    events.Reload()
+    assert {"train/loss", "val/loss", "test/loss"} <= set(events.Tags()["scalars"])
+    assert all(math.isfinite(e.value) for e in events.Scalars("test/loss"))
+
+
+def print_config(recipe: Path, capsys) -> dict:
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(recipe), "--print_config"])
+    assert done.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_recipe_numbers_are_written_once_and_interpolated(tmp_path, capsys):
+    """The slowfast recipe derives the clip length, the last revisit bucket and the position span from
+    the numbers they depend on, so changing one number changes them all."""
+    config = print_config(RECIPES / "slowfast.yaml", capsys)
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert data["clip_frames"] == model["max_rollout_chunks"] * model["chunk_frames"] == 48
+    assert model["eval_bucket_edges"][-1] == data["val_num_frames"] == 96
+    memory = model["memory"]["init_args"]
+    assert memory["rope_length"] == memory["sink"] + memory["slow"] + memory["fast"] == 10
+    text = (RECIPES / "slowfast.yaml").read_text()
+    changed = tmp_path / "slowfast.yaml"
+    changed.write_text(text.replace("max_rollout_chunks: 24", "max_rollout_chunks: 20")
+                       .replace("val_num_frames: 96", "val_num_frames: 64").replace("slow: 4,", "slow: 6,"))
+    config = print_config(changed, capsys)
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    rope_length = model["memory"]["init_args"]["rope_length"]
+    assert (data["clip_frames"], model["eval_bucket_edges"][-1], rope_length) == (40, 64, 12)
+
+
+def test_a_bad_interpolation_fails_naming_the_key(tmp_path):
+    broken = tmp_path / "slowfast.yaml"
+    broken.write_text((RECIPES / "slowfast.yaml").read_text().replace("${model.init_args.chunk_frames}",
+                                                                        "${model.init_args.chunk_frame}"))
+    with pytest.raises(InterpolationKeyError, match=r"'model.init_args.chunk_frame' not found"):
+        main(["fit", "--config", str(broken), "--print_config"])

@@ -12,9 +12,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cf_lightning.diffusion import denoising_sigmas
 from cf_lightning.generate import main as cf_gen
-from cf_lightning.generate import parse_policy, read_prompt_switches, recache, stream_video
+from cf_lightning.inference import (
+    Conditions,
+    InferencePreset,
+    parse_policy,
+    read_prompt_switches,
+    recache,
+    stream_chunks,
+)
 from cf_lightning.models import build_wan
 from cf_lightning.modules import ContextForcingModule
 from memory_policies import SlidingWindow, SlowFast
@@ -25,8 +31,8 @@ POLICY = SlowFast(sink=1, slow=2, fast=4, threshold=0.9, interval=1, rope_length
 def stream_clean(model, policy, history, context, cond):
     memory = model.new_memory(policy, 1, 2, (4, 4))
     for start in range(0, history.shape[2], 2):
-        model.forward_chunk(history[:, :, start:start + 2], torch.zeros(1, 2), context, memory, commit=True,
-                            frame_cond=cond[:, start:start + 2])
+        model(history[:, :, start:start + 2], torch.zeros(1, 2), context, memory=memory,
+              frame_cond=cond[:, start:start + 2], mode="predict_commit")
     return memory
 
 
@@ -37,7 +43,7 @@ def test_recache_equals_streaming_the_history_under_the_new_prompt():
     history, cond = torch.randn(1, 4, 10, 4, 4), torch.randn(1, 10, 2)
     old, new = torch.randn(1, 3, 16), torch.randn(1, 3, 16)
     memory = stream_clean(model, POLICY, history, old, cond)
-    fresh = recache(model, memory, history, new, cond)
+    fresh = recache(model, memory, history.split(2, dim=2), new, cond, (4, 4))
     reference = stream_clean(model, POLICY, history, new, cond)
     read, expected = fresh.read(), reference.read()
     assert read.views == expected.views
@@ -69,10 +75,12 @@ def test_policy_override_parses_like_a_recipe():
 def test_stream_video_with_a_switch_has_the_requested_length():
     torch.manual_seed(0)
     model = build_wan("tiny", frame_cond_dim=2).eval()
-    segments = [(torch.randn(1, 3, 16), 0), (torch.randn(1, 3, 16), 6)]
-    video = stream_video(model, POLICY, denoising_sigmas(2), 2, (4, 4, 4), segments, 10, torch.randn(1, 10, 2),
-                         progress=False)
-    assert video.shape == (1, 4, 10, 4, 4)
+    conditions = Conditions([(torch.randn(1, 3, 16), 0), (torch.randn(1, 3, 16), 6)], torch.randn(1, 10, 2))
+    preset = InferencePreset("test", chunk_frames=2, denoising_steps=2, shift=5.0, make_memory=lambda: POLICY,
+                             source="this test")
+    chunks = list(stream_chunks(model, preset, conditions, 10, (4, 4)))
+    assert [start for start, _, _ in chunks] == [0, 2, 4, 6, 8]
+    assert torch.cat([chunk for _, chunk, _ in chunks], dim=2).shape == (1, 4, 10, 4, 4)
 
 
 WORLD = {"frame_height": 16, "frame_width": 16, "canvas_height": 64, "canvas_width": 64, "num_frames": 16,
@@ -110,13 +118,25 @@ def test_cf_gen_writes_a_long_video_from_a_checkpoint(tmp_path):
         assert timeline.size[0] > 100 and timeline.size[1] > 100
 
 
-def test_cf_gen_defaults_to_the_data_the_run_trained_on(tmp_path):
+#: Data module settings as cf-fit saves them (class_path specs), and as checkpoints made before
+#: codecs and text encoders were chosen by class_path recorded them (short names + options).
+TRAINED_DATA = {
+    "class_path": {
+        "codec": {"class_path": "cf_lightning.codecs.PixelCodec", "init_args": {"patch": 4}},
+        "text_encoder": {"class_path": "cf_lightning.text.HashTextEncoder", "init_args": {"dim": 32}},
+    },
+    "short_name": {"codec": "pixel", "codec_options": {"patch": 4}, "text_encoder": "hash",
+                   "text_encoder_options": None},
+}
+
+
+@pytest.mark.parametrize("recorded", sorted(TRAINED_DATA))
+def test_cf_gen_defaults_to_the_data_the_run_trained_on(recorded, tmp_path):
     """The data module's settings saved by cf-fit pick the world, codec and text encoder; --world
     overrides single fields of that world."""
     checkpoint = tiny_checkpoint(tmp_path)
     saved = torch.load(checkpoint, weights_only=False)
-    saved["datamodule_hyper_parameters"] = {"codec": "pixel", "codec_options": {"patch": 4}, "text_encoder": "hash",
-                                            "text_encoder_options": None, "world": {**WORLD, "num_frames": 12}}
+    saved["datamodule_hyper_parameters"] = {**TRAINED_DATA[recorded], "world": {**WORLD, "num_frames": 12}}
     torch.save(saved, checkpoint)
     cf_gen(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "trained"), "--world_seed", "3"])
     assert np.load(tmp_path / "trained" / "latents.npy").shape == (48, 12, 4, 4)
@@ -124,6 +144,6 @@ def test_cf_gen_defaults_to_the_data_the_run_trained_on(tmp_path):
             "--world", '{"num_frames": 16}'])
     assert np.load(tmp_path / "longer" / "latents.npy").shape == (48, 16, 4, 4)
     with pytest.raises(SystemExit, match="makes 192-channel latents, but the model takes 48; the run trained with "
-                                         "codec 'pixel', options {'patch': 4}"):
+                                         "codec"):
         cf_gen(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "wrong"), "--world_seed", "3",
                 "--codec_options", '{"patch": 8}'])

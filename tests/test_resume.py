@@ -1,6 +1,6 @@
 """A `cf-fit` run SIGKILLed in the middle of training resumes from its last checkpoint and logs the
-same losses, step by step, as an uninterrupted run with the same seed; `--ckpt_path auto` stays in
-its run directory and refuses another stage's checkpoint."""
+same losses, step by step, as an uninterrupted run with the same seed; `--ckpt_path auto` and
+Lightning's `last` stay in their run directory and refuse another stage's checkpoint."""
 
 from __future__ import annotations
 
@@ -137,8 +137,10 @@ def test_sigkilled_run_resumes_with_the_losses_of_an_uninterrupted_run(stage, tm
             assert_same(final[0][key], final[1][key], key)
 
 
-def test_auto_resume_starts_fresh_then_continues_its_own_run(tmp_path):
-    args = [*cli_args(tmp_path, "context_teacher_erft", "a", every=1), "--ckpt_path", "auto"]
+@pytest.mark.parametrize("alias", ["auto", "last"])
+def test_resume_alias_starts_fresh_then_continues_its_own_run(alias, tmp_path):
+    """``last`` is Lightning's own alias (RunCheckpoint is a ModelCheckpoint), ``auto`` ours."""
+    args = [*cli_args(tmp_path, "context_teacher_erft", "a", every=1), "--ckpt_path", alias]
     main([*args, "--trainer.max_steps", "2"])
     main([*args, "--trainer.max_steps", "4"])
     run = tmp_path / "runs" / "context_teacher_erft" / "a"
@@ -164,5 +166,6 @@ def test_stage_2_refuses_a_stage_1_checkpoint(tmp_path):
         main([*stage_2, "--ckpt_path", str(student)])
     (tmp_path / "s2" / "checkpoints").mkdir(parents=True)
     shutil.copy(student, tmp_path / "s2" / "checkpoints" / "last.ckpt")
-    with pytest.raises(ValueError, match=expected):
-        main([*stage_2, "--ckpt_path", "auto"])
+    for alias in ("auto", "last"):
+        with pytest.raises(ValueError, match=expected):
+            main([*stage_2, "--ckpt_path", alias])

@@ -1,12 +1,17 @@
 """Checkpoints a killed run can resume from exactly: saved every N training batches, written
 atomically, rotated, kept in the run's own directory.
 
-Why not ``ModelCheckpoint(every_n_train_steps=N)``: ``trainer.global_step`` counts every optimizer
-step, and Context Forcing steps the critic every batch and the generator every k-th, so the step
-count moves by 1 or 2 per batch and skips multiples of N. Lightning's own write goes through a
-temporary file in the system temp directory and ``shutil.move``, which degrades to a copy (and a
-half-written checkpoint under its final name if the process dies) when that directory is on another
-filesystem; here the temporary file sits next to the checkpoint and ``os.replace`` publishes it.
+:class:`RunCheckpoint` is a ``ModelCheckpoint``, so Lightning treats it as its own: ``--ckpt_path last``
+finds its ``last.ckpt``, ``trainer.checkpoint_callback`` is this callback, loggers are told of each
+save. It replaces ModelCheckpoint's triggers and its write:
+
+- The trigger counts training batches, not ``trainer.global_step``: that counts every optimizer step,
+  and Context Forcing steps the critic every batch and the generator every k-th, so the step count
+  moves by 1 or 2 per batch and ``every_n_train_steps=N`` skips multiples of N.
+- Lightning's own write goes through a temporary file in the system temp directory and
+  ``shutil.move``, which degrades to a copy (and a half-written checkpoint under its final name if
+  the process dies) when that directory is on another filesystem; here the temporary file sits next
+  to the checkpoint and ``os.replace`` publishes it.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 LAST = "last.ckpt"
 PARTIAL = ".partial"
@@ -82,7 +88,7 @@ def publish(partial: Path, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
-class RunCheckpoint(Checkpoint):
+class RunCheckpoint(ModelCheckpoint):
     """Save every ``every_n_batches`` training batches to ``batch=<n>.ckpt`` and ``last.ckpt``.
 
     Args:
@@ -92,30 +98,38 @@ class RunCheckpoint(Checkpoint):
             by a run that was resumed from an earlier checkpoint go first); ``None`` keeps all,
             0 writes ``last.ckpt`` only.
         dirpath: checkpoint directory; default the run directory's ``checkpoints/`` (see
-            :func:`run_checkpoint_dir`), which ``cf-fit fit --ckpt_path auto`` resumes from.
+            :func:`run_checkpoint_dir`), which ``cf-fit fit --ckpt_path last`` (or ``auto``) resumes from.
         save_on_train_end: also write ``last.ckpt`` when training ends between two saves, so it
             always holds the final state.
 
     Every file is written as ``<name>.partial`` in the same directory and renamed when complete;
     partial files of a crashed run are removed when the next run in that directory starts.
     ``last.ckpt`` is a hard link to the newest ``batch=*.ckpt`` (a copy where links are refused),
-    so a save writes the checkpoint once.
+    so a save writes the checkpoint once. No metric is monitored, so ``best_model_path`` is the newest
+    checkpoint, as for ``ModelCheckpoint(monitor=None)``.
     """
 
     def __init__(self, every_n_batches: int = 500, max_checkpoints: int | None = None, dirpath: str | None = None,
                  save_on_train_end: bool = True) -> None:
-        super().__init__()
         if every_n_batches < 1:
             raise ValueError(f"every_n_batches must be >= 1, got {every_n_batches}")
         if max_checkpoints is not None and max_checkpoints < 0:
             raise ValueError(f"max_checkpoints must be >= 0 (0: last.ckpt only) or None (keep all), "
                              f"got {max_checkpoints}")
+        # ModelCheckpoint's step and epoch triggers off: this callback saves on its batch count only.
+        super().__init__(dirpath=dirpath, every_n_train_steps=0, every_n_epochs=0,
+                         save_on_train_epoch_end=False)
         self.every_n_batches = every_n_batches
         self.max_checkpoints = max_checkpoints
-        self.dirpath = dirpath
         self.save_on_train_end = save_on_train_end
         self.batches = 0
         self._saved_at: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        """The class name, as before this became a ``ModelCheckpoint``, so earlier checkpoints resume
+        their batch count (ModelCheckpoint's key lists its monitor and triggers, unused here)."""
+        return type(self).__qualname__
 
     @property
     def directory(self) -> Path:
@@ -124,6 +138,8 @@ class RunCheckpoint(Checkpoint):
         return Path(self.dirpath)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Resolve the directory and remove partial files of a crashed run (ModelCheckpoint's setup
+        would warn that a resumed run's directory is not empty)."""
         self.dirpath = str(trainer.strategy.broadcast(run_checkpoint_dir(trainer, self.dirpath)))
         if stage == "fit" and trainer.is_global_zero and self.directory.is_dir():
             for leftover in self.directory.glob(f"*{PARTIAL}"):
@@ -134,6 +150,12 @@ class RunCheckpoint(Checkpoint):
         self.batches += 1
         if self.batches % self.every_n_batches == 0:
             self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """No save at epoch ends: only the batch count triggers one."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """No save after validation: only the batch count triggers one."""
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_on_train_end and self._saved_at != self.batches:
@@ -151,14 +173,18 @@ class RunCheckpoint(Checkpoint):
         last = self.directory / LAST
         if last_only or self.max_checkpoints == 0:
             self._write(trainer, last)
+            newest = last
         else:
-            step = self.directory / f"{STEP_PREFIX}{self.batches:07d}.ckpt"
-            self._write(trainer, step)
-            self._link_last(trainer, step, last)
+            newest = self.directory / f"{STEP_PREFIX}{self.batches:07d}.ckpt"
+            self._write(trainer, newest)
+            self._link_last(trainer, newest, last)
             if trainer.is_global_zero and self.max_checkpoints is not None:
                 self._rotate()
         trainer.strategy.barrier("RunCheckpoint.save")
         self._saved_at = self.batches
+        self.best_model_path, self.last_model_path = str(newest), str(last)
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(proxy(self))
 
     def _write(self, trainer: pl.Trainer, target: Path) -> None:
         partial = target.with_name(target.name + PARTIAL)

@@ -1,10 +1,8 @@
 """Latent codecs: ``pixel`` (weight-free patchify, the CPU path) and ``wan`` (diffusers Wan VAE)."""
 
 from cf_lightning.codecs.base import (
-    CODECS,
     LatentCodec,
     build_codec,
-    register_codec,
     resolve_dtype,
     uint8_to_unit,
     unit_to_uint8,
@@ -13,13 +11,11 @@ from cf_lightning.codecs.pixel import PixelCodec, PooledPixelCodec
 from cf_lightning.codecs.wan_vae import WanVAECodec
 
 __all__ = [
-    "CODECS",
     "LatentCodec",
     "PixelCodec",
     "PooledPixelCodec",
     "WanVAECodec",
     "build_codec",
-    "register_codec",
     "resolve_dtype",
     "uint8_to_unit",
     "unit_to_uint8",

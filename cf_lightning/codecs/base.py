@@ -1,4 +1,4 @@
-"""The latent codec interface, its registry and the uint8 <-> [-1, 1] pixel mapping.
+"""The latent codec interface and the uint8 <-> [-1, 1] pixel mapping.
 
 Every model in the library works on latents ``[B, C, F, h, w]`` and never needs to know whether
 they came from a weight-free patchifier (CPU recipes, tests) or the Wan VAE (real runs). The codec
@@ -9,19 +9,17 @@ ground truth such as camera positions must follow the codec's temporal compressi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from cf_lightning.registry import Registry
+from cf_lightning.components import build_component
 
 __all__ = [
-    "CODECS",
     "LatentCodec",
     "build_codec",
-    "register_codec",
     "resolve_dtype",
     "uint8_to_unit",
     "unit_to_uint8",
@@ -61,7 +59,8 @@ class LatentCodec(nn.Module, ABC):
 
     Subclasses set ``latent_channels``, ``temporal_factor``, ``spatial_factor`` and
     ``causal_first_frame`` (Wan's causal VAE encodes frame 0 alone and then groups of
-    ``temporal_factor`` frames); the frame/size arithmetic below follows from those.
+    ``temporal_factor`` frames); the frame/size arithmetic below follows from those. ``name`` is the
+    short name shard metadata records (:meth:`describe`) and :func:`build_codec` accepts.
     """
 
     name: str = ""
@@ -81,6 +80,15 @@ class LatentCodec(nn.Module, ABC):
     @abstractmethod
     def options(self) -> dict[str, Any]:
         """Constructor arguments, so shard metadata records how latents were made."""
+
+    def chunk_decoder(self) -> Callable[[Tensor], Tensor]:
+        """A decoder for the consecutive latent chunks of one video, called as each chunk is produced.
+
+        The whole video's decode must equal the concatenation of the chunks' decodes. The default
+        decodes each chunk on its own, which is exact for codecs that decode every latent frame
+        independently; a codec with temporal context (the causal Wan VAE) carries it across calls.
+        """
+        return self.decode
 
     def describe(self) -> dict[str, Any]:
         """``{"name": ..., **options}``: enough to rebuild this codec with :func:`build_codec`."""
@@ -124,15 +132,7 @@ class LatentCodec(nn.Module, ABC):
         return height // s, width // s
 
 
-_REGISTRY: Registry[LatentCodec] = Registry("codec")
-CODECS = _REGISTRY.classes
-
-
-def register_codec(name: str) -> Callable[[type[LatentCodec]], type[LatentCodec]]:
-    """Class decorator adding a codec under ``name`` so configs and ``cf-data`` can pick it by name."""
-    return _REGISTRY.register(name)
-
-
-def build_codec(name: str, **options: Any) -> LatentCodec:
-    """Instantiate the codec registered as ``name`` with ``options`` (e.g. ``patch=8`` or ``path=...``)."""
-    return _REGISTRY.build(name, **options)
+def build_codec(spec: str | Mapping[str, Any] | LatentCodec, **options: Any) -> LatentCodec:
+    """A codec from a ``class_path``/``init_args`` spec, a class path or name, or a short name such as
+    ``"pixel"`` with ``options`` (e.g. ``patch=8`` or ``path=...``); see :mod:`cf_lightning.components`."""
+    return build_component(LatentCodec, spec, **options)

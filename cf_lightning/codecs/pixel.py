@@ -6,12 +6,11 @@ from typing import Any
 
 from torch import Tensor
 
-from cf_lightning.codecs.base import LatentCodec, register_codec
+from cf_lightning.codecs.base import LatentCodec
 
 __all__ = ["PixelCodec", "PooledPixelCodec"]
 
 
-@register_codec("pixel")
 class PixelCodec(LatentCodec):
     """Folds each ``patch x patch`` pixel block into channels: ``[B, 3, T, H, W] -> [B, 3*p*p, T, H/p, W/p]``.
 
@@ -19,6 +18,8 @@ class PixelCodec(LatentCodec):
     channel order is ``(rgb, row in patch, column in patch)``. ``decode`` is the exact inverse, so
     revisit ground truth checked on decoded frames is as exact as on the pixels.
     """
+
+    name = "pixel"
 
     def __init__(self, patch: int = 8) -> None:
         super().__init__()
@@ -58,7 +59,6 @@ class PixelCodec(LatentCodec):
         return x.reshape(b, 3, t, h * p, w * p)
 
 
-@register_codec("pooled_pixel")
 class PooledPixelCodec(PixelCodec):
     """Average-pools each ``patch x patch`` block to its mean colour: ``[B, 3, T, H, W] -> [B, 3, T, H/p, W/p]``.
 
@@ -67,6 +67,8 @@ class PooledPixelCodec(PixelCodec):
     small transformer can then carry a whole token through its width, which velocity prediction
     needs (the noise it predicts has one value per latent channel).
     """
+
+    name = "pooled_pixel"
 
     def __init__(self, patch: int = 8) -> None:
         super().__init__(patch)

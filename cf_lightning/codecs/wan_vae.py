@@ -8,12 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cf_lightning.codecs.base import LatentCodec, register_codec, resolve_dtype
+from cf_lightning.codecs.base import LatentCodec, resolve_dtype
 
-__all__ = ["WanVAECodec"]
+__all__ = ["WanChunkDecoder", "WanVAECodec"]
 
 
-@register_codec("wan")
 class WanVAECodec(LatentCodec):
     """Frozen Wan 2.x VAE loaded from a local directory; latents are normalised per channel.
 
@@ -22,6 +21,8 @@ class WanVAECodec(LatentCodec):
     statistics from the VAE config, the scaling Wan's diffusion models were trained on, and the
     posterior mode is used so that encoding a dataset is deterministic. Nothing is downloaded.
     """
+
+    name = "wan"
 
     def __init__(self, path: str, dtype: str | torch.dtype = "float32") -> None:
         super().__init__()
@@ -74,10 +75,52 @@ class WanVAECodec(LatentCodec):
         z = self.vae.encode(x).latent_dist.mode().float()
         return (z - self.latents_mean) / self.latents_std
 
-    def decode(self, latents: Tensor) -> Tensor:
+    def denormalize(self, latents: Tensor) -> Tensor:
+        """Normalised latents back to the VAE's own scale, in its dtype, after checking their shape."""
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
             raise ValueError(
                 f"expected latents [B, {self.latent_channels}, F, h, w], got shape {tuple(latents.shape)}"
             )
         z = latents.to(self.latents_mean.device).float() * self.latents_std + self.latents_mean
-        return self.vae.decode(z.to(self.dtype)).sample.float().clamp(-1.0, 1.0)
+        return z.to(self.dtype)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return self.vae.decode(self.denormalize(latents)).sample.float().clamp(-1.0, 1.0)
+
+    def chunk_decoder(self) -> WanChunkDecoder:
+        return WanChunkDecoder(self)
+
+
+class WanChunkDecoder:
+    """Decodes one video chunk by chunk with the causal VAE's own convolution cache.
+
+    ``AutoencoderKLWan.decode`` runs its decoder one latent frame at a time, each causal 3-D
+    convolution reading the last frames of the previous call from a cache; it clears that cache at
+    the start and end of every call. Keeping the cache here, across chunks, makes the chunked decode
+    the same computation as decoding the whole latent video at once, while memory holds one chunk
+    and the cache (a few frames per convolution) instead of the whole video.
+    """
+
+    def __init__(self, codec: WanVAECodec) -> None:
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+        self.codec = codec
+        convolutions = sum(isinstance(m, WanCausalConv3d) for m in codec.vae.decoder.modules())
+        self.cache: list[Tensor | None] = [None] * convolutions
+        self.frames_decoded = 0
+
+    @torch.no_grad()
+    def __call__(self, latents: Tensor) -> Tensor:
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+        vae = self.codec.vae
+        x = vae.post_quant_conv(self.codec.denormalize(latents))
+        frames = []
+        for i in range(x.shape[2]):
+            frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=self.cache, feat_idx=[0],
+                                      first_chunk=self.frames_decoded == 0))
+            self.frames_decoded += 1
+        out = torch.cat(frames, dim=2)
+        if vae.config.patch_size is not None:
+            out = unpatchify(out, patch_size=vae.config.patch_size)
+        return out.float().clamp(-1.0, 1.0)

@@ -46,7 +46,8 @@ def _add_encoding_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
     parser.add_argument("--output", type=str, required=True, help="folder for shard-000000.tar, ...")
     parser.add_argument("--shard_size", type=int, default=64, help="samples per shard")
-    parser.add_argument("--codec", type=str, default="pixel", help="registered codec: pixel, wan")
+    parser.add_argument("--codec", type=str, default="pixel",
+                        help="codec: short name (pixel, wan) or class name")
     parser.add_argument(
         "--codec_options", type=dict[str, Any], default={}, help='codec arguments as JSON, e.g. {"patch": 8}'
     )

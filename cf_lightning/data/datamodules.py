@@ -18,9 +18,11 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader, Dataset
 
-from cf_lightning.codecs import LatentCodec, build_codec, uint8_to_unit
+from cf_lightning.codecs import LatentCodec, PixelCodec, uint8_to_unit
+from cf_lightning.components import component_spec
 from cf_lightning.data.resumable import EpochSampler, ResumableLoader
 from cf_lightning.data.revisit_world import RevisitWorldConfig, generate_video, latent_truth
 from cf_lightning.data.shards import (
@@ -33,7 +35,7 @@ from cf_lightning.data.shards import (
     expand_shards,
     read_shards,
 )
-from cf_lightning.text import TextEncoder, build_text_encoder
+from cf_lightning.text import HashTextEncoder, TextEncoder
 
 __all__ = ["RevisitWorldDataModule", "RevisitWorldDataset", "ShardDataModule"]
 
@@ -64,8 +66,9 @@ class ShardDataModule(L.LightningDataModule):
         clip_frames: cut every sample to this many latent frames (random start for training when
             ``random_crop``, start 0 for evaluation); shorter samples are skipped and reported.
         random_crop: see ``clip_frames``.
-        text_encoder, text_encoder_options: registered text encoder (``"hash"``, ``"umt5"``) used
-            for samples whose shards carry no precomputed embeddings; ``None`` yields prompts only.
+        text_encoder: text encoder (``class_path``/``init_args`` or class name in a recipe, e.g.
+            ``HashTextEncoder``, ``UMT5TextEncoder``) used for samples whose shards carry no
+            precomputed embeddings; ``None`` yields prompts only.
         seed: seeds shard order, resampling, shuffles and crops (per epoch, rank and worker).
 
     Corrupt or truncated data is skipped with a ``ShardSkipWarning`` naming shard and key; the
@@ -85,12 +88,12 @@ class ShardDataModule(L.LightningDataModule):
         shuffle_buffer: int = 64,
         clip_frames: int | None = None,
         random_crop: bool = True,
-        text_encoder: str | None = None,
-        text_encoder_options: dict[str, Any] | None = None,
+        text_encoder: TextEncoder | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["text_encoder"])
+        self.hparams["text_encoder"] = None if text_encoder is None else component_spec(text_encoder)
         _positive(batch_size=batch_size, samples_per_epoch=samples_per_epoch, clip_frames=clip_frames)
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -100,9 +103,7 @@ class ShardDataModule(L.LightningDataModule):
         for split, urls in (("val", val_urls), ("test", test_urls)):
             if urls is not None:
                 self.shards[split] = expand_shards(urls, f"{split}_urls")
-        self.text_encoder: TextEncoder | None = (
-            build_text_encoder(text_encoder, **(text_encoder_options or {})) if text_encoder else None
-        )
+        self.text_encoder = text_encoder
         self.skips = {split: SkipLog(num_workers) for split in ("train", "val", "test")}
         self._probe: dict[str, Any] | None = None
         self._passes = {split: torch.zeros((), dtype=torch.long).share_memory_() for split in self.skips}
@@ -120,7 +121,7 @@ class ShardDataModule(L.LightningDataModule):
         sample = self._first_sample()
         if "text_emb" not in sample:
             raise ValueError(f"shard {sample['shard']!r} stores no prompt embeddings and no text_encoder is set; "
-                             "set data.text_encoder (e.g. hash or umt5)")
+                             "set data.text_encoder (e.g. HashTextEncoder or UMT5TextEncoder)")
         return int(sample["text_emb"].shape[-1])
 
     @property
@@ -294,8 +295,9 @@ class RevisitWorldDataModule(L.LightningDataModule):
         clip_frames: training clip length in latent frames (random start when ``random_crop``);
             ``None`` trains on whole videos. Evaluation always uses whole videos.
         random_crop: see ``clip_frames``.
-        codec, codec_options: registered latent codec (``"pixel"`` with ``{"patch": 8}`` by default).
-        text_encoder, text_encoder_options: registered text encoder (``"hash"`` by default) or ``None``.
+        codec: the latent codec, by ``class_path``/``init_args`` or class name in a recipe
+            (default ``PixelCodec(patch=8)``).
+        text_encoder: the text encoder, chosen the same way (default ``HashTextEncoder()``), or ``None``.
         seed: first training seed; also seeds the training order of every epoch.
         val_seeds: held-out evaluation seeds; default ``num_val_videos`` seeds from 10**9. Must not
             overlap the training seeds, or "held-out" metrics would be measured on training videos.
@@ -313,10 +315,8 @@ class RevisitWorldDataModule(L.LightningDataModule):
         num_workers: int = 0,
         clip_frames: int | None = None,
         random_crop: bool = True,
-        codec: str = "pixel",
-        codec_options: dict[str, Any] | None = None,
-        text_encoder: str | None = "hash",
-        text_encoder_options: dict[str, Any] | None = None,
+        codec: LatentCodec = lazy_instance(PixelCodec),
+        text_encoder: TextEncoder | None = lazy_instance(HashTextEncoder),
         seed: int = 0,
         val_seeds: list[int] | None = None,
         num_val_videos: int = 32,
@@ -324,8 +324,11 @@ class RevisitWorldDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.world = world or RevisitWorldConfig()
-        self.save_hyperparameters(ignore=["world"])
+        self.save_hyperparameters(ignore=["world", "codec", "text_encoder"])
+        # plain records, not modules: cf-gen rebuilds the run's codec and text encoder from them
         self.hparams["world"] = dataclasses.asdict(self.world)
+        self.hparams["codec"] = component_spec(codec)
+        self.hparams["text_encoder"] = None if text_encoder is None else component_spec(text_encoder)
         _positive(num_videos=num_videos, batch_size=batch_size, num_val_videos=num_val_videos)
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -345,10 +348,8 @@ class RevisitWorldDataModule(L.LightningDataModule):
                 f"val_seeds overlap the training seeds [{seed}, {seed + num_videos}): {overlap[:8]}"
             )
         self.val_world = dataclasses.replace(self.world, num_frames=val_num_frames or self.world.num_frames)
-        self.codec = build_codec(codec, **(codec_options or {}))
-        self.text_encoder: TextEncoder | None = (
-            build_text_encoder(text_encoder, **(text_encoder_options or {})) if text_encoder else None
-        )
+        self.codec = codec
+        self.text_encoder = text_encoder
         self.train_set = RevisitWorldDataset(
             self.world, self.train_seeds, self.codec, clip_frames, random_crop
         )
@@ -362,7 +363,7 @@ class RevisitWorldDataModule(L.LightningDataModule):
     def text_dim(self) -> int:
         if self.text_encoder is None:
             raise ValueError("RevisitWorldDataModule has text_encoder=None, so batches carry no prompt embeddings; "
-                             "set data.text_encoder (e.g. hash)")
+                             "set data.text_encoder (e.g. HashTextEncoder)")
         return self.text_encoder.dim
 
     @property

@@ -6,7 +6,7 @@ blocks plus a few shaped objects). The video is a sequence of segments; each seg
 to a new place or returns to an earlier one after a controlled gap. Because the canvas is static
 and camera positions are integers, a revisited view is pixel-equal to its first visit, and the
 per-frame camera position tells a model *where* it is: on a revisit only the content is missing,
-which only memory can supply (design.md sections 4 and 7).
+which only memory can supply.
 
 Pure torch and the standard library; no Lightning.
 """
@@ -60,7 +60,7 @@ _DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1,
 class RevisitWorldConfig:
     """Sizes and statistics of the revisit world (defaults: a CPU trains on it in minutes).
 
-    The defaults follow design.md section 7: segments (6-16 frames) much longer than a chunk, more
+    The defaults: segments (6-16 frames) much longer than a chunk, more
     places than a small memory holds, revisit gaps up to ``gap_max`` = 48 frames (3-6x a budget of
     8 frames), 32x32 frames whose 8x8 colour blocks match ``PixelCodec(patch=8)`` latents of 4x4.
 

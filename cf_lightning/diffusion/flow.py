@@ -44,7 +44,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def expand_sigma(sigma: Tensor | float, like: Tensor) -> Tensor:
+def _expand_sigma(sigma: Tensor | float, like: Tensor) -> Tensor:
     """Reshape ``sigma`` so it broadcasts against ``like``; per-frame sigmas land on the frame axis (dim 2).
 
     Returned in at least float32 on ``like``'s device, so callers mix in full precision and cast back.
@@ -84,7 +84,7 @@ def add_noise(x0: Tensor, eps: Tensor, sigma: Tensor | float) -> Tensor:
     """``x_t = (1 - sigma) * x0 + sigma * eps``: the straight path the velocity target is constant on."""
     if x0.shape != eps.shape:
         raise ValueError(f"x0 shape {tuple(x0.shape)} and eps shape {tuple(eps.shape)} differ")
-    s = expand_sigma(sigma, x0)
+    s = _expand_sigma(sigma, x0)
     return ((1 - s) * x0 + s * eps).to(x0.dtype)
 
 
@@ -95,13 +95,13 @@ def velocity_target(x0: Tensor, eps: Tensor) -> Tensor:
 
 def x0_from_velocity(x_t: Tensor, v: Tensor, sigma: Tensor | float) -> Tensor:
     """Clean estimate from a velocity prediction: DMD and few-step students work in x0 space."""
-    s = expand_sigma(sigma, x_t)
+    s = _expand_sigma(sigma, x_t)
     return (x_t - s * v).to(x_t.dtype)
 
 
 def eps_from_velocity(x_t: Tensor, v: Tensor, sigma: Tensor | float) -> Tensor:
     """Noise endpoint of a velocity prediction (ERFT banks the error of this estimate)."""
-    s = expand_sigma(sigma, x_t)
+    s = _expand_sigma(sigma, x_t)
     return (x_t + (1 - s) * v).to(x_t.dtype)
 
 
@@ -110,7 +110,7 @@ def velocity_from_x0(x_t: Tensor, x0: Tensor, sigma: Tensor | float) -> Tensor:
 
     Divides by sigma, so sigma must be > 0 (not checked: that would sync the device).
     """
-    s = expand_sigma(sigma, x_t)
+    s = _expand_sigma(sigma, x_t)
     return ((x_t - x0) / s).to(x_t.dtype)
 
 

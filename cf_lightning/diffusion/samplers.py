@@ -14,8 +14,6 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
-from cf_lightning.diffusion.flow import x0_from_velocity
-
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 TextScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, sigma [B], text context) -> velocity
 
@@ -78,57 +76,4 @@ def euler_sample(velocity_fn: VelocityFn, noise: Tensor, sigmas: Sequence[float]
     for s, s_next in pairwise(schedule):
         v = velocity_fn(x, _sigma_batch(s, x))
         x = (x + (s_next - s) * v).to(noise.dtype)
-    return x
-
-
-def few_step_sample(
-    velocity_fn: VelocityFn,
-    noise: Tensor,
-    sigmas: Sequence[float] | Tensor,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """The stochastic few-step sampler of CausVid / Self-Forcing students.
-
-    At each sigma the model's x0 estimate is re-noised to the next sigma with *fresh* noise,
-    ``x_next = (1 - s') * x0_hat + s' * eps``, which is how these students were distilled; the last
-    estimate is returned. ``sigmas`` has no trailing 0 (e.g.
-    :func:`~cf_lightning.diffusion.flow.denoising_sigmas`).
-    """
-    schedule = _schedule(sigmas, min_len=1)
-    x = noise
-    x0_hat = noise
-    for i, s in enumerate(schedule):
-        v = velocity_fn(x, _sigma_batch(s, x))
-        x0_hat = x0_from_velocity(x, v, s)
-        if i + 1 < len(schedule):
-            s_next = schedule[i + 1]
-            device = generator.device if generator is not None else x.device
-            eps = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
-            x = ((1 - s_next) * x0_hat + s_next * eps).to(noise.dtype)
-    return x0_hat
-
-
-def ab2_sample(velocity_fn: VelocityFn, noise: Tensor, sigmas: Sequence[float] | Tensor) -> Tensor:
-    """Second-order multistep: variable-step Adams-Bashforth (AB2) on the velocity, one model call per step.
-
-    Extrapolating the velocity linearly from the previous step cancels Euler's first-order error at no
-    extra model cost, which matters at the few steps a teacher is sampled with during distillation. It is
-    chosen over DPM-Solver++(2M) because it stays second order on the final step to sigma 0, where the
-    log-SNR form must fall back to first order (on a Gaussian toy that step dominates the error). The
-    first step is Euler, since there is no history yet.
-    """
-    schedule = _schedule(sigmas, min_len=2)
-    x = noise
-    prev_v: Tensor | None = None
-    prev_h = 0.0
-    for s, s_next in pairwise(schedule):
-        v = velocity_fn(x, _sigma_batch(s, x))
-        h = s_next - s
-        if prev_v is None:
-            slope = v
-        else:
-            k = h / (2.0 * prev_h)
-            slope = (1.0 + k) * v - k * prev_v
-        x = (x + h * slope).to(noise.dtype)
-        prev_v, prev_h = v, h
     return x

@@ -1,4 +1,4 @@
-"""Streaming frame-consistency and drift metrics for long videos (design.md section 7).
+"""Streaming frame-consistency and drift metrics for long videos.
 
 ``reference="first"`` is the paper's DINOv2 / CLIP-F metric (cosine of each frame to the first frame),
 ``reference="previous"`` is VBench's subject/background consistency (cosine to the previous frame,

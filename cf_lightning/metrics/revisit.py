@@ -1,4 +1,4 @@
-"""Revisit error per gap and the effective context length it implies (design.md sections 4 and 7).
+"""Revisit error per gap and the effective context length it implies.
 
 In the revisit world a view comes back after a known gap. A model that remembers the first visit
 reproduces it; a memoryless model paints something plausible but unrelated. Error per gap bucket, set
@@ -51,7 +51,7 @@ def effective_context(errors: torch.Tensor, controls: torch.Tensor, edges: Seque
 
     A bucket passes when ``error < (1 - c) * control``, i.e. its recall score exceeds ``c``;
     ``"midpoint"`` is ``c = 0.5`` (error below halfway between the memoryless control and perfect 0),
-    ``0.9`` is the stricter criterion of design.md section 7. The scan stops at the first bucket that
+    ``0.9`` is a stricter criterion (recall 90 %). The scan stops at the first bucket that
     fails or has no data (NaN), so a context is never claimed across an unmeasured gap. Returns 0 when
     the first bucket already fails.
     """
@@ -114,8 +114,8 @@ class RevisitError(Metric):
     (views are identified through ``first_visit``). It is what a model without memory would score at
     that gap, measured on the model's own output, so a model that paints everything one colour or drags
     an old scene into a new one gets a control near 0 and cannot pass as "perfect memory". At small gaps
-    these pairs straddle scene changes: the agreement of a scene change with the frame before it, as in
-    design.md section 7. Cost is O(B * F * max_gap * C * H * W); evaluate on latents or small frames.
+    these pairs straddle scene changes: the agreement of a scene change with the frame before it.
+    Cost is O(B * F * max_gap * C * H * W); evaluate on latents or small frames.
 
     States are per gap ``0..max_gap`` (sum-reducible; buckets are formed in :meth:`compute`); revisits
     beyond ``max_gap`` are counted in ``beyond_max_gap`` and not scored. Buckets are

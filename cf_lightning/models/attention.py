@@ -1,8 +1,14 @@
-"""Attention backends behind one function: SDPA (default), FlexAttention, xformers (optional).
+"""Attention backends behind one function: SDPA (default) and xformers (optional, CUDA).
 
 Masks are boolean ``[B, Lq, Lk]`` (True = may attend) or ``None``. SDPA with a dense mask is the
-only path with a CPU backward, so it is the default everywhere; FlexAttention and xformers are
-accelerations that must give the same numbers.
+only path with a CPU backward, so it is the default everywhere; xformers is an acceleration that must
+give the same numbers.
+
+There is no FlexAttention backend: on CPU, compiled ``flex_attention`` with its block mask built once
+is 2.6 to 21 times slower than SDPA with a dense mask at the shapes these models attend over (a
+streamed chunk reading its memory, the stage-1 teacher-forcing mask; 48 to 384 keys), costs 16 to 39 s
+of compilation per shape and has no CPU backward (``benchmarks/attention.py``). These sequences are
+no longer than a few of flex's 128-token blocks, so its block sparsity has little to skip.
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Backend = Literal["sdpa", "flex", "xformers"]
-BACKENDS: tuple[str, ...] = ("sdpa", "flex", "xformers")
+Backend = Literal["sdpa", "xformers"]
+BACKENDS: tuple[str, ...] = ("sdpa", "xformers")
 log = logging.getLogger(__name__)
 
 
@@ -24,28 +30,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """``q [B, Lq, H, D]``, ``k, v [B, Lk, H, D]`` -> ``[B, Lq, H, D]``."""
     if backend == "xformers" and _xformers_usable(q):
         return _xformers(q, k, v, mask)
-    if backend == "flex" and not (torch.is_grad_enabled() and q.requires_grad and q.device.type == "cpu"):
-        return _flex(q, k, v, mask)
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     attn_mask = None if mask is None else mask[:, None]
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask)
-    return out.transpose(1, 2)
-
-
-def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    block_mask = None
-    if mask is not None:
-        dense = mask
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return dense[b, q_idx, kv_idx]
-
-        block_mask = create_block_mask(mask_mod, B=mask.shape[0], H=None, Q_LEN=q.shape[1], KV_LEN=k.shape[1],
-                                       device=q.device)
-    out = flex_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)
     return out.transpose(1, 2)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,6 @@ class WanConfig:
         if unknown:
             raise TypeError(f"unknown WanConfig fields {unknown}; allowed: {sorted(known)}")
         return replace(CONFIGS[name], **overrides)  # type: ignore[arg-type]
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 CONFIGS: dict[str, WanConfig] = {

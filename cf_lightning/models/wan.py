@@ -3,7 +3,11 @@
 1. bidirectional over a clip (teacher, critic): ``forward(x, t, context)``;
 2. block-causal over a full sequence with a memory policy's mask (teacher forcing):
    ``forward(..., frame_mask=mask)``;
-3. streaming chunk by chunk over an explicit :class:`KVMemory`: ``forward_chunk(...)``.
+3. streaming chunk by chunk over an explicit :class:`KVMemory`: ``forward(..., memory=memory)``.
+
+Every mode, the streaming commit and the text projection included, runs through ``forward()`` of the
+model and of each block, so FSDP's per-block unshard hooks, activation checkpointing wrappers and
+``torch.compile`` see every use of the weights.
 
 Module names follow the original Wan2.1 checkpoints, so that layout loads without renaming.
 Timesteps are per latent frame (``[B, F]``), as causal students need; a ``[B]`` timestep is
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +34,8 @@ from memory_policies import MemoryPolicy, SummarySpec
 
 T = TypeVar("T")
 ContextKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: cross-attention keys, values [B, L, H, D]
+BlockMode = Literal["block", "keys_values", "context_kv"]
+ForwardMode = Literal["predict", "predict_commit", "commit", "context_kv"]
 
 
 class RMSNorm(nn.Module):
@@ -59,7 +65,7 @@ class ChunkKV:
     """One layer's memory for a query chunk: keys rotated to their read positions and values, each in a
     buffer ``[B, memory + chunk tokens, H, D]`` whose last rows take the chunk's own keys and values.
 
-    Built once per chunk (see :meth:`WanModel.forward_chunk`). Each forward of the chunk writes its rows
+    Built once per chunk (see :meth:`WanModel.forward` with a ``memory``). Each forward of the chunk writes its rows
     in place, instead of concatenating, which would copy the whole memory per forward and layer. With
     grad mode on the rows are concatenated instead: a backward pass (or a checkpointed block's
     recomputation) must not find its inputs overwritten by the chunk's next forward.
@@ -157,18 +163,32 @@ class WanBlock(nn.Module):
         """Shift, scale, gate (attention), shift, scale, gate (FFN), each ``[B, F, 1, dim]``."""
         return (self.modulation[:, None, :, None].float() + e.unsqueeze(3)).unbind(2)
 
-    def keys_values(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The un-rotated self-attention keys and values of ``x``, without running the rest of the block:
-        all a memory commit needs from the last block (:meth:`WanModel.commit_chunk`)."""
-        shift_msa, scale_msa = self._modulation(e)[:2]
-        return self.self_attn.keys_values(_modulate(self.norm1(x), shift_msa, scale_msa, e.shape[1]))
+    def forward(self, x: torch.Tensor, e: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                memory: ChunkKV | None = None, backend: Backend = "sdpa", *,
+                context_kv: tuple[torch.Tensor, torch.Tensor] | None = None, mode: BlockMode = "block"
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]:
+        """Every use of the block's weights goes through here, so that wrappers of the block (FSDP's
+        unshard hooks, activation checkpointing, ``torch.compile``) see each of them.
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                context: torch.Tensor | None, context_mask: torch.Tensor | None, mask: torch.Tensor | None,
-                memory: ChunkKV | None, backend: Backend, *,
-                context_kv: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        ``mode="block"``: the block's output and its un-rotated self-attention keys and values.
+        ``mode="keys_values"``: only those keys and values of ``x`` (time embedding ``e``), without running
+        the rest of the block: all a memory commit needs from the last block.
+        ``mode="context_kv"``: ``x`` is the embedded text; its cross-attention keys and values.
+        """
+        if mode == "context_kv":
+            return self.cross_attn.project_context(x)
+        if e is None:
+            raise ValueError(f"block mode {mode!r} needs the time embedding e")
         frames = e.shape[1]
+        if mode == "keys_values":
+            shift_msa, scale_msa = self._modulation(e)[:2]
+            return self.self_attn.keys_values(_modulate(self.norm1(x), shift_msa, scale_msa, frames))
+        if mode != "block":
+            raise ValueError(f"unknown block mode {mode!r}; allowed: {', '.join(get_args(BlockMode))}")
+        if rope is None:
+            raise ValueError("block mode 'block' needs the RoPE tables of its tokens")
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self._modulation(e)
         y, kv = self.self_attn(_modulate(self.norm1(x), shift_msa, scale_msa, frames), rope, mask, memory, backend)
         x = x + _gate(y, gate_msa, frames)
@@ -222,16 +242,43 @@ class WanModel(nn.Module):
         self.head = Head(config)
 
     # ------------------------------------------------------------------ public modes
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *,
+    def forward(self, x: torch.Tensor | None, t: torch.Tensor | None, context: torch.Tensor, *,
                 context_mask: torch.Tensor | None = None, frame_cond: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
-                context_kv: ContextKV | None = None) -> torch.Tensor:
-        """Bidirectional (``frame_mask=None``) or masked full-sequence forward.
+                context_kv: ContextKV | None = None, memory: KVMemory | None = None,
+                mode: ForwardMode = "predict") -> torch.Tensor | ContextKV | None:
+        """The one entry point of every mode, so that wrappers of the model or of its blocks (FSDP's unshard
+        hooks, activation checkpointing, ``torch.compile``) see every call, streaming included.
 
+        Without ``memory``: bidirectional (``frame_mask=None``) or masked full-sequence forward.
         ``positions``: temporal position per frame, ``[F]`` or ``[B, F]`` (default ``0..F-1``).
         ``frame_mask``: ``[F, F]`` or ``[B, F, F]`` boolean, True where query frame i sees key frame j.
-        ``context_kv``: :meth:`project_context` of ``context``, reused as in :meth:`forward_chunk`.
+
+        With ``memory``, ``x`` is one query chunk attending to what the memory keeps:
+        ``mode="predict"`` returns its output; ``"predict_commit"`` also writes the chunk's keys/values
+        (and summaries) into the memory (the clean refresh pass); ``"commit"`` commits exactly that but
+        returns nothing: the last block stops at its keys and values and the head does not run
+        (:func:`cf_lightning.rollout.rollout` never reads the refresh output; on ``small`` this skips
+        about a quarter of the refresh forward). Per-chunk work is done once per chunk, not once per
+        forward: the memory read, its RoPE tables and the gathered, rotated memory keys live on the read
+        until the next commit (see :class:`KVMemory`).
+
+        ``mode="context_kv"`` returns the per-layer cross-attention keys/values of ``context`` (``x`` and
+        ``t`` are not used), to pass back as ``context_kv`` so a streaming rollout does not re-project
+        the text every forward. Valid for this ``context`` and the current weights only; outputs equal
+        the plain path exactly.
         """
+        if mode == "context_kv":
+            text = self.text_embedding(context)
+            return [block(text, mode="context_kv") for block in self.blocks]
+        if mode not in get_args(ForwardMode):
+            raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(get_args(ForwardMode))}")
+        if x is None or t is None:
+            raise ValueError(f"mode {mode!r} needs latents x and timesteps t")
+        if memory is not None:
+            return self._stream(x, t, context, memory, context_mask, frame_cond, context_kv, mode)
+        if mode != "predict":
+            raise ValueError(f"mode {mode!r} streams into a memory: pass memory=")
         frames = x.shape[2]
         if positions is None:
             positions = torch.arange(frames, device=x.device)
@@ -247,53 +294,18 @@ class WanModel(nn.Module):
         out, _ = self._run(x, t, context, context_mask, frame_cond, positions, token_mask, None, None, context_kv)
         return out
 
-    def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, memory: KVMemory, *,
-                      context_mask: torch.Tensor | None = None, frame_cond: torch.Tensor | None = None,
-                      commit: bool = False, context_kv: ContextKV | None = None) -> torch.Tensor:
-        """One query chunk attending to what ``memory`` keeps; ``commit=True`` is the clean refresh pass
-        that writes this chunk's keys/values (and summaries) into the memory.
-
-        Per-chunk work is done once per chunk, not once per forward: the memory read, its RoPE tables
-        and the gathered, rotated memory keys live on the read until the next commit (see
-        :class:`KVMemory`). ``context_kv`` is :meth:`project_context` of this ``context`` with these
-        weights, so the text is not re-projected every forward (:func:`cf_lightning.rollout.rollout`
-        passes it to its no-grad forwards); it must not be reused after the weights change.
-        """
-        read, token_mask = self._chunk_read(x, memory, context_kv)
-        with capture_attention_input(self.blocks, memory.policy.attention_spec() if commit else None) as captured:
-            out, kvs = self._run(x, t, context, context_mask, frame_cond, None, token_mask, memory, read, context_kv)
-        if commit:
-            self._commit(memory, read, kvs, x, captured)
-        return out
-
-    def commit_chunk(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, memory: KVMemory, *,
-                     context_mask: torch.Tensor | None = None, frame_cond: torch.Tensor | None = None,
-                     context_kv: ContextKV | None = None) -> None:
-        """The clean refresh pass when its output is not needed: commits exactly what
-        ``forward_chunk(..., commit=True)`` commits, but the last block stops at its keys and values
-        and the head does not run. :func:`cf_lightning.rollout.rollout` never reads the refresh
-        output; on ``small`` this skips about a quarter of the refresh forward.
-        """
-        read, token_mask = self._chunk_read(x, memory, context_kv)
-        with capture_attention_input(self.blocks, memory.policy.attention_spec()) as captured:
-            _, _, kvs = self._layers(x, t, context, context_mask, frame_cond, None, token_mask, memory, read,
-                                     context_kv, keys_only=True)
-        self._commit(memory, read, kvs, x, captured)
-
-    def project_context(self, context: torch.Tensor) -> ContextKV:
-        """Per-layer cross-attention keys/values of a text context, to reuse over a streaming rollout.
-
-        Valid for this ``context`` and the current weights only. Outputs equal the plain path exactly.
-        """
-        text = self.text_embedding(context)
-        return [block.cross_attn.project_context(text) for block in self.blocks]
-
     def new_memory(self, policy: MemoryPolicy, batch_size: int, chunk_frames: int, latent_hw: tuple[int, int],
                    device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
                    cache_reads: bool = True, store_rotated: bool | None = None) -> KVMemory:
+        """A memory for this model's layers; ``dtype`` defaults to the autocast dtype when autocast is on
+        (mixed precision computes keys at that precision; fp32 storage would double the pool and the keys
+        each chunk that keeps a graph holds for its backward), else to the weights' dtype."""
         param = next(self.parameters())
+        device = torch.device(device) if device is not None else param.device
+        if dtype is None:
+            dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
         return KVMemory(policy, batch_size, chunk_frames, self.tokens_per_frame(latent_hw), self.config.num_layers,
-                        self.config.num_heads, self.config.head_dim, device or param.device, dtype or param.dtype,
+                        self.config.num_heads, self.config.head_dim, device, dtype,
                         cache_reads=cache_reads, store_rotated=store_rotated)
 
     def tokens_per_frame(self, latent_hw: tuple[int, int] | torch.Size) -> int:
@@ -316,6 +328,24 @@ class WanModel(nn.Module):
         return torch.stack(reduced).mean(0)
 
     # ------------------------------------------------------------------ internals
+    def _stream(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, memory: KVMemory,
+                context_mask: torch.Tensor | None, frame_cond: torch.Tensor | None, context_kv: ContextKV | None,
+                mode: ForwardMode) -> torch.Tensor | None:
+        """One streamed chunk (see :meth:`forward`): its output, its commit, or both."""
+        read, token_mask = self._chunk_read(x, memory, context_kv)
+        spec = None if mode == "predict" else memory.policy.attention_spec()  # only a commit measures attention
+        if mode == "commit":
+            with capture_attention_input(self.blocks, spec) as captured:
+                _, _, kvs = self._layers(x, t, context, context_mask, frame_cond, None, token_mask, memory, read,
+                                         context_kv, keys_only=True)
+            self._commit(memory, read, kvs, x, captured)
+            return None
+        with capture_attention_input(self.blocks, spec) as captured:
+            out, kvs = self._run(x, t, context, context_mask, frame_cond, None, token_mask, memory, read, context_kv)
+        if mode == "predict_commit":
+            self._commit(memory, read, kvs, x, captured)
+        return out
+
     def _streaming_mask(self, read: MemoryRead, x: torch.Tensor) -> torch.Tensor | None:
         if read.valid is None:
             return None
@@ -484,7 +514,7 @@ class WanModel(nn.Module):
         kvs: list[tuple[torch.Tensor, torch.Tensor]] = []
         for index, block in enumerate(self.blocks):
             if keys_only and index == len(self.blocks) - 1:
-                kvs.append(block.keys_values(tokens, e0))
+                kvs.append(block(tokens, e0, mode="keys_values"))
                 break
             layer_memory = None
             if streaming and read.num_frames:

@@ -1,5 +1,6 @@
 """Pieces every stage shares: building the backbone from the data's shapes, batch conditioning,
-loading backbone weights from an earlier stage, and the EMA update of automatically optimized stages."""
+loading backbone weights from an earlier stage, the EMA update of automatically optimized stages and
+the optimizer configuration with its learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable
 
 from cf_lightning.diffusion import null_text
+from cf_lightning.distributed import is_sharded_checkpoint, read_sharded_checkpoint, shard_backbones
 from cf_lightning.ema import EMA
+from cf_lightning.lora import fold_lora_state_dict
 from cf_lightning.models import WanConfig, WanModel
 from cf_lightning.models.attention import Backend
 
@@ -34,6 +38,20 @@ class EMAAfterStep(L.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         self.ema_rule.update(self.ema, self.model, self.global_step + 1)  # the step count once this step is done
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2) both backbones are sharded block by block."""
+        if self.device_mesh is not None:
+            shard_backbones(self.device_mesh, [self.model, self.ema])
+
+
+def optimizer_config(optimizer: torch.optim.Optimizer, lr_scheduler: LRSchedulerCallable | None
+                     ) -> dict[str, Any]:
+    """Lightning's configuration of one optimizer, its scheduler (if any) stepped per optimizer step."""
+    config: dict[str, Any] = {"optimizer": optimizer}
+    if lr_scheduler is not None:
+        config["lr_scheduler"] = {"scheduler": lr_scheduler(optimizer), "interval": "step"}
+    return config
 
 
 @dataclass(frozen=True)
@@ -59,16 +77,19 @@ def build_backbone(backbone: str, latent_channels: int, text_dim: int, frame_con
     return model
 
 
-def batch_condition(batch: dict[str, Any], drop_text: float = 0.0, generator: torch.Generator | None = None
-                    ) -> Condition:
+def batch_condition(batch: dict[str, Any], drop_text: float = 0.0,
+                    generator: torch.Generator | list[torch.Generator] | None = None) -> Condition:
     """Condition from a data batch (``text_emb``, ``text_mask``, ``camera``); ``drop_text`` zeroes the
-    text of that fraction of samples, so the model also learns the unconditional score for CFG."""
+    text of that fraction of samples, so the model also learns the unconditional score for CFG. With a
+    list of generators, video ``b`` draws its dropout from ``generator[b]``."""
     if "text_emb" not in batch:
         raise KeyError(f"batch has no 'text_emb' (keys: {sorted(batch)}); configure the data module with a "
                        "text encoder or shards that carry prompt embeddings")
     context = batch["text_emb"].float()
     if drop_text > 0:
-        drop = torch.rand(context.shape[0], generator=generator) < drop_text
+        draws = (torch.cat([torch.rand(1, generator=g) for g in generator]) if isinstance(generator, list)
+                 else torch.rand(context.shape[0], generator=generator))
+        drop = draws < drop_text
         context = torch.where(drop.to(context.device)[:, None, None], null_text(context), context)
     camera = batch.get("camera")
     return Condition(context, batch.get("text_mask"), None if camera is None else camera.float())
@@ -87,7 +108,8 @@ def load_backbone_weights(model: WanModel, path: str, prefer_ema: bool = True) -
         loaded = load_wan(path, config=model.config)
         model.load_state_dict(loaded.state_dict())
         return "wan"
-    return _load_lightning_weights(model, _read_lightning_checkpoint(file)["state_dict"], path, prefer_ema)
+    return _load_lightning_weights(model, read_lightning_checkpoint(file)["state_dict"], path,
+                                   ["ema.", "model."] if prefer_ema else ["model.", "ema."])
 
 
 def load_backbone(path: str, attention_backend: Backend = "sdpa") -> WanModel:
@@ -102,7 +124,17 @@ def load_backbone(path: str, attention_backend: Backend = "sdpa") -> WanModel:
         from cf_lightning.models.checkpoint import load_wan
 
         return load_wan(path, attention_backend=attention_backend)
-    checkpoint = _read_lightning_checkpoint(file)
+    return backbone_from_run(read_lightning_checkpoint(file), path, attention_backend=attention_backend)
+
+
+def backbone_from_run(checkpoint: dict[str, Any], path: str, prefixes: tuple[str, ...] = ("ema", "model", "student"),
+                      attention_backend: Backend = "sdpa") -> WanModel:
+    """The backbone saved in a module checkpoint, rebuilt from its hyper-parameters alone.
+
+    Only the config recorded with the run and the weights under the first of ``prefixes`` present are
+    read: no init file named in the hyper-parameters (teacher, critic, student init) is opened, so a
+    checkpoint copied anywhere loads. LoRA adapters (``lora_rank > 0``) are folded into the weights.
+    """
     hparams = checkpoint.get("hyper_parameters", {})
     needed = ("backbone", "latent_channels", "text_dim", "frame_cond_dim")
     missing = [name for name in needed if name not in hparams]
@@ -111,7 +143,10 @@ def load_backbone(path: str, attention_backend: Backend = "sdpa") -> WanModel:
                          "cannot be rebuilt; export it with `cf-export` and pass the .safetensors file")
     model = build_backbone(hparams["backbone"], hparams["latent_channels"], hparams["text_dim"],
                            hparams["frame_cond_dim"], hparams.get("backbone_overrides"), attention_backend, False)
-    _load_lightning_weights(model, checkpoint["state_dict"], path, prefer_ema=True)
+    state = checkpoint["state_dict"]
+    if hparams.get("lora_rank", 0) > 0:
+        state = fold_lora_state_dict(state, float(hparams.get("lora_alpha", 1.0)))
+    _load_lightning_weights(model, state, path, [f"{prefix}." for prefix in prefixes])
     return model.eval()
 
 
@@ -122,19 +157,23 @@ def _existing(path: str) -> Path:
     return file
 
 
-def _read_lightning_checkpoint(file: Path) -> dict[str, Any]:
+def read_lightning_checkpoint(file: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint, memory-mapped (weights nobody reads, such as the teacher's and the
+    critic's, are never loaded), or a sharded checkpoint directory gathered whole (FSDP2 runs)."""
+    if is_sharded_checkpoint(file):
+        return read_sharded_checkpoint(file, read_lightning_checkpoint)
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         # Checkpoints of modules built in Python (not through cf-fit) pickle their config objects.
         warnings.warn(f"{file} stores Python objects in its hyper-parameters; loading it with full unpickling, "
                       "which runs code from the file: only do this for checkpoints you made", stacklevel=3)
-        return torch.load(file, map_location="cpu", weights_only=False)
+        return torch.load(file, map_location="cpu", weights_only=False, mmap=True)
 
 
-def _load_lightning_weights(model: WanModel, state: dict[str, torch.Tensor], path: str, prefer_ema: bool) -> str:
-    """Copy the ``ema.*`` (or ``model.*``) backbone of a module's state dict into ``model``; returns the prefix."""
-    prefixes = ["ema.", "model."] if prefer_ema else ["model.", "ema."]
+def _load_lightning_weights(model: WanModel, state: dict[str, torch.Tensor], path: str, prefixes: list[str]) -> str:
+    """Copy the backbone under the first of ``prefixes`` found in a module's state dict into ``model``;
+    returns the prefix."""
     for prefix in prefixes:
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if weights:
@@ -144,7 +183,7 @@ def _load_lightning_weights(model: WanModel, state: dict[str, torch.Tensor], pat
                                  f"{missing[:10]} ({len(missing)}), unexpected keys {unexpected[:10]} "
                                  f"({len(unexpected)})")
             return prefix.rstrip(".")
-    raise ValueError(f"checkpoint {path!r} holds no backbone weights (no 'ema.*' or 'model.*' keys)")
+    raise ValueError(f"checkpoint {path!r} holds no backbone weights (no {', '.join(p + '*' for p in prefixes)} keys)")
 
 
 def check_finite(step: int, **terms: torch.Tensor) -> None:

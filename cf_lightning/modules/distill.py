@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from cf_lightning.diffusion import (
     add_noise,
@@ -32,6 +32,7 @@ from cf_lightning.diffusion import (
     velocity_target,
     x0_from_velocity,
 )
+from cf_lightning.distributed import shard_backbones
 from cf_lightning.ema import EMA
 from cf_lightning.metrics import RevisitError
 from cf_lightning.models.attention import Backend
@@ -42,6 +43,7 @@ from cf_lightning.modules.common import (
     build_backbone,
     check_finite,
     load_backbone_weights,
+    optimizer_config,
 )
 from cf_lightning.rollout import RolloutResult, randn, rollout
 from memory_policies import MemoryPolicy, SlowFast
@@ -76,6 +78,10 @@ class ContextForcingModule(L.LightningModule):
         target_chunks: chunks at the end of the rollout that receive the DMD gradient.
         generator_every: critic updates per generator update (paper: 5).
         accumulate: micro-batches per optimizer step (the batch must divide evenly).
+        generator_optimizer / critic_optimizer: one optimizer each for the student and the critic.
+        generator_lr_scheduler / critic_lr_scheduler: a learning-rate schedule per optimizer, counted
+            in that optimizer's own steps (the generator steps every ``generator_every``-th batch);
+            ``None`` keeps the rate constant, as the Context Forcing reference does.
     """
 
     def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
@@ -90,6 +96,8 @@ class ContextForcingModule(L.LightningModule):
                  generator_every: int = 5, accumulate: int = 1, grad_clip: float = 2.0,
                  generator_optimizer: OptimizerCallable = torch.optim.AdamW,
                  critic_optimizer: OptimizerCallable = torch.optim.AdamW,
+                 generator_lr_scheduler: LRSchedulerCallable | None = None,
+                 critic_lr_scheduler: LRSchedulerCallable | None = None,
                  ema_decay: float = 0.99, ema_start: int = 0, eval_bucket_edges: list[int] | None = None,
                  attention_backend: Backend = "sdpa", gradient_checkpointing: bool = False) -> None:
         super().__init__()
@@ -97,6 +105,8 @@ class ContextForcingModule(L.LightningModule):
         self.automatic_optimization = False
         self.generator_optimizer = generator_optimizer
         self.critic_optimizer = critic_optimizer
+        self.generator_lr_scheduler = generator_lr_scheduler
+        self.critic_lr_scheduler = critic_lr_scheduler
         if not 1 <= target_chunks <= min_rollout_chunks <= max_rollout_chunks:
             raise ValueError(f"need 1 <= target_chunks <= min_rollout_chunks <= max_rollout_chunks, got "
                              f"{target_chunks}, {min_rollout_chunks}, {max_rollout_chunks}")
@@ -288,8 +298,31 @@ class ContextForcingModule(L.LightningModule):
         chunks = frames // self.hparams.chunk_frames
         return self.generate(cond, tuple(latents.shape), chunks, seed=seed, policy=policy).video
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.generator_optimizer(self.student.parameters()), self.critic_optimizer(self.critic.parameters())]
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2) every backbone is sharded block by block."""
+        if self.device_mesh is not None:
+            shard_backbones(self.device_mesh, [self.student, self.critic, self.teacher, self.ema])
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """``cf-fit predict``: stream one video from the EMA student (cf_lightning.inference.predict)."""
+        from cf_lightning.inference.predict import predict_latents
+
+        return predict_latents(self.ema, self.hparams, self.memory, batch)
+
+    def configure_optimizers(self) -> list[dict[str, Any]]:
+        generator = self.generator_optimizer(self.student.parameters())
+        critic = self.critic_optimizer(self.critic.parameters())
+        return [optimizer_config(generator, self.generator_lr_scheduler),
+                optimizer_config(critic, self.critic_lr_scheduler)]
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Bring each scheduler to its optimizer's step count before the batch steps it (manual
+        optimization steps no scheduler by itself); a resumed run catches up here as well."""
+        generator, critic = self.trainer.optimizers
+        steps = {id(generator): int(self.generator_steps), id(critic): int(self.critic_steps)}
+        for config in self.trainer.lr_scheduler_configs:
+            while config.scheduler.last_epoch < steps[id(config.scheduler.optimizer)]:
+                config.scheduler.step()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["draw_generator"] = self._draw_generator.get_state()

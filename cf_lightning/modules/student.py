@@ -23,7 +23,7 @@ import copy
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from cf_lightning.diffusion import (
     add_noise,
@@ -43,6 +43,7 @@ from cf_lightning.modules.common import (
     build_backbone,
     check_finite,
     load_backbone_weights,
+    optimizer_config,
 )
 from memory_policies import MemoryPolicy, SlowFast
 
@@ -58,6 +59,11 @@ class StudentModule(EMAAfterStep):
         teacher_backbone, teacher_overrides: the teacher's config when it differs from the student's.
         ode_steps, guidance_scale: the on-the-fly integration (shards record their own).
         denoising_steps, shift: the student's levels; stored trajectories must have been taken there.
+
+    Args (optimisation):
+        optimizer: the optimizer of the student's weights.
+        lr_scheduler: its learning-rate schedule, stepped per optimizer step (e.g.
+            :class:`cf_lightning.lr_schedules.WarmupCosineLR`); ``None`` keeps the rate constant.
     """
 
     def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
@@ -67,7 +73,8 @@ class StudentModule(EMAAfterStep):
                  memory: MemoryPolicy | None = None, chunk_frames: int = 2, clip_frames: int = 8,
                  denoising_steps: int = 4, shift: float = 5.0, ode_steps: int = 20, guidance_scale: float = 3.0,
                  cfg_dropout: float = 0.1, ema_decay: float = 0.999, ema_start: int = 0,
-                 optimizer: OptimizerCallable = torch.optim.AdamW, attention_backend: Backend = "sdpa",
+                 optimizer: OptimizerCallable = torch.optim.AdamW,
+                 lr_scheduler: LRSchedulerCallable | None = None, attention_backend: Backend = "sdpa",
                  gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -82,6 +89,7 @@ class StudentModule(EMAAfterStep):
                              "the same budget (e.g. slow_fast with admission: uniform)")
         self.memory.new_state(chunk_frames)
         self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
         shapes = (latent_channels, text_dim, frame_cond_dim)
         self.model = build_backbone(backbone, *shapes, backbone_overrides, attention_backend, gradient_checkpointing)
         if init_from:
@@ -138,15 +146,11 @@ class StudentModule(EMAAfterStep):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         h = self.hparams
-        latents = batch["latents"].float()[:, :, :h.clip_frames]
-        if latents.shape[2] < h.clip_frames:
-            raise ValueError(f"clips have {latents.shape[2]} latent frames, fewer than clip_frames={h.clip_frames}")
+        latents = self.clip(batch)
         frames = h.clip_frames
         cond = batch_condition(batch, h.cfg_dropout, self._generator)
         cond = Condition(cond.context, cond.context_mask, cond.frames(slice(0, frames)))
-        batch_size, chunks = latents.shape[0], frames // h.chunk_frames
-        level = torch.randint(len(self.sigmas), (batch_size, chunks), generator=self._generator)
-        sigma = self.sigmas.cpu()[level].repeat_interleave(h.chunk_frames, dim=1).to(self.device)
+        level, sigma = self.draw_levels(latents.shape[0], self._generator)
         if h.objective == "ode":
             clean, trajectory = self.ode_pairs(batch, cond)
             index = level.repeat_interleave(h.chunk_frames, dim=1).to(self.device)
@@ -161,6 +165,41 @@ class StudentModule(EMAAfterStep):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def clip(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The first ``clip_frames`` latent frames of the batch, refused when the clips are shorter."""
+        frames = self.hparams.clip_frames
+        latents = batch["latents"].float()[:, :, :frames]
+        if latents.shape[2] < frames:
+            raise ValueError(f"clips have {latents.shape[2]} latent frames, fewer than clip_frames={frames}")
+        return latents
+
+    def draw_levels(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One of the student's denoising levels per chunk: indices ``[B, chunks]`` and per-frame sigmas."""
+        h = self.hparams
+        chunks = h.clip_frames // h.chunk_frames
+        level = torch.randint(len(self.sigmas), (batch_size, chunks), generator=generator)
+        return level, self.sigmas.cpu()[level].repeat_interleave(h.chunk_frames, dim=1).to(self.device)
+
+    def held_out_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """x0 error of the EMA student on held-out clips under teacher forcing (data latents noised at
+        the student's levels, whatever the training objective): noise and levels follow the batch index,
+        so the number only moves when the model does."""
+        latents = self.clip(batch)
+        cond = batch_condition(batch)
+        cond = Condition(cond.context, cond.context_mask, cond.frames(slice(0, latents.shape[2])))
+        generator = torch.Generator().manual_seed(batch_idx)
+        _, sigma = self.draw_levels(latents.shape[0], generator)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        pred_x0 = self.causal_x0(self.ema, latents, add_noise(latents, noise, sigma), sigma, cond)
+        return (pred_x0.float() - latents).square().mean()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("val/loss", self.held_out_loss(batch, batch_idx), prog_bar=True,
+                 batch_size=len(batch["latents"]))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("test/loss", self.held_out_loss(batch, batch_idx), batch_size=len(batch["latents"]))
+
     def causal_x0(self, model: WanModel, clean: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor,
                   cond: Condition) -> torch.Tensor:
         """x0 of every noisy chunk given the clean history the memory keeps (one masked forward)."""
@@ -173,8 +212,14 @@ class StudentModule(EMAAfterStep):
                     frame_cond=frame_cond, positions=positions, frame_mask=mask)
         return x0_from_velocity(noisy, out[:, :, frames:], sigma)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer(self.model.parameters())
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """``cf-fit predict``: stream one video from the EMA student (cf_lightning.inference.predict)."""
+        from cf_lightning.inference.predict import predict_latents
+
+        return predict_latents(self.ema, self.hparams, self.memory, batch)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return optimizer_config(self.optimizer(self.model.parameters()), self.lr_scheduler)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["student_generator"] = self._generator.get_state()

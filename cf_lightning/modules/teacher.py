@@ -13,7 +13,7 @@ import copy
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from cf_lightning.diffusion import (
     ErrorBank,
@@ -38,7 +38,9 @@ from cf_lightning.modules.common import (
     build_backbone,
     check_finite,
     load_backbone_weights,
+    optimizer_config,
 )
+from cf_lightning.rollout import randn
 from memory_policies import MemoryPolicy
 
 ContextMode = Literal["none", "last_n", "policy"]
@@ -74,6 +76,8 @@ class TeacherModule(EMAAfterStep):
         erft: Error-Recycling Fine-Tuning probabilities (``None`` disables it).
         lora_rank: > 0 trains LoRA adapters on ``lora_targets`` only (fine-tuning a large teacher).
         init_from: backbone weights to start from (Lightning ``.ckpt`` or a Wan checkpoint).
+        optimizer, lr_scheduler: the optimizer and its learning-rate schedule, stepped per optimizer step
+            (``None``: constant rate).
     """
 
     def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
@@ -85,7 +89,8 @@ class TeacherModule(EMAAfterStep):
                  erft_bins: int = 50, erft_capacity: int = 500, lora_rank: int = 0, lora_alpha: float = 1.0,
                  lora_targets: list[str] | None = None, init_from: str | None = None, ema_decay: float = 0.999,
                  ema_start: int = 0, optimizer: OptimizerCallable = torch.optim.AdamW,
-                 attention_backend: Backend = "sdpa", gradient_checkpointing: bool = False) -> None:
+                 lr_scheduler: LRSchedulerCallable | None = None, attention_backend: Backend = "sdpa",
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         modes = context_modes or ["none"]
@@ -99,6 +104,7 @@ class TeacherModule(EMAAfterStep):
             raise ValueError(f"target_frames={target_frames} must be a multiple of chunk_frames={chunk_frames}")
         self.context_modes = modes
         self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
         self.memory = memory
         self.model = build_backbone(backbone, latent_channels, text_dim, frame_cond_dim, backbone_overrides,
                                     attention_backend, gradient_checkpointing)
@@ -129,9 +135,11 @@ class TeacherModule(EMAAfterStep):
                                       positions=self.hparams.context_positions)
 
     # ------------------------------------------------------------------ training
-    def _split(self, latents: torch.Tensor, generator: torch.Generator, first_visit: torch.Tensor | None = None
+    def _split(self, latents: torch.Tensor, generator: torch.Generator, first_visit: torch.Tensor | None = None,
+               video_generators: list[torch.Generator] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-        """Pick a target window in the clip and, per video, the context frames before it.
+        """Pick a target window in the clip and, per video, the context frames before it (video ``b``
+        draws its context mode from ``video_generators[b]`` when given, else from ``generator``).
 
         With ``revisit_targets`` > 0 and ground truth in the batch, that fraction of steps picks a
         window that revisits views first seen before the recent context, so recall from distant
@@ -150,7 +158,8 @@ class TeacherModule(EMAAfterStep):
         history, target = latents[:, :, :start], latents[:, :, start:start + target_len]
         frames = []
         for b in range(latents.shape[0]):
-            mode = self.context_modes[int(torch.randint(len(self.context_modes), (1,), generator=generator))]
+            video_generator = generator if video_generators is None else video_generators[b]
+            mode = self.context_modes[int(torch.randint(len(self.context_modes), (1,), generator=video_generator))]
             if mode == "none" or start == 0:
                 frames.append([])
             elif mode == "last_n":
@@ -171,12 +180,22 @@ class TeacherModule(EMAAfterStep):
         best = max(scores, default=0)
         return [s for s, score in zip(starts, scores) if best > 0 and score == best]
 
+    def video_generators(self, batch_size: int) -> list[torch.Generator]:
+        """One generator per video of this rank's rows of the global batch, seeded from a stream every
+        rank draws alike: a video's noise, noise level, text dropout and context mode then do not depend
+        on how the global batch is split over ranks (two ranks equal one on the doubled batch)."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        seeds = torch.randint(0, 2**62, (batch_size * world,), generator=self._generator)
+        mine = seeds[self.global_rank * batch_size:(self.global_rank + 1) * batch_size]
+        return [torch.Generator().manual_seed(int(seed)) for seed in mine]
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         latents = batch["latents"].float()
-        cond = batch_condition(batch, self.hparams.cfg_dropout, self._generator)
-        history, target, frames = self._split(latents, self._generator, batch.get("first_visit"))
-        sigma = sample_sigmas(target.shape[0], self._generator, shift=self.hparams.shift, max_sigma=1.0).to(self.device)
-        noise = torch.randn(target.shape, generator=self._generator).to(target)
+        gens = self.video_generators(latents.shape[0])
+        cond = batch_condition(batch, self.hparams.cfg_dropout, gens)
+        history, target, frames = self._split(latents, self._generator, batch.get("first_visit"), gens)
+        sigma = torch.cat([sample_sigmas(1, g, shift=self.hparams.shift, max_sigma=1.0) for g in gens]).to(self.device)
+        noise = randn(target.shape, gens).to(target)
         clean_target = target
         if self.erft is not None:
             assert self.x0_errors is not None and self.noise_errors is not None
@@ -207,11 +226,13 @@ class TeacherModule(EMAAfterStep):
         self.noise_errors.add(sigma.cpu(), (eps_from_velocity(noisy, pred, sigma) - noise).cpu())
 
     def setup(self, stage: str) -> None:
-        # Seeded from seed_everything and the rank, so DDP ranks draw different noise; a resumed run
-        # overwrites this state in on_load_checkpoint.
-        self._generator.manual_seed(torch.initial_seed() + self.global_rank)
+        # Seeded from seed_everything alike on every rank: ranks draw their videos' seeds from their own
+        # rows of the global batch (video_generators); a resumed run overwrites this state in on_load_checkpoint.
+        self._generator.manual_seed(torch.initial_seed())
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def held_out_loss(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Flow-matching loss of the EMA teacher at sigma 0.5, with the window, contexts and noise
+        fixed by the batch index, so the number only moves when the model does."""
         latents = batch["latents"].float()
         cond = batch_condition(batch)
         generator = torch.Generator().manual_seed(batch_idx)
@@ -220,11 +241,18 @@ class TeacherModule(EMAAfterStep):
         noise = torch.randn(target.shape, generator=generator).to(target)
         pred = self.velocity(self.ema, self.sequence(history, target, frames, cond), add_noise(target, noise, sigma),
                              sigma, cond)
-        self.log("val/loss", flow_matching_loss(pred, target, noise), prog_bar=True)
+        return flow_matching_loss(pred, target, noise)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("val/loss", self.held_out_loss(batch, batch_idx), prog_bar=True,
+                 batch_size=len(batch["latents"]))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("test/loss", self.held_out_loss(batch, batch_idx), batch_size=len(batch["latents"]))
+
+    def configure_optimizers(self) -> dict[str, Any]:
         params = lora_parameters(self.model) if self.hparams.lora_rank > 0 else self.model.parameters()
-        return self.optimizer(params)
+        return optimizer_config(self.optimizer(params), self.lr_scheduler)
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

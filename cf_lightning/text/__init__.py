@@ -1,14 +1,12 @@
 """Text encoders: ``hash`` (deterministic, weight-free) and ``umt5`` (Wan's encoder via transformers)."""
 
-from cf_lightning.text.base import TEXT_ENCODERS, TextEncoder, build_text_encoder, register_text_encoder
+from cf_lightning.text.base import TextEncoder, build_text_encoder
 from cf_lightning.text.hash import HashTextEncoder
 from cf_lightning.text.umt5 import UMT5TextEncoder
 
 __all__ = [
-    "TEXT_ENCODERS",
     "HashTextEncoder",
     "TextEncoder",
     "UMT5TextEncoder",
     "build_text_encoder",
-    "register_text_encoder",
 ]

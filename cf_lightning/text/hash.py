@@ -9,14 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cf_lightning.text.base import TextEncoder, register_text_encoder
+from cf_lightning.text.base import TextEncoder
 
 __all__ = ["HashTextEncoder"]
 
 _WORD = re.compile(r"[a-z0-9]+")
 
 
-@register_text_encoder("hash")
 class HashTextEncoder(TextEncoder):
     """Lower-cased words hashed into a fixed table of seeded random vectors, plus an end token.
 
@@ -24,6 +23,8 @@ class HashTextEncoder(TextEncoder):
     seeded CPU generator), so text conditioning is exercised without any download. The table is a
     non-persistent buffer: it is rebuilt from the seed, never trained or checkpointed.
     """
+
+    name = "hash"
 
     END = 0
 
@@ -43,6 +44,9 @@ class HashTextEncoder(TextEncoder):
 
     def options(self) -> dict[str, Any]:
         return {"seed": self.seed, "vocab_size": self.vocab_size}
+
+    def num_tokens(self, prompt: str) -> int:
+        return len(_WORD.findall(prompt.lower())) + 1
 
     def token_ids(self, prompt: str) -> list[int]:
         """Word ids (1..vocab_size-1) truncated so the end token (id 0) always fits."""

@@ -9,12 +9,11 @@ import torch
 from torch import Tensor
 
 from cf_lightning.codecs.base import resolve_dtype
-from cf_lightning.text.base import TextEncoder, register_text_encoder
+from cf_lightning.text.base import TextEncoder
 
 __all__ = ["UMT5TextEncoder"]
 
 
-@register_text_encoder("umt5")
 class UMT5TextEncoder(TextEncoder):
     """Frozen ``UMT5EncoderModel`` + its tokenizer; embeddings past each prompt's end are zero.
 
@@ -23,6 +22,8 @@ class UMT5TextEncoder(TextEncoder):
     ``max_length`` (Wan uses 512) and the padded positions zeroed, as Wan's pipelines do, so stored
     and live embeddings agree. Nothing is downloaded (``local_files_only``).
     """
+
+    name = "umt5"
 
     def __init__(self, path: str, max_length: int = 512, dtype: str | torch.dtype = "float32") -> None:
         super().__init__()
@@ -51,6 +52,9 @@ class UMT5TextEncoder(TextEncoder):
         super().train(mode)
         self.model.eval()
         return self
+
+    def num_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=True).input_ids)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:

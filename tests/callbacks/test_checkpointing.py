@@ -39,7 +39,8 @@ class Killed(Exception):
     """Stands for the process dying in the middle of writing a checkpoint."""
 
 
-def fit(tmp_path: Path, batches: int, callback: RunCheckpoint, ckpt_path: Path | None = None) -> L.Trainer:
+def fit(tmp_path: Path, batches: int, callback: RunCheckpoint,
+        ckpt_path: Path | str | None = None) -> L.Trainer:
     """Train until ``batches`` batches in all are done (3 optimizer steps per 2 batches)."""
     torch.manual_seed(0)
     trainer = L.Trainer(max_steps=batches + (batches + 1) // 2, accelerator="cpu", logger=False,
@@ -120,3 +121,14 @@ def test_directory_checkpoints_of_sharded_strategies_are_renamed_in_whole(tmp_pa
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RunCheckpoint(**kwargs)
+
+
+def test_lightning_resumes_from_its_last_checkpoint(tmp_path):
+    """To Lightning a ModelCheckpoint: ``ckpt_path="last"`` finds its ``last.ckpt``; the count goes on."""
+    first = fit(tmp_path, 2, RunCheckpoint(every_n_batches=2))
+    assert first.checkpoint_callback.last_model_path == str(tmp_path / "checkpoints" / "last.ckpt")
+    resumed = RunCheckpoint(every_n_batches=2)
+    fit(tmp_path, 4, resumed, ckpt_path="last")
+    assert resumed.batches == 4
+    assert saved(tmp_path / "checkpoints") == ["batch=0000002.ckpt", "batch=0000004.ckpt", "last.ckpt"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6

@@ -11,8 +11,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import metadata
+from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hparams_limit
 
 from cf_lightning.callbacks import AblationDashboard, gif_summary, log_ablation_hparams, log_video
+from cf_lightning.callbacks.tensorboard import LEAD_COLUMNS
+from cf_lightning.modules import ContextForcingModule
 
 POLICIES = {"SlowFast": 0.25, "SlidingWindow": 0.75}  # policy -> its fake val/recon
 
@@ -155,3 +158,29 @@ def test_dashboard_skips_modules_without_hooks_and_warns_without_tensorboard(tmp
                          enable_model_summary=False, limit_val_batches=0)
     with pytest.warns(UserWarning, match="no TensorBoardLogger"):
         trainer.fit(TinyAblation("SlowFast", 0.5))
+
+
+def shown_columns(root, run: str) -> list[str]:
+    """The columns TensorBoard's HParams table shows by default: the backend's order (differing columns
+    first, then by name), cut to the five the table displays."""
+    content = read_runs(root).PluginRunToTagToContent(metadata.PLUGIN_NAME)[run]
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    _sort_and_reduce_to_hparams_limit(experiment, hparams_limit=5)
+    return [info.name for info in experiment.hparam_infos]
+
+
+def test_the_columns_an_ablation_is_about_come_first_and_are_shown(tmp_path):
+    hparams = ContextForcingModule().ablation_hparams()
+    assert sorted(hparams).index("teacher/context") >= 5, "alphabetically the column would be hidden"
+    for version, lead in (("plain", []), ("led", list(LEAD_COLUMNS))):
+        logger = TensorBoardLogger(tmp_path, name="ablation", version=version, default_hp_metric=False)
+        log_ablation_hparams(logger, hparams, ["val/revisit_auc"], lead=lead)
+        logger.finalize("success")
+        written = metadata.parse_experiment_plugin_data(
+            read_runs(tmp_path / "ablation").PluginRunToTagToContent(metadata.PLUGIN_NAME)[version][
+                metadata.EXPERIMENT_TAG])
+        assert [info.name for info in written.hparam_infos][:len(lead)] == lead
+    assert "teacher/context" not in shown_columns(tmp_path / "ablation", "plain")
+    assert shown_columns(tmp_path / "ablation", "led")[:2] == ["memory/policy", "teacher/context"]
+    with pytest.raises(ValueError, match=r"lead columns \['memory/nope'\] are not in hparams"):
+        log_ablation_hparams(logger, hparams, ["val/revisit_auc"], lead=["memory/nope"])

@@ -51,14 +51,15 @@ def test_modules_build_from_yaml(tmp_path: Path, write_world_shards) -> None:
           world: {{num_frames: 24, trajectories: [loop]}}
           num_videos: 4
           batch_size: 2
-          codec_options: {{patch: 4}}
+          codec: {{class_path: PixelCodec, init_args: {{patch: 4}}}}
           text_encoder: null
         shard_data:
           train_urls: {tmp_path}
           batch_size: 2
           clip_frames: 6
-          text_encoder: hash
-          text_encoder_options: {{dim: 4, max_length: 8}}
+          text_encoder:
+            class_path: cf_lightning.text.HashTextEncoder
+            init_args: {{dim: 4, max_length: 8}}
         """
     )
     built = parser.instantiate(cfg)

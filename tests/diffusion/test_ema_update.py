@@ -92,3 +92,41 @@ def test_bad_arguments_are_named() -> None:
         update_ema(other, make_model(), 0.9)
     with pytest.raises(ValueError, match=r"missing from the EMA \['1.bias', '1.weight'"):
         update_ema(nn.Sequential(nn.Linear(4, 6)), make_model(), 0.9)
+
+
+def lora_pair() -> tuple[nn.Module, nn.Module]:
+    """A LoRA'd tiny Wan and its EMA copy, the way the context teacher builds them."""
+    from cf_lightning.lora import inject_lora
+    from cf_lightning.models import build_wan
+
+    torch.manual_seed(0)
+    model = build_wan("tiny")
+    inject_lora(model, ["self_attn.q", "self_attn.v", "ffn.0"], rank=2, alpha=2.0)
+    return copy.deepcopy(model).requires_grad_(False), model
+
+
+def test_under_lora_only_the_adapters_are_averaged_and_frozen_weights_never_written() -> None:
+    ema, model = lora_pair()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in name for name in trainable)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in trainable:
+                p.add_(1.0)  # a training step moved the adapters
+            else:
+                ema.get_parameter(name).sub_(1.0)  # marks the EMA's frozen copy: any write would move it
+    before = {name: p.clone() for name, p in ema.named_parameters()}
+    update_ema(ema, model, 0.5)
+    for name, p in ema.named_parameters():
+        if name in trainable:
+            assert torch.equal(p, 0.5 * before[name] + 0.5 * model.get_parameter(name)), name
+        else:  # never copied nor lerped: the frozen (nearly all) weights are not touched per step
+            assert torch.equal(p, before[name]), name
+
+
+def test_full_fine_tuning_averages_every_weight_as_before() -> None:
+    ema, model = make_model(0), make_model(1)
+    expected = [0.25 * e + 0.75 * p for e, p in zip(ema.parameters(), model.parameters())]
+    update_ema(ema, model, 0.25)
+    for e, x in zip(ema.parameters(), expected):
+        torch.testing.assert_close(e, x, rtol=0, atol=1e-7)

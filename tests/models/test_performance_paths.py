@@ -53,15 +53,15 @@ def data(num_frames: int, seed: int = 0, static_first: bool = True):
 
 
 def stream(model, memory, noisy, clean, context, reuse_text: bool):
-    context_kv = model.project_context(context) if reuse_text else None
+    context_kv = model(None, None, context, mode="context_kv") if reuse_text else None
     outs = []
     for start in range(0, noisy.shape[2], CHUNK):
         part = slice(start, start + CHUNK)
         for t in (900.0, 400.0):  # two denoising forwards on the same read, then the refresh
-            outs.append(model.forward_chunk(noisy[:, :, part], torch.full((B,), t), context, memory,
-                                            context_kv=context_kv))
-        outs.append(model.forward_chunk(clean[:, :, part], torch.zeros(B), context, memory, commit=True,
-                                        context_kv=context_kv))
+            outs.append(model(noisy[:, :, part], torch.full((B,), t), context, memory=memory,
+                              context_kv=context_kv))
+        outs.append(model(clean[:, :, part], torch.zeros(B), context, memory=memory, context_kv=context_kv,
+                          mode="predict_commit"))
     return torch.cat(outs, 2)
 
 
@@ -79,16 +79,16 @@ def test_cached_reads_and_text_reuse_are_bit_identical_to_the_plain_path(model, 
 
 @pytest.mark.parametrize("name", list(POLICIES))
 @torch.no_grad()
-def test_commit_chunk_commits_exactly_what_the_full_refresh_commits(model, name):
+def test_commit_mode_commits_exactly_what_the_full_refresh_commits(model, name):
     noisy, clean, context = data(12)
     full, short = (model.new_memory(POLICIES[name](), B, CHUNK, (H, W)) for _ in range(2))
-    context_kv = model.project_context(context)
+    context_kv = model(None, None, context, mode="context_kv")
     for start in range(0, 12, CHUNK):
         part = slice(start, start + CHUNK)
         for memory in (full, short):  # a denoising forward first, so the refresh reuses a staged read
-            model.forward_chunk(noisy[:, :, part], torch.full((B,), 500.0), context, memory, context_kv=context_kv)
-        model.forward_chunk(clean[:, :, part], torch.zeros(B), context, full, commit=True, context_kv=context_kv)
-        model.commit_chunk(clean[:, :, part], torch.zeros(B), context, short, context_kv=context_kv)
+            model(noisy[:, :, part], torch.full((B,), 500.0), context, memory=memory, context_kv=context_kv)
+        model(clean[:, :, part], torch.zeros(B), context, memory=full, context_kv=context_kv, mode="predict_commit")
+        model(clean[:, :, part], torch.zeros(B), context, memory=short, context_kv=context_kv, mode="commit")
         assert [s.regions for s in short.states] == [s.regions for s in full.states]
         assert torch.equal(short.keys, full.keys) and torch.equal(short.values, full.values)
 
@@ -190,7 +190,7 @@ def test_read_is_computed_once_per_chunk_and_dropped_at_commit(model):
 
 
 @torch.no_grad()
-def test_rollout_equals_a_plain_forward_chunk_loop(model):
+def test_rollout_equals_a_plain_streaming_forward_loop(model):
     sigmas = denoising_sigmas(3)
     noise, _, context = data(8, seed=2, static_first=False)
     policy = SlowFast(sink=1, slow=2, fast=4, threshold=0.99, interval=1, rope_length=7)
@@ -202,12 +202,12 @@ def test_rollout_equals_a_plain_forward_chunk_loop(model):
     for start in range(0, noise.shape[2], CHUNK):
         x = noise[:, :, start:start + CHUNK]
         for step, sigma in enumerate(sigmas.tolist()):
-            velocity = model.forward_chunk(x, torch.full((B, CHUNK), sigma * 1000), context, memory)
+            velocity = model(x, torch.full((B, CHUNK), sigma * 1000), context, memory=memory)
             x0 = x - sigma * velocity
             if step + 1 < len(sigmas):
                 s = float(sigmas[step + 1])
                 x = (1 - s) * x0 + s * randn(x0.shape, gens)
-        model.forward_chunk(x0, torch.zeros(B, CHUNK), context, memory, commit=True)
+        model(x0, torch.zeros(B, CHUNK), context, memory=memory, mode="predict_commit")
         chunks.append(x0)
     assert torch.equal(fast, torch.cat(chunks, 2))
 
@@ -234,14 +234,14 @@ def test_gradients_through_rollout_still_reach_the_text_projections(model):
         for index, start in enumerate(range(0, noise.shape[2], CHUNK)):
             x = noise[:, :, start:start + CHUNK]
             with torch.no_grad():
-                x0 = x - float(sigmas[0]) * model.forward_chunk(x, torch.full((B, CHUNK), float(sigmas[0]) * 1000),
-                                                               context, memory)
+                x0 = x - float(sigmas[0]) * model(x, torch.full((B, CHUNK), float(sigmas[0]) * 1000),
+                                                  context, memory=memory)
                 x = (1 - float(sigmas[1])) * x0 + float(sigmas[1]) * randn(x0.shape, gen)
             with torch.enable_grad() if index >= 1 else torch.no_grad():
-                x0 = x - float(sigmas[1]) * model.forward_chunk(x, torch.full((B, CHUNK), float(sigmas[1]) * 1000),
-                                                               context, memory)
+                x0 = x - float(sigmas[1]) * model(x, torch.full((B, CHUNK), float(sigmas[1]) * 1000),
+                                                  context, memory=memory)
             with torch.no_grad():
-                model.forward_chunk(x0.detach(), torch.zeros(B, CHUNK), context, memory, commit=True)
+                model(x0.detach(), torch.zeros(B, CHUNK), context, memory=memory, mode="predict_commit")
             chunks.append(x0)
         return torch.cat(chunks, 2)
 
@@ -282,12 +282,13 @@ def count_host_reads():
 def test_no_host_reads_in_the_per_chunk_path_of_data_independent_policies(model, name):
     noisy, clean, context = data(10)
     memory = model.new_memory(POLICIES[name](), B, CHUNK, (H, W))
-    context_kv = model.project_context(context)
+    context_kv = model(None, None, context, mode="context_kv")
     with count_host_reads() as calls:
         for start in range(0, 10, CHUNK):
             part = slice(start, start + CHUNK)
-            model.forward_chunk(noisy[:, :, part], torch.full((B,), 500.0), context, memory, context_kv=context_kv)
-            model.forward_chunk(clean[:, :, part], torch.zeros(B), context, memory, commit=True, context_kv=context_kv)
+            model(noisy[:, :, part], torch.full((B,), 500.0), context, memory=memory, context_kv=context_kv)
+            model(clean[:, :, part], torch.zeros(B), context, memory=memory, context_kv=context_kv,
+                  mode="predict_commit")
     assert calls == []
 
 

@@ -42,8 +42,8 @@ def stream(model, policy: MemoryPolicy, chunk: int, clean, noisy, context, t: fl
     noisy_out, clean_out = [], []
     for start in range(0, clean.shape[2], chunk):
         part = slice(start, start + chunk)
-        noisy_out.append(model.forward_chunk(noisy[:, :, part], torch.full((B,), t), context, memory))
-        clean_out.append(model.forward_chunk(clean[:, :, part], torch.zeros(B), context, memory, commit=True))
+        noisy_out.append(model(noisy[:, :, part], torch.full((B,), t), context, memory=memory))
+        clean_out.append(model(clean[:, :, part], torch.zeros(B), context, memory=memory, mode="predict_commit"))
     return torch.cat(noisy_out, 2), torch.cat(clean_out, 2), memory
 
 
@@ -176,7 +176,7 @@ def test_memory_stays_within_budget_over_200_chunks(model):
     gen = torch.Generator().manual_seed(0)
     for _ in range(200):
         x = torch.randn(1, 4, chunk, H, W, generator=gen)
-        model.forward_chunk(x, torch.zeros(1), context, memory, commit=True)
+        model(x, torch.zeros(1), context, memory=memory, mode="predict_commit")
         assert memory.stored_frames() <= budget
         assert memory.keys.shape[2] * memory.keys.shape[3] == budget * tokens
     assert memory.frames_committed == 600

@@ -84,8 +84,8 @@ def test_oracle_streaming_equals_masked_forward(model):
     outputs = []
     for start in range(0, FRAMES, CHUNK):
         part = slice(start, start + CHUNK)
-        outputs.append(model.forward_chunk(noisy[:, :, part], torch.full((B,), 700.0), context, memory))
-        model.forward_chunk(clean[:, :, part], torch.zeros(B), context, memory, commit=True)
+        outputs.append(model(noisy[:, :, part], torch.full((B,), 700.0), context, memory=memory))
+        model(clean[:, :, part], torch.zeros(B), context, memory=memory, mode="predict_commit")
     masks = torch.stack([teacher_forcing_layout(policy.frame_mask(FRAMES, CHUNK, state=_informed(policy, future)), CHUNK)
                          for future in futures])
     full_noisy, _ = full_forward(model, masks, clean, noisy, context)
@@ -107,8 +107,8 @@ def test_attention_statistics_are_a_share_of_the_chunk_attention_and_path_indepe
         memory = model.new_memory(policy, B, CHUNK, (H, W), cache_reads=cache_reads)
         for start in range(0, FRAMES, CHUNK):
             part = slice(start, start + CHUNK)
-            model.forward_chunk(noisy[:, :, part], torch.full((B,), 700.0), context, memory)
-            model.commit_chunk(clean[:, :, part], torch.zeros(B, CHUNK), context, memory)
+            model(noisy[:, :, part], torch.full((B,), 700.0), context, memory=memory)
+            model(clean[:, :, part], torch.zeros(B, CHUNK), context, memory=memory, mode="commit")
         results.append([a for state in memory.states for _, a in seen[id(state)]])
     for with_cache, without in zip(*results):
         assert torch.allclose(with_cache, without, atol=1e-6)

@@ -75,7 +75,7 @@ def test_invariants_hold_for_any_configuration(setup, num_chunks, seed):
 
 
 def test_bounded_positions_match_paper_steady_state():
-    """design.md section 1: sink 0-2, slow 3-14, fast 15-17, current chunk 18-20."""
+    """The paper's 21-position layout: sink 0-2, slow 3-14, fast 15-17, current chunk 18-20."""
     policy = SlowFast(sink=3, slow=12, fast=6, admission="uniform", interval=1)
     state = policy.new_state(3)
     for _ in range(40):
