@@ -3,7 +3,10 @@
 Each variant is a list of ``cf-fit`` overrides (for example a different ``--model.memory``). Runs go
 into one TensorBoard experiment, one version per variant, so TensorBoard's HParams tab compares
 them; afterwards the final scalars are read back from the event files into ``comparison.md`` and
-the revisit-error curves into ``revisit_error.png`` next to the logs.
+the revisit-error curves into ``revisit_error.png`` next to the logs. With ``--eval "<cf-eval
+arguments>"`` every variant's final checkpoint is also evaluated by ``cf-eval`` (a TensorBoard run
+``<variant>/eval``); its video-level numbers join ``comparison.md`` and the per-timestamp tables and
+curves of all variants go to ``evaluation.md`` and ``evaluation_curves.png``.
 
 Variants file (YAML)::
 
@@ -16,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 from pathlib import Path
 
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cf_lightning.cli import main as cf_fit
+from cf_lightning.eval_report import SCORES_FILE, SystemResult, markdown_tables, plot_curves
+from cf_lightning.evaluate import main as cf_eval
 
 GAP_TAG = re.compile(r"^val/revisit_error/gap_(\d+)-(\d+)$")
 
@@ -94,6 +100,30 @@ def plot_revisit_curves(results: dict[str, dict[str, float]], path: Path) -> Pat
     return path
 
 
+def final_checkpoint(log_dir: Path) -> Path:
+    """``checkpoints/last.ckpt`` of a run, else its newest checkpoint."""
+    folder = log_dir / "checkpoints"
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    if not found:
+        raise FileNotFoundError(f"{str(folder)!r} holds no checkpoint to evaluate")
+    return found[-1]
+
+
+def evaluate_variants(logs: dict[str, Path], eval_args: str, out: Path) -> list[SystemResult]:
+    """cf-eval on every variant's final checkpoint into ``<run>/eval``; tables and curves side by side."""
+    results = []
+    for variant, log_dir in logs.items():
+        # the user's arguments last: cf-gen arguments after their '--' must stay at the end
+        cf_eval(["--checkpoint", str(final_checkpoint(log_dir)), "--out", str(log_dir / "eval"), "--name", variant,
+                 *shlex.split(eval_args)])
+        results.append(SystemResult.load(log_dir / "eval" / SCORES_FILE))
+    (out / "evaluation.md").write_text(markdown_tables(results))
+    plot_curves(results, out / "evaluation_curves.png")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the recipe every variant starts from")
@@ -102,11 +132,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="ablation", help="TensorBoard experiment name")
     parser.add_argument("--metrics", nargs="+",
                         default=["val/effective_context", "val/revisit_auc", "train/dmd_loss", "train/critic_loss"])
+    parser.add_argument("--eval", default=None, help="cf-eval arguments (prompts, seeds, features) to evaluate "
+                        "every variant's final checkpoint with, e.g. \"--prompts p.txt --dinov2 pixel_stats\"")
     args, extra = parser.parse_known_args(argv)
     save_dir = Path(args.save_dir)
     logs = run_variants(args.config, load_variants(args.variants), save_dir, args.name, extra)
     results = {variant: final_scalars(log_dir) for variant, log_dir in logs.items()}
     out = save_dir / args.name
+    if args.eval is not None:
+        for evaluated in evaluate_variants(logs, args.eval, out):
+            results[evaluated.name].update({f"eval/{k}": v for k, v in evaluated.scalars.items()})
+        args.metrics += sorted({t for s in results.values() for t in s if t.startswith("eval/")})
     gap_metrics = sorted({t for s in results.values() for t in s if GAP_TAG.match(t)},
                          key=lambda t: int(GAP_TAG.match(t)[1]))  # type: ignore[index]
     (out / "comparison.md").write_text(comparison_table(results, [*args.metrics, *gap_metrics]))

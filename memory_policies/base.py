@@ -21,6 +21,7 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Literal
 
 import torch
@@ -261,24 +262,28 @@ class MemoryPolicy(ABC):
 
     def positions(self, state: MemoryState, frames: list[int], query: list[int]) -> list[int]:
         """Temporal RoPE positions for ``frames + query`` under this policy's position mode."""
-        everything = frames + query
-        if self.position_mode == "absolute":
-            return everything
-        sink_set = set(state.regions["sink"])
-        anchor = min(query[-1], self.rope_length - 1)
-        # Paper Eq. 8: sink frames keep their own indices; every other frame packs into a
-        # contiguous run that ends at the anchor, so positions never leave the trained range.
-        others = [f for f in everything if f not in sink_set]
-        first = anchor - (len(others) - 1)
-        packed = {f: first + j for j, f in enumerate(others)}
-        if self.position_mode == "true_time":
-            # Keep real distances to the query where they fit; older frames only move up as far
-            # as needed to stay distinct, ordered and above the packed (bounded) run.
-            ceiling = anchor + 1
-            for f in reversed(others):
-                ceiling = max(packed[f], min(anchor - (query[-1] - f), ceiling - 1))
-                packed[f] = ceiling
-        return [f if f in sink_set else packed[f] for f in everything]
+        return memory_positions(frames, query, state.regions["sink"], self.rope_length, self.position_mode)
+
+    def context_positions(self, frames: list[int], history_frames: int, target_frames: int,
+                          chunk_frames: int) -> list[int]:
+        """Positions of a teacher's or critic's ``[context | target]`` sequence, in the student's layout.
+
+        ``frames`` is what this memory held once ``history_frames`` frames were committed; the target
+        follows the history. The context frames and the target's first chunk get exactly the positions
+        the student read them at (:meth:`read`), and the rest of the target continues one position per
+        frame, so Contextual DMD scores the student's context in the layout the student used. Built on
+        :meth:`positions`, so a subclass that overrides it is honoured here too.
+        """
+        if target_frames < chunk_frames:
+            raise ValueError(f"target_frames={target_frames} is shorter than chunk_frames={chunk_frames}")
+        state = MemoryState(chunk_frames=chunk_frames, frames_committed=history_frames)
+        state.regions["sink"] = list(range(min(self.sink, history_frames)))
+        query = list(range(history_frames, history_frames + chunk_frames))
+        read = self.positions(state, frames, query)
+        if read[0] < 0 or any(a >= b for a, b in pairwise(read)):
+            raise ValueError(f"{len(frames)} context frames + a {chunk_frames}-frame chunk do not fit "
+                             f"rope_length={self.rope_length} (positions {read}); show fewer frames or raise it")
+        return read + [read[-1] + 1 + i for i in range(target_frames - chunk_frames)]
 
     def frame_mask(self, num_frames: int, chunk_frames: int, summaries: torch.Tensor | None = None,
                    attention: Callable[[MemoryView], torch.Tensor] | None = None,
@@ -316,6 +321,32 @@ class MemoryPolicy(ABC):
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({settings})"
+
+
+def memory_positions(frames: list[int], query: list[int], sink_frames: list[int], rope_length: int,
+                     mode: PositionMode) -> list[int]:
+    """Temporal RoPE positions for ``frames + query`` (both sorted frame indices), the one definition.
+
+    ``absolute``: the frame indices. ``bounded`` (paper Eq. 8): sink frames keep their own indices;
+    every other frame packs into a contiguous run that ends at the anchor (the last query frame, capped
+    at ``rope_length - 1``), so positions never leave the trained range. ``true_time``: real distances
+    to the query where they fit; older frames only move up as far as needed to stay distinct, ordered
+    and above the bounded run.
+    """
+    everything = frames + query
+    if mode == "absolute":
+        return everything
+    sink_set = set(sink_frames)
+    anchor = min(query[-1], rope_length - 1)
+    others = [f for f in everything if f not in sink_set]
+    first = anchor - (len(others) - 1)
+    packed = {f: first + j for j, f in enumerate(others)}
+    if mode == "true_time":
+        ceiling = anchor + 1
+        for f in reversed(others):
+            ceiling = max(packed[f], min(anchor - (query[-1] - f), ceiling - 1))
+            packed[f] = ceiling
+    return [f if f in sink_set else packed[f] for f in everything]
 
 
 def recent_frames(new_frames: list[int], count: int) -> list[int]:

@@ -8,8 +8,9 @@ Usage::
 
 The checks replay random streams of chunks and assert the invariants the rest of the library
 relies on: the budget is never exceeded, sink frames stay, positions stay in range, the query
-chunk sees the most recent history, a policy that declares fixed positions keeps them, decisions
-are deterministic, and the rendered mask agrees with streaming frame by frame.
+chunk sees the most recent history, a teacher sees the memory where the student read it, a policy
+that declares fixed positions keeps them, decisions are deterministic, and the rendered mask agrees
+with streaming frame by frame.
 """
 
 from __future__ import annotations
@@ -119,6 +120,15 @@ class PolicyContract:
                 for frame, position in zip(view.frames, view.positions):
                     assert written[frame] == position, (frame, written[frame], position)
                 written.update(zip(view.query_frames, view.query_positions))
+
+    def test_context_positions_match_reading(self) -> None:
+        """A teacher shown this memory (:meth:`MemoryPolicy.context_positions`) sees every frame and
+        the target's first chunk at the positions the student read them at."""
+        policy = self.make_policy()
+        for chunk in CHUNK_SIZES:
+            for state, view in self.stream(policy, chunk):
+                got = policy.context_positions(view.frames, state.frames_committed, 2 * chunk, chunk)
+                assert got[:len(view.frames) + chunk] == view.positions + view.query_positions, (view, got)
 
     def test_recent_frames_visible(self) -> None:
         policy = self.make_policy()

@@ -9,10 +9,12 @@ videos with benchmarks/revisit.py:
 - ``short_teacher``: Slow-Fast memory, but the teacher only sees its short window (LongLive-style).
 
     python scripts/reproduce_results.py [--steps 1500] [--runs runs/results] [--videos 64] [--seed 0]
+        [--set --model.init_args.context_positions student ...]
 
 ``--seed`` re-seeds training (rollout lengths, exit steps, noise) and the training videos (world seeds
 ``seed .. seed + num_videos - 1``, in a seed-dependent order); the assets, the held-out videos and the
-evaluation stay the same, so two seeds differ only by training.
+evaluation stay the same, so two seeds differ only by training. ``--set`` appends ``cf-fit`` overrides to
+every variant (a different teacher, layout or setting), so a table can be re-measured under one change.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ VARIANTS = {
 }
 
 
-def launch(name: str, args: list[str], runs: Path, steps: int, seed: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "cf_lightning.cli", "fit", *args, "--trainer.max_steps", str(steps),
+def launch(name: str, args: list[str], runs: Path, steps: int, seed: int, extra: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "cf_lightning.cli", "fit", *args, *extra, "--trainer.max_steps", str(steps),
                "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
                "--trainer.logger.init_args.save_dir", str(runs), "--trainer.logger.init_args.name", "results",
                "--trainer.logger.init_args.version", name, "--trainer.enable_progress_bar", "false"]
@@ -49,6 +51,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0, help="training seed (0: the recipes' own)")
+    parser.add_argument("--set", nargs=argparse.REMAINDER, default=[], dest="extra",
+                        help="cf-fit overrides for every variant (last option: everything after it)")
     args = parser.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     pending = list(args.only)
@@ -56,7 +60,7 @@ def main() -> None:
     while pending or running:
         while pending and len(running) < args.parallel:
             name = pending.pop(0)
-            running.append((name, launch(name, VARIANTS[name], args.runs, args.steps, args.seed)))
+            running.append((name, launch(name, VARIANTS[name], args.runs, args.steps, args.seed, args.extra)))
         name, process = running.pop(0)
         if process.wait():
             raise SystemExit(f"{name} failed; see {args.runs / (name + '.log')}")

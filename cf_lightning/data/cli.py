@@ -8,6 +8,10 @@ Examples::
         --text_encoder umt5 --text_encoder_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers"}'
     cf-data trajectories --teacher teacher.safetensors --output data/ode --input data/world \\
         --denoising_steps 4 --shift 5.0
+    cf-data prompts --input prompts.txt --output data/prompts --height 480 --width 832 \
+        --codec wan --codec_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers"}' \
+        --text_encoder umt5 --text_encoder_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers"}' \
+        --negative_prompt "$(cat negative_prompt.txt)"
     cf-data check data/world
 
 Every command also takes ``--config file.yaml`` (jsonargparse), and ``--help`` lists all options.
@@ -25,6 +29,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from cf_lightning.codecs import LatentCodec, build_codec, uint8_to_unit
+from cf_lightning.data.prompts import read_prompts, write_prompt_shards
 from cf_lightning.data.revisit_world import RevisitWorldConfig, generate_video, latent_truth
 from cf_lightning.data.shards import (
     SkipLog,
@@ -96,10 +101,17 @@ def _add_trajectory_arguments(parser: ArgumentParser) -> None:
     parser.add_argument(
         "--noise_seed", type=int, default=0, help="sample i starts from noise seeded noise_seed + i"
     )
+    parser.add_argument(
+        "--negative_prompt",
+        type=str | None,
+        default=None,
+        help="negative prompt embedding (negative_prompt.safetensors from cf-data prompts) for the "
+        "unconditional branch instead of the null text",
+    )
 
 
 def build_parser() -> ArgumentParser:
-    """The ``cf-data`` parser with subcommands ``world``, ``videos``, ``trajectories`` and ``check``."""
+    """The ``cf-data`` parser with subcommands ``world``, ``videos``, ``trajectories``, ``prompts``, ``check``."""
     parser = ArgumentParser(prog="cf-data", description="Write and check cf-lightning latent shards.")
     commands = parser.add_subcommands()
 
@@ -130,6 +142,22 @@ def build_parser() -> ArgumentParser:
     _add_trajectory_arguments(trajectories)
     commands.add_subcommand("trajectories", trajectories, help="write teacher ODE trajectory shards")
 
+    prompts = ArgumentParser(
+        description="Encode a prompt list (text, one per line, or JSONL with 'prompt') into prompt shards for "
+        "stage 2: embeddings and the latent shape at --height x --width, no video; with --negative_prompt its "
+        "embedding is written once to negative_prompt.safetensors next to the shards."
+    )
+    _add_encoding_arguments(prompts)
+    prompts.add_argument("--input", type=str, required=True, help="prompt list: .txt or .jsonl")
+    prompts.add_argument("--height", type=int, required=True, help="video height the student generates")
+    prompts.add_argument("--width", type=int, required=True, help="video width the student generates")
+    prompts.add_argument("--negative_prompt", type=str | None, default=None, help="the unconditional prompt")
+    prompts.add_argument("--batch_size", type=int, default=16, help="prompts encoded together")
+    prompts.add_argument(
+        "--latent_frames", type=int, default=0, help="zero latent frames per sample (conditions for trajectories)"
+    )
+    commands.add_subcommand("prompts", prompts, help="write prompt shards (stage 2)")
+
     check = ArgumentParser(description="Read shards and report unreadable shards and corrupt samples.")
     check.add_argument("shards", type=str, nargs="+", help="shard paths, folders or brace patterns")
     commands.add_subcommand("check", check, help="verify shards")
@@ -146,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.shards)
     if command == "trajectories":
         return _trajectories(parser, cfg)
+    if command == "prompts":
+        return _prompts(parser, cfg)
     try:
         args = parser.instantiate(cfg)[command]
         codec = build_codec(args.codec, **args.codec_options).to(args.device)
@@ -178,6 +208,7 @@ def _trajectories(parser: ArgumentParser, cfg: Namespace) -> int:
             args.guidance_scale,
             args.noise_seed,
             args.teacher,
+            args.negative_prompt,
         )
         text = _text_encoder(args)
         if args.input is not None:
@@ -205,6 +236,26 @@ def _trajectories(parser: ArgumentParser, cfg: Namespace) -> int:
         parser.error(f"cf-data trajectories: {exc}")
     skipped = f", {skips.total} input samples or shards skipped" if skips.total else ""
     print(f"wrote {written} teacher trajectories to {args.output}{skipped}")
+    return 0
+
+
+def _prompts(parser: ArgumentParser, cfg: Namespace) -> int:
+    """``cf-data prompts``: the latent shape comes from the codec at the given size, never a constant."""
+    try:
+        args = parser.instantiate(cfg)["prompts"]
+        if not args.text_encoder:
+            raise ValueError("prompt shards need --text_encoder (umt5 for Wan)")
+        prompts = read_prompts(args.input)
+        codec = build_codec(args.codec, **args.codec_options)
+        height, width = codec.latent_size(args.height, args.width)
+        text = _text_encoder(args)
+        assert text is not None
+        written = write_prompt_shards(prompts, text, (codec.latent_channels, height, width), args.output,
+                                      args.shard_size, args.batch_size, args.negative_prompt, args.latent_frames)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(f"cf-data prompts: {exc}")
+    negative = " and negative_prompt.safetensors" if args.negative_prompt is not None else ""
+    print(f"wrote {written} prompts{negative} to {args.output}")
     return 0
 
 

@@ -172,7 +172,7 @@ def _trajectory_fits(states_shape: tuple[int, ...], latents_shape: tuple[int, ..
 
 def _check_float16(key: str, name: str, values: Tensor) -> None:
     """Arrays are stored as float16: an overflow would be stored as inf and poison training later."""
-    if not torch.isfinite(values).all() or values.abs().max() > torch.finfo(torch.float16).max:
+    if values.numel() and (not torch.isfinite(values).all() or values.abs().max() > torch.finfo(torch.float16).max):
         raise ValueError(f"{name} of {key!r} are not finite in float16")
 
 

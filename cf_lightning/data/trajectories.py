@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cf_lightning.data.prompts import load_negative_prompt
 from cf_lightning.data.shards import collate_samples, encode_sample, open_shard_writer, per_frame_truth
 from cf_lightning.diffusion import denoising_sigmas, guided_velocity, ode_trajectory, sampling_sigmas
 from cf_lightning.models import WanModel
@@ -38,6 +39,7 @@ class OdeSettings:
     guidance_scale: float
     noise_seed: int
     teacher: str
+    negative_prompt: str | None = None  # embedding file (cf-data prompts) for the unconditional branch
 
     def __post_init__(self) -> None:
         """Bad steps or shift fail here, before the teacher loads (the schedules name the bad value)."""
@@ -58,6 +60,7 @@ class OdeSettings:
             "guidance_scale": self.guidance_scale,
             "noise_seed": sample_seed,
             "teacher": self.teacher,
+            "negative_prompt": self.negative_prompt,
         }
 
 
@@ -129,6 +132,9 @@ def write_trajectories(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     levels = settings.levels
+    negative = None
+    if settings.negative_prompt:
+        negative = load_negative_prompt(settings.negative_prompt, teacher.config.text_dim).to(device)
     batches = _batches(samples, batch_size, text, teacher)
     first = next(batches, None)  # inputs are checked before any shard is opened
     if first is None:
@@ -145,6 +151,7 @@ def write_trajectories(
                 conditions["text_mask"].to(device),
                 None if camera is None else camera.to(device),
                 settings.guidance_scale,
+                negative,
             )
             endpoint, states = ode_trajectory(
                 velocity, noise.to(device), levels, settings.ode_steps, settings.shift

@@ -20,19 +20,25 @@ from cf_lightning.diffusion.flow import (
     x0_from_velocity,
 )
 from cf_lightning.diffusion.samplers import (
+    GUIDANCE_FORMS,
+    GuidanceForm,
     TextScoreFn,
     VelocityFn,
     cfg_velocity,
     euler_sample,
+    guidance_weight,
     guided,
+    negative_text,
     null_text,
 )
 from cf_lightning.diffusion.trajectory import guided_velocity, ode_trajectory
 
 __all__ = [
+    "GUIDANCE_FORMS",
     "NUM_TRAIN_TIMESTEPS",
     "ErrorBank",
     "ErrorInjection",
+    "GuidanceForm",
     "InjectedInputs",
     "TextScoreFn",
     "VelocityFn",
@@ -44,9 +50,11 @@ __all__ = [
     "euler_sample",
     "expand_frame_mask",
     "flow_matching_loss",
+    "guidance_weight",
     "guided",
     "guided_velocity",
     "inject_errors",
+    "negative_text",
     "null_text",
     "ode_trajectory",
     "sample_sigmas",

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
-TextScoreFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x_t, sigma [B], text context) -> velocity
+# (x_t, sigma [B], text context [B, L, D], its mask [B, L] or None) -> velocity
+TextScoreFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+GuidanceForm = Literal["uncond", "cond"]
+GUIDANCE_FORMS: tuple[str, ...] = ("uncond", "cond")
 
 
 def _schedule(sigmas: Sequence[float] | Tensor, min_len: int) -> list[float]:
@@ -52,15 +56,45 @@ def null_text(context: Tensor) -> Tensor:
     return torch.zeros_like(context)
 
 
-def guided(score: TextScoreFn, context: Tensor, scale: float) -> VelocityFn:
-    """Classifier-free-guided velocity of ``score`` for one text ``context``: ``score`` is run with the
-    context and with :func:`null_text` and the two are combined by :func:`cfg_velocity`. At scale 1 the
-    result is the conditional prediction, so the unconditional forward is skipped."""
+def guidance_weight(scale: float, form: GuidanceForm = "uncond") -> float:
+    """The weight ``w`` of ``uncond + w * (cond - uncond)`` for a guidance ``scale`` written in ``form``.
+
+    ``uncond``: the scale is ``w`` itself (Wan's own sampler, our recipes). ``cond``: the Context
+    Forcing / Self-Forcing reference code's ``cond + g * (cond - uncond)``, which is ``w = g + 1``: its
+    guidance 4.0 is Wan's 5.0.
+    """
+    if form not in GUIDANCE_FORMS:
+        raise ValueError(f"unknown guidance form {form!r}; allowed: {', '.join(GUIDANCE_FORMS)}")
+    return scale if form == "uncond" else scale + 1.0
+
+
+def negative_text(negative: Tensor, context: Tensor) -> Tensor:
+    """The negative prompt's embedding ``[n, D]`` (valid tokens only) for every row of ``context``."""
+    if negative.ndim != 2 or negative.shape[-1] != context.shape[-1]:
+        raise ValueError(f"negative prompt embedding must be [tokens, {context.shape[-1]}], got {tuple(negative.shape)}")
+    return negative.to(device=context.device, dtype=context.dtype).expand(context.shape[0], -1, -1)
+
+
+def guided(score: TextScoreFn, context: Tensor, scale: float, context_mask: Tensor | None = None, *,
+           form: GuidanceForm = "uncond", negative: Tensor | None = None) -> VelocityFn:
+    """Classifier-free-guided velocity of ``score`` for one text ``context`` (and its mask).
+
+    The unconditional branch is :func:`null_text` under the same mask, or, with ``negative`` (a
+    negative prompt's embedding ``[n, D]``, as Wan and the reference code use), that prompt unmasked.
+    ``scale`` is read in ``form`` (:func:`guidance_weight`). At weight 1 the result is the conditional
+    prediction, so the unconditional forward is skipped.
+    """
+    weight = guidance_weight(scale, form)
+
     def velocity(x: Tensor, sigma: Tensor) -> Tensor:
-        cond_v = score(x, sigma, context)
-        if scale == 1.0:
+        cond_v = score(x, sigma, context, context_mask)
+        if weight == 1.0:
             return cond_v
-        return cfg_velocity(cond_v, score(x, sigma, null_text(context)), scale)
+        if negative is None:
+            uncond_v = score(x, sigma, null_text(context), context_mask)
+        else:
+            uncond_v = score(x, sigma, negative_text(negative, context), None)
+        return cfg_velocity(cond_v, uncond_v, weight)
 
     return velocity
 

@@ -19,13 +19,14 @@ from cf_lightning.diffusion.samplers import VelocityFn, euler_sample, guided
 
 
 def guided_velocity(model: Callable[..., Tensor], context: Tensor, context_mask: Tensor | None,
-                    frame_cond: Tensor | None, guidance_scale: float) -> VelocityFn:
+                    frame_cond: Tensor | None, guidance_scale: float, negative: Tensor | None = None) -> VelocityFn:
     """``model``'s classifier-free-guided velocity for one batch of conditions (:func:`guided`: the
-    unconditional branch is the null text with the same mask and frame condition)."""
-    def score(x: Tensor, sigma: Tensor, text: Tensor) -> Tensor:
-        return model(x, timestep_from_sigma(sigma), text, context_mask=context_mask, frame_cond=frame_cond)
+    unconditional branch is the null text with the same mask and frame condition, or the ``negative``
+    prompt's embedding ``[n, D]``)."""
+    def score(x: Tensor, sigma: Tensor, text: Tensor, text_mask: Tensor | None) -> Tensor:
+        return model(x, timestep_from_sigma(sigma), text, context_mask=text_mask, frame_cond=frame_cond)
 
-    return guided(score, context, guidance_scale)
+    return guided(score, context, guidance_scale, context_mask, negative=negative)
 
 
 def ode_trajectory(velocity_fn: VelocityFn, noise: Tensor, levels: Sequence[float] | Tensor, ode_steps: int = 20,

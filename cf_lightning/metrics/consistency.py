@@ -1,10 +1,13 @@
 """Streaming frame-consistency and drift metrics for long videos.
 
-``reference="first"`` is the paper's DINOv2 / CLIP-F metric (cosine of each frame to the first frame),
-``reference="previous"`` is VBench's subject/background consistency (cosine to the previous frame,
-which says almost nothing about memory). The variant is a required argument so it is always named.
-Videos may arrive in chunks: the first/previous frame features are carried across ``update`` calls as
-plain attributes (rank-local stream position, never synced) until :meth:`end_video` or ``reset()``.
+``reference="first"`` is the paper's DINOv2 / CLIP-F metric (cosine of each frame to the first frame);
+``reference="previous"`` is the cosine to the previous frame, which alone says almost nothing about
+memory. VBench's subject (DINO) and background (CLIP) consistency are neither: they average, for every
+frame, the similarity to the previous frame and to the first frame (each clipped at 0); see
+:mod:`cf_lightning.metrics.longvideo`, which reports them and the paper's scores per timestamp.
+The variant is a required argument so it is always named. Videos may arrive in chunks: the
+first/previous frame features are carried across ``update`` calls as plain attributes (rank-local
+stream position, never synced) until :meth:`end_video` or ``reset()``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 from cf_lightning.metrics.features import FeatureExtractor
+from cf_lightning.metrics.windows import TimeWindows
 
 Reference = Literal["first", "previous"]
 FrameScore = Callable[[torch.Tensor], torch.Tensor]
@@ -141,58 +145,60 @@ class _StreamingMetric(Metric):
 
 
 class FrameConsistency(_StreamingMetric):
-    """Mean cosine similarity of frame features to the first (paper) or previous (VBench) frame.
+    """Mean cosine similarity of frame features to the first (paper) or previous frame.
 
     ``update(video)`` takes the next frames ``[B, 3, T, H, W]`` of the same ``B`` videos, in
-    ``value_range``; call :meth:`end_video` before the next videos. With ``every_seconds`` (needs
-    ``fps``) only frames within ``window_seconds`` of ``t = every_seconds, 2 * every_seconds, ...``
-    count: the paper's ``fps=16, every_seconds=10, window_seconds=0.5``. Identical frames give 1.0.
+    ``value_range``; call :meth:`end_video` before the next videos. Without ``windows`` every frame
+    but the first counts and ``compute()`` is one number; with ``windows`` (e.g.
+    :meth:`TimeWindows.paper`: 0.5 s around 10, 20, ..., 60 s at 16 fps) only window frames count and
+    ``compute()`` gives one mean per timestamp ``[K]``, never pooled across timestamps (a model that
+    forgets shows a falling curve, which a pooled mean would hide). Identical frames give 1.0.
     """
 
     higher_is_better = True
 
-    def __init__(self, extractor: FeatureExtractor, reference: Reference, fps: float | None = None,
-                 every_seconds: float | None = None, window_seconds: float = 0.5,
+    def __init__(self, extractor: FeatureExtractor, reference: Reference, windows: TimeWindows | None = None,
                  value_range: tuple[float, float] = (0.0, 1.0), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _check_reference(reference)
-        if every_seconds is not None:
-            if fps is None or fps <= 0:
-                raise ValueError(f"every_seconds={every_seconds} needs fps > 0, got fps={fps}")
-            if every_seconds <= 0 or window_seconds < 0:
-                raise ValueError(f"need every_seconds > 0 and window_seconds >= 0, got {every_seconds} and "
-                                 f"{window_seconds}")
         self.reference = reference
-        self.fps = fps
-        self.every_seconds = every_seconds
-        self.window_seconds = window_seconds
+        self.windows = windows
         self.value_range = value_range
         self._stream = _FeatureStream(extractor, reference)
-        self.add_state("cosine_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        slots = 1 if windows is None else len(windows.timestamps)
+        self.add_state("cosine_sum", torch.zeros(slots, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(slots, dtype=torch.long), dist_reduce_fx="sum")
 
-    def _wanted(self, start: int, length: int, device: torch.device) -> torch.Tensor:
-        if self.every_seconds is None:
-            return torch.ones(length, dtype=torch.bool, device=device)
-        seconds = (start + torch.arange(length, dtype=torch.float64, device=device)) / self.fps
-        nearest = torch.round(seconds / self.every_seconds)
-        distance = (seconds - nearest * self.every_seconds).abs()
-        return (nearest >= 1) & (distance <= self.window_seconds + 1e-9)
+    def _slot(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+        """Timestamp slot of each frame of the chunk, -1 for frames outside every window."""
+        if self.windows is None:
+            return torch.zeros(length, dtype=torch.long, device=device)
+        slot = torch.full((length,), -1, dtype=torch.long, device=device)
+        end = start + length
+        for k, timestamp in enumerate(self.windows.timestamps):
+            frames = self.windows.window(timestamp, end)
+            lo, hi = max(frames.start, start), frames.stop
+            if hi > lo:
+                slot[lo - start:hi - start] = k
+        return slot
 
     def update(self, video: torch.Tensor) -> None:
         _check_video(video, "FrameConsistency")
         video = to_unit_range(video.detach(), self.value_range)
-        wanted = self._wanted(self._stream.frames_seen, video.shape[2], video.device)
-        values, scored = self._stream.scores(video, wanted)
-        self.cosine_sum += values[:, scored].sum()
-        self.count += values[:, scored].numel()
+        slot = self._slot(self._stream.frames_seen, video.shape[2], video.device)
+        values, scored = self._stream.scores(video, slot >= 0)
+        index = slot[scored].repeat(video.shape[0])
+        self.cosine_sum.index_add_(0, index, values[:, scored].flatten())
+        self.count.index_add_(0, index, torch.ones_like(index))
 
     def end_video(self) -> None:
         self._stream.reset()
 
     def compute(self) -> torch.Tensor:
-        """Mean cosine over all scored frames (NaN before any frame was scored)."""
-        return self.cosine_sum / self.count
+        """Mean cosine over the scored frames: a scalar, or ``[K]`` per timestamp with ``windows``
+        (NaN where nothing was scored yet)."""
+        means = self.cosine_sum / self.count
+        return means[0] if self.windows is None else means
 
 
 class QualityDrift(_StreamingMetric):

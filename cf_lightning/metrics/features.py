@@ -150,3 +150,33 @@ class HFImageExtractor:
             pooled = getattr(out, "pooler_output", None)
             features = pooled if pooled is not None else out.last_hidden_state[:, 0]
         return features.float()
+
+
+class HFTextExtractor:
+    """Prompt embeddings from the text tower of a local CLIP checkpoint directory (CLIP-T).
+
+    ``get_text_features`` gives the projected text embedding, in the space of the projected image
+    embedding that :class:`HFImageExtractor` returns for the same checkpoint; pass that extractor's
+    ``model`` to share one set of weights. Prompts longer than the tokenizer's limit are truncated, as
+    CLIP itself was trained.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], model: object | None = None) -> None:
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"HFTextExtractor needs a local CLIP checkpoint directory, got {str(path)!r}")
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = model if model is not None else AutoModel.from_pretrained(path, local_files_only=True).eval()
+        if not hasattr(self.model, "get_text_features"):
+            raise ValueError(f"{str(path)!r} holds a {type(self.model).__name__}, which has no text tower; CLIP-T "
+                             "needs a CLIP-style checkpoint")
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        out = self.model.get_text_features(**{k: v.to(device) for k, v in tokens.items()})
+        features = out if isinstance(out, torch.Tensor) else out.pooler_output
+        return features.float()

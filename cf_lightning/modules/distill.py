@@ -23,7 +23,9 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from cf_lightning.data.prompts import load_negative_prompt
 from cf_lightning.diffusion import (
+    GuidanceForm,
     add_noise,
     denoising_sigmas,
     dmd_loss,
@@ -36,7 +38,13 @@ from cf_lightning.distributed import shard_backbones
 from cf_lightning.ema import EMA
 from cf_lightning.metrics import RevisitError
 from cf_lightning.models.attention import Backend
-from cf_lightning.models.context import ContextPositions, build_context_sequence, last_frames
+from cf_lightning.models.context import (
+    ContextPositions,
+    ContextTimestep,
+    build_context_sequence,
+    context_layout,
+    last_frames,
+)
 from cf_lightning.modules.common import (
     Condition,
     batch_condition,
@@ -49,6 +57,8 @@ from cf_lightning.rollout import RolloutResult, randn, rollout
 from memory_policies import MemoryPolicy, SlowFast
 
 TeacherContext = Literal["memory", "last_n", "none"]
+ScheduleUnit = Literal["generator", "trainer"]
+SCHEDULE_UNITS: tuple[str, ...] = ("generator", "trainer")
 
 
 @dataclass(frozen=True)
@@ -76,8 +86,19 @@ class ContextForcingModule(L.LightningModule):
         memory: the student's memory policy (also what ``teacher_context: memory`` shows the teacher).
         min_rollout_chunks / max_rollout_chunks / curriculum_steps: rollout-length curriculum in chunks.
         target_chunks: chunks at the end of the rollout that receive the DMD gradient.
+        context_positions: layout of the teacher's and critic's ``[context | target]``: ``student``
+            (each context frame where the student read it, :meth:`MemoryPolicy.context_positions`),
+            ``packed`` (context 0..n-1, the earlier teachers' layout) or ``absolute``.
         generator_every: critic updates per generator update (paper: 5).
         accumulate: micro-batches per optimizer step (the batch must divide evenly).
+        context_timestep: the teacher's and critic's timestep for the clean context: ``zero`` or
+            ``shared`` with the target (the reference code; its released teacher needs it).
+        guidance_scale / guidance_form: real-score CFG, read as ``uncond + w (cond - uncond)``
+            (``uncond``) or the reference code's ``cond + g (cond - uncond)`` (``cond``: g = w - 1).
+        negative_prompt: embedding file of the negative prompt (``cf-data prompts`` writes it) used
+            as the unconditional text instead of the all-zero null text.
+        schedule_unit: what ``curriculum_steps`` and ``ema_start`` count: ``generator`` steps, or
+            ``trainer`` steps (one per batch, critic-only steps included; the reference code).
         generator_optimizer / critic_optimizer: one optimizer each for the student and the critic.
         generator_lr_scheduler / critic_lr_scheduler: a learning-rate schedule per optimizer, counted
             in that optimizer's own steps (the generator steps every ``generator_every``-th batch);
@@ -92,7 +113,9 @@ class ContextForcingModule(L.LightningModule):
                  shift: float = 5.0, min_rollout_chunks: int = 4, max_rollout_chunks: int = 8,
                  curriculum_steps: int = 0, target_chunks: int = 2, teacher_context: TeacherContext = "memory",
                  teacher_context_frames: int = 8, short_teacher: bool = False,
-                 context_positions: ContextPositions = "bounded", guidance_scale: float = 3.0,
+                 context_positions: ContextPositions = "student", context_timestep: ContextTimestep = "zero",
+                 guidance_scale: float = 3.0, guidance_form: GuidanceForm = "uncond",
+                 negative_prompt: str | None = None, schedule_unit: ScheduleUnit = "generator",
                  generator_every: int = 5, accumulate: int = 1, grad_clip: float = 2.0,
                  generator_optimizer: OptimizerCallable = torch.optim.AdamW,
                  critic_optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -112,8 +135,11 @@ class ContextForcingModule(L.LightningModule):
                              f"{target_chunks}, {min_rollout_chunks}, {max_rollout_chunks}")
         if generator_every < 1 or accumulate < 1:
             raise ValueError(f"generator_every and accumulate must be >= 1, got {generator_every}, {accumulate}")
+        if schedule_unit not in SCHEDULE_UNITS:
+            raise ValueError(f"unknown schedule_unit {schedule_unit!r}; allowed: {', '.join(SCHEDULE_UNITS)}")
         self.memory: MemoryPolicy = memory if memory is not None else SlowFast()
         self.memory.new_state(chunk_frames)  # fail now, with the policy's message, if the budget cannot work
+        self.context_layout = context_layout(context_positions, self.memory, chunk_frames)
         shapes = (latent_channels, text_dim, frame_cond_dim)
         self.student = build_backbone(backbone, *shapes, backbone_overrides, attention_backend,
                                       gradient_checkpointing)
@@ -135,6 +161,8 @@ class ContextForcingModule(L.LightningModule):
         self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("sigmas", denoising_sigmas(denoising_steps, shift), persistent=False)
+        negative = load_negative_prompt(negative_prompt, text_dim) if negative_prompt else None
+        self.register_buffer("negative_prompt", negative, persistent=False)
         self._draw_generator = torch.Generator()
         edges = eval_bucket_edges or [0, 8, 16, 32, 96]
         self.revisit = RevisitError(max_gap=edges[-1], bucket_edges=edges)
@@ -146,7 +174,7 @@ class ContextForcingModule(L.LightningModule):
     def draw(self, batch_size: int) -> StepDraws:
         """Rollout length, exit step and per-video seeds: drawn on rank 0, broadcast to all ranks."""
         h = self.hparams
-        longest = curriculum_max_chunks(int(self.generator_steps), h.min_rollout_chunks, h.max_rollout_chunks,
+        longest = curriculum_max_chunks(self.schedule_step(), h.min_rollout_chunks, h.max_rollout_chunks,
                                         h.curriculum_steps)
         g = self._draw_generator
         draws = StepDraws(
@@ -155,6 +183,10 @@ class ContextForcingModule(L.LightningModule):
             seeds=torch.randint(0, 2**62, (batch_size * self.trainer.world_size,), generator=g).tolist(),
         )
         return self.trainer.strategy.broadcast(draws, src=0)
+
+    def schedule_step(self) -> int:
+        """Steps done so far in the unit the curriculum and the EMA start count (``schedule_unit``)."""
+        return int(self.generator_steps if self.hparams.schedule_unit == "generator" else self.critic_steps)
 
     # ------------------------------------------------------------------ scores
     def context_frames(self, history_len: int, memory_frames: list[list[int]], batch: int) -> list[list[int]]:
@@ -206,15 +238,16 @@ class ContextForcingModule(L.LightningModule):
         history_cond = cond.frames(slice(0, history.shape[2]))
         target_cond = cond.frames(slice(history.shape[2], history.shape[2] + target.shape[2]))
         sequence = build_context_sequence(history.detach(), frames, target.detach(), history_cond=history_cond,
-                                          target_cond=target_cond, positions=h.context_positions)
+                                          target_cond=target_cond, layout=self.context_layout,
+                                          context_timestep=h.context_timestep)
         gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
         logs: dict[str, torch.Tensor] = {}
         if generator_step:
             sigma = torch.stack([sample_sigmas(1, g, h.shift)[0] for g in gens]).to(self.device)
             noisy = add_noise(target.detach(), randn(target.shape, gens).to(target), sigma)
             with torch.no_grad():
-                real_v = guided(partial(sequence.velocity, self.teacher, context_mask=cond.context_mask),
-                                cond.context, h.guidance_scale)(noisy, sigma)
+                real_v = guided(partial(sequence.velocity, self.teacher), cond.context, h.guidance_scale,
+                                cond.context_mask, form=h.guidance_form, negative=self.negative_prompt)(noisy, sigma)
                 fake_v = sequence.velocity(self.critic, noisy, sigma, cond.context, cond.context_mask)
             loss, diagnostics = dmd_loss(target, x0_from_velocity(noisy, real_v, sigma),
                                          x0_from_velocity(noisy, fake_v, sigma))
@@ -260,7 +293,9 @@ class ContextForcingModule(L.LightningModule):
             self.clip_gradients(opt_g, gradient_clip_val=h.grad_clip, gradient_clip_algorithm="norm")
             opt_g.step()
             self.generator_steps += 1
-            self.ema_rule.update(self.ema, self.student, int(self.generator_steps))
+            # the step count once this step is done, in the schedule's unit
+            done = int(self.generator_steps) if h.schedule_unit == "generator" else int(self.critic_steps) + 1
+            self.ema_rule.update(self.ema, self.student, done)
         self.clip_gradients(opt_c, gradient_clip_val=h.grad_clip, gradient_clip_algorithm="norm")
         opt_c.step()
         self.critic_steps += 1

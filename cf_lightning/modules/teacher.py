@@ -30,7 +30,14 @@ from cf_lightning.ema import EMA
 from cf_lightning.lora import inject_lora, lora_parameters, merge_lora
 from cf_lightning.models import WanModel
 from cf_lightning.models.attention import Backend
-from cf_lightning.models.context import ContextPositions, ContextSequence, build_context_sequence, last_frames
+from cf_lightning.models.context import (
+    ContextPositions,
+    ContextSequence,
+    ContextTimestep,
+    build_context_sequence,
+    context_layout,
+    last_frames,
+)
 from cf_lightning.modules.common import (
     Condition,
     EMAAfterStep,
@@ -71,6 +78,12 @@ class TeacherModule(EMAAfterStep):
         target_frames: latent frames the loss covers (a clip of this length for a short teacher).
         context_modes: per-sample context choice, drawn uniformly: ``none``, ``last_n``, ``policy``.
         context_frames: N for ``last_n``. memory: the policy for ``policy`` contexts.
+        context_positions: temporal layout of ``[context | target]``: ``student`` (where a student
+            streaming with ``memory`` reads each frame; needs ``memory``), ``packed`` or ``absolute``.
+        context_timestep: timestep of the clean context, ``zero`` or ``shared`` with the target (the
+            reference code's teacher); distillation must score with the same setting.
+        min_history_frames: targets start at least this many frames into the clip (with contexts), so
+            every context is drawn from at least that much history.
         revisit_targets: fraction of steps whose target window is chosen at a revisit of a view first
             seen before the last N frames (needs ``first_visit`` in the batch, as the revisit world gives).
         erft: Error-Recycling Fine-Tuning probabilities (``None`` disables it).
@@ -83,7 +96,8 @@ class TeacherModule(EMAAfterStep):
     def __init__(self, backbone: str = "tiny", backbone_overrides: dict[str, Any] | None = None,
                  latent_channels: int = 16, text_dim: int = 32, frame_cond_dim: int = 0, chunk_frames: int = 2,
                  target_frames: int = 8, context_modes: list[ContextMode] | None = None, context_frames: int = 8,
-                 memory: MemoryPolicy | None = None, context_positions: ContextPositions = "bounded",
+                 memory: MemoryPolicy | None = None, context_positions: ContextPositions = "student",
+                 context_timestep: ContextTimestep = "zero", min_history_frames: int = 0,
                  revisit_targets: float = 0.0, shift: float = 5.0, cfg_dropout: float = 0.1,
                  erft: ErrorInjection | None = None,
                  erft_bins: int = 50, erft_capacity: int = 500, lora_rank: int = 0, lora_alpha: float = 1.0,
@@ -103,6 +117,7 @@ class TeacherModule(EMAAfterStep):
         if target_frames % chunk_frames:
             raise ValueError(f"target_frames={target_frames} must be a multiple of chunk_frames={chunk_frames}")
         self.context_modes = modes
+        self.layout = context_layout("packed" if modes == ["none"] else context_positions, memory, chunk_frames)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.memory = memory
@@ -132,7 +147,7 @@ class TeacherModule(EMAAfterStep):
         hist_len = history.shape[2]
         return build_context_sequence(history, frames, target, history_cond=cond.frames(slice(0, hist_len)),
                                       target_cond=cond.frames(slice(hist_len, hist_len + target.shape[2])),
-                                      positions=self.hparams.context_positions)
+                                      layout=self.layout, context_timestep=self.hparams.context_timestep)
 
     # ------------------------------------------------------------------ training
     def _split(self, latents: torch.Tensor, generator: torch.Generator, first_visit: torch.Tensor | None = None,
@@ -151,6 +166,11 @@ class TeacherModule(EMAAfterStep):
         starts = list(range(0, total - target_len + 1, chunk))
         if self.context_modes != ["none"]:
             starts = [s for s in starts if s > 0] or starts
+            least = self.hparams.min_history_frames
+            if least and not [s for s in starts if s >= least]:
+                raise ValueError(f"clips of {total} latent frames leave no target after min_history_frames={least} "
+                                 f"(target_frames={target_len}); use clips of >= {least + target_len} frames")
+            starts = [s for s in starts if s >= least]
         draw = float(torch.rand((), generator=generator))
         if first_visit is not None and draw < self.hparams.revisit_targets:
             starts = self._revisit_starts(first_visit, starts) or starts

@@ -11,10 +11,13 @@ import torch
 
 from cf_lightning.data import ShardDataModule, ShardSkipWarning, generate_video, latent_truth
 from cf_lightning.data.cli import main
+from cf_lightning.data.prompts import load_negative_prompt, save_negative_prompt
 from cf_lightning.diffusion import cfg_velocity, denoising_sigmas, euler_sample, sampling_sigmas
+from cf_lightning.text import HashTextEncoder
 from tests.data.trajectory_shards import (
     CODEC_ARGS,
     TEXT_ARGS,
+    TEXT_DIM,
     WORLD,
     WORLD_ARGS,
     save_tiny_teacher,
@@ -76,8 +79,32 @@ def test_stored_trajectories_equal_integrating_the_teacher(tmp_path: Path, teach
         torch.testing.assert_close(batch["camera"][row], truth.camera)
     meta = json.loads(members(out)["world-000000002.json"])
     assert meta["ode"] == {"sigmas": levels.tolist(), "denoising_steps": 4, "shift": 5.0, "ode_steps": 6,
-                           "guidance_scale": 2.0, "noise_seed": 9, "teacher": str(teacher_path)}
+                           "guidance_scale": 2.0, "noise_seed": 9, "teacher": str(teacher_path),
+                           "negative_prompt": None}
     assert meta["codec"] == {"name": "pooled_pixel", "patch": 4} and meta["seed"] == 2
+
+
+def test_negative_prompt_is_the_unconditional_branch(tmp_path: Path, teacher_path: Path) -> None:
+    """With --negative_prompt the teacher's guidance extrapolates from that prompt, not the null text."""
+    negative = save_negative_prompt(tmp_path / "negative.safetensors", "blurry static", HashTextEncoder(dim=TEXT_DIM))
+    args = ["--guidance_scale", "2.0", "--ode_steps", "1", "--denoising_steps", "1"]
+    assert write_trajectory_shards(tmp_path / "neg", teacher_path, *args, "--negative_prompt", str(negative),
+                                   num_videos=2) == 0
+    assert write_trajectory_shards(tmp_path / "null", teacher_path, *args, num_videos=2) == 0
+    with_negative, with_null = read_all(tmp_path / "neg"), read_all(tmp_path / "null")
+    teacher = save_tiny_teacher(tmp_path / "same.safetensors")
+    emb = load_negative_prompt(negative, TEXT_DIM)
+    context, mask, camera = with_negative["text_emb"], with_negative["text_mask"], with_negative["camera"]
+    noise = torch.stack([torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(int(k.split("-")[1])))
+                         for k in with_negative["key"]])
+    one = torch.ones(2)
+    with torch.no_grad():  # one Euler step from sigma 1 to 0: x0 = noise - v
+        v = cfg_velocity(teacher(noise, one * 1000, context, context_mask=mask, frame_cond=camera),
+                         teacher(noise, one * 1000, emb.expand(2, -1, -1), frame_cond=camera), 2.0)
+    torch.testing.assert_close(with_negative["latents"], noise - v, atol=2e-3, rtol=2e-3)
+    assert not torch.allclose(with_negative["latents"], with_null["latents"], atol=1e-2)
+    meta = json.loads(members(tmp_path / "neg")["world-000000000.json"])
+    assert meta["ode"]["negative_prompt"] == str(negative)
 
 
 def test_output_is_deterministic_for_a_seed(tmp_path: Path, teacher_path: Path) -> None:

@@ -65,7 +65,7 @@ def test_guided_velocity_extrapolates_from_the_null_text():
 def test_guidance_scale_one_is_the_conditional_prediction_without_an_unconditional_forward():
     texts = []
 
-    def score(x, sigma, text):
+    def score(x, sigma, text, text_mask):
         texts.append(text)
         return x + text.sum()
 

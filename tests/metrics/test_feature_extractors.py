@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import shutil
 
 import pytest
 import torch
@@ -11,11 +11,11 @@ from cf_lightning.metrics import (
     FeatureExtractor,
     FrameConsistency,
     HFImageExtractor,
+    HFTextExtractor,
     PixelStatsExtractor,
     laplacian_sharpness,
 )
-
-IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+from tests.metrics.tiny_models import tiny_clip, tiny_dinov2
 
 
 def test_pixel_stats_are_deterministic_and_separate_different_images():
@@ -44,20 +44,6 @@ def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def tiny_dinov2(path):
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                          image_size=32, patch_size=8)
-    Dinov2Model(config).save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": 36},
-        "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, **IMAGENET}))
-    return path
-
-
 def test_dinov2_checkpoint_loads_offline_and_gives_cls_features(tmp_path):
     extractor = HFImageExtractor(tiny_dinov2(tmp_path / "dinov2"))
     frames = torch.rand(4, 3, 40, 48, generator=torch.Generator().manual_seed(0))
@@ -76,20 +62,22 @@ def test_dinov2_checkpoint_loads_offline_and_gives_cls_features(tmp_path):
     assert metric.compute().item() < 0.999
 
 
-def test_clip_checkpoint_gives_projected_image_features(tmp_path):
-    from transformers import CLIPConfig, CLIPModel
+def test_clip_checkpoint_gives_projected_image_and_text_features(tmp_path):
+    path = tiny_clip(tmp_path)
+    images = HFImageExtractor(path)
+    assert images(torch.rand(2, 3, 32, 32)).shape == (2, 12)
+    texts = HFTextExtractor(path, model=images.model)
+    features = texts(["a red cube", "a blue sky at night"])
+    assert features.shape == (2, 12)
+    torch.testing.assert_close(HFTextExtractor(path)(["a red cube"]), features[:1])
 
-    config = CLIPConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "vocab_size": 64},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=12)
-    CLIPModel(config).save_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32},
-        "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, **IMAGENET}))
-    assert HFImageExtractor(tmp_path)(torch.rand(2, 3, 32, 32)).shape == (2, 12)
+
+def test_a_model_without_a_text_tower_is_refused_for_clip_t(tmp_path):
+    clip, dino = tiny_clip(tmp_path / "clip"), tiny_dinov2(tmp_path / "dino")
+    for tokenizer_file in ("vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json"):
+        shutil.copy(clip / tokenizer_file, dino / tokenizer_file)
+    with pytest.raises(ValueError, match="Dinov2Model, which has no text tower"):
+        HFTextExtractor(dino)
 
 
 def test_missing_checkpoint_directory_is_named(tmp_path):

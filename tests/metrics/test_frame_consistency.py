@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cf_lightning.metrics import FrameConsistency, PixelStatsExtractor, QualityDrift, laplacian_sharpness
+from cf_lightning.metrics import (
+    FrameConsistency,
+    PixelStatsExtractor,
+    QualityDrift,
+    TimeWindows,
+    laplacian_sharpness,
+)
 
 EXTRACTOR = PixelStatsExtractor(size=4, bins=4)
+# fps 2, 1.5 s windows: frames 3-5 around t = 2 s and frames 7-9 around t = 4 s
+WINDOWS = TimeWindows(fps=2, timestamps=(2, 4), width=1.5)
 
 
 def random_video(batch: int = 2, frames: int = 12, size: int = 8, seed: int = 0) -> torch.Tensor:
@@ -41,23 +49,24 @@ def test_first_frame_reference_sees_drift_that_previous_frame_hides():
 @pytest.mark.parametrize("reference", ["first", "previous"])
 def test_chunked_stream_equals_whole_video(reference):
     video = random_video(frames=13)
-    whole = FrameConsistency(EXTRACTOR, reference, fps=2, every_seconds=2, window_seconds=0.5)
+    whole = FrameConsistency(EXTRACTOR, reference, windows=WINDOWS)
     whole.update(video)
-    chunked = FrameConsistency(EXTRACTOR, reference, fps=2, every_seconds=2, window_seconds=0.5)
+    chunked = FrameConsistency(EXTRACTOR, reference, windows=WINDOWS)
     for chunk in video.split([1, 3, 4, 5], dim=2):
         chunked(chunk)  # forward continues the stream like update
-    assert chunked.count.item() == whole.count.item() > 0
+    assert chunked.count.tolist() == whole.count.tolist() == [6, 6]
     torch.testing.assert_close(chunked.compute(), whole.compute())
 
 
-def test_only_frames_near_every_seconds_count():
-    # fps 2: frames 3-5 lie within 0.5 s of t = 2 s and frames 7-9 within 0.5 s of t = 4 s
+def test_windowed_consistency_is_reported_per_timestamp_and_shows_a_cut_at_its_window():
     video = random_video(batch=1, frames=11)
-    video[:, :, [3, 4, 5, 7, 8, 9]] = video[:, :, :1]
-    metric = FrameConsistency(EXTRACTOR, "first", fps=2, every_seconds=2, window_seconds=0.5)
+    video[:, :, [3, 4, 5]] = video[:, :, :1]
+    video[:, :, [7, 8, 9]] = random_video(batch=1, frames=1, seed=5)  # a cut between the two windows
+    metric = FrameConsistency(EXTRACTOR, "first", windows=WINDOWS)
     metric.update(video)
-    assert metric.count.item() == 6
-    assert metric.compute().item() == 1.0
+    assert metric.count.tolist() == [3, 3]
+    per_timestamp = metric.compute()
+    assert per_timestamp.shape == (2,) and per_timestamp[0].item() == 1.0 and per_timestamp[1] < 0.9
 
 
 def test_end_video_starts_new_videos_and_reset_clears():
@@ -87,8 +96,6 @@ def test_value_range_minus_one_to_one():
 def test_bad_configuration_and_inputs_are_named():
     with pytest.raises(ValueError, match="'last'"):
         FrameConsistency(EXTRACTOR, "last")
-    with pytest.raises(ValueError, match="needs fps > 0"):
-        FrameConsistency(EXTRACTOR, "first", every_seconds=10)
     with pytest.raises(ValueError, match=r"\[B, 3, T, H, W\].*got shape \(2, 1, 4, 8, 8\)"):
         FrameConsistency(EXTRACTOR, "first").update(torch.rand(2, 1, 4, 8, 8))
     with pytest.raises(ValueError, match=r"extractor must return \[N, D\] features for N=8"):

@@ -7,7 +7,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cf_lightning.metrics import FrameConsistency, PixelStatsExtractor, QualityDrift, RevisitError
+from cf_lightning.metrics import (
+    Extractors,
+    FrameConsistency,
+    LongVideoMetrics,
+    PixelStatsExtractor,
+    QualityDrift,
+    RevisitError,
+    TimeWindows,
+)
 from tests.metrics.worlds import revisit_world
 
 WORLD_SIZE = 2
@@ -18,8 +26,9 @@ def all_metrics() -> dict[str, torch.nn.Module]:
     extractor = PixelStatsExtractor(size=4, bins=4)
     return {
         "revisit": RevisitError(max_gap=16, bucket_edges=[0, 4, 8, 16]),
-        "consistency": FrameConsistency(extractor, "first", fps=4, every_seconds=2, window_seconds=1),
+        "consistency": FrameConsistency(extractor, "first", windows=TimeWindows(fps=4, timestamps=(2, 4), width=1)),
         "drift": QualityDrift(window_frames=3, extractor=extractor),
+        "long_video": LongVideoMetrics(TimeWindows(fps=4, timestamps=(2, 4), width=1), Extractors(structure=extractor)),
     }
 
 
@@ -29,6 +38,7 @@ def evaluate(video: torch.Tensor, first_visit: torch.Tensor) -> dict[str, object
     for chunk in video.split(8, dim=2):
         metrics["consistency"].update(chunk)
     metrics["drift"].update(video)
+    metrics["long_video"].update(video)
     return {name: metric.compute() for name, metric in metrics.items()}
 
 

@@ -51,7 +51,7 @@ def test_loss_decreases_on_a_tiny_overfit(loader):
 
 
 def test_context_mode_loss_ignores_context_positions(loader):
-    module = make(context_modes=["last_n"], context_frames=4)
+    module = make(context_modes=["last_n"], context_frames=4, context_positions="packed")
     batch = next(iter(loader(num=2, batch_size=2)))
     cond = Condition(batch["text_emb"], None, batch["camera"][:, :8])
     history, target = batch["latents"][:, :, :4], batch["latents"][:, :, 4:8]
@@ -74,13 +74,13 @@ def test_context_mode_loss_ignores_context_positions(loader):
 
 def test_error_buffers_survive_a_checkpoint_round_trip(loader, tmp_path):
     module = make(erft=ErrorInjection(), erft_bins=4, erft_capacity=3, context_modes=["none", "last_n"],
-                  context_frames=4)
+                  context_positions="packed", context_frames=4)
     trainer = fit(module, loader(num=4, batch_size=2), steps=4, root=tmp_path)
     assert len(module.x0_errors) > 0 and len(module.noise_errors) > 0
     path = tmp_path / "teacher.ckpt"
     trainer.save_checkpoint(path)
     fresh = make(erft=ErrorInjection(), erft_bins=4, erft_capacity=3, context_modes=["none", "last_n"],
-                 context_frames=4)
+                  context_positions="packed", context_frames=4)
     fresh.on_load_checkpoint(torch.load(path, weights_only=False))
     assert torch.equal(fresh.x0_errors.counts, module.x0_errors.counts)
     sigma = torch.tensor([0.3, 0.9])
@@ -109,7 +109,7 @@ def test_lora_merges_back_into_plain_weights(loader):
 
 
 def test_revisit_targets_pick_windows_that_revisit_distant_views():
-    module = make(context_modes=["last_n"], context_frames=4, revisit_targets=1.0)
+    module = make(context_modes=["last_n"], context_frames=4, revisit_targets=1.0, context_positions="packed")
     first_visit = torch.full((2, 20), -1)
     first_visit[0, 14:18] = torch.tensor([2, 3, 2, 3])  # revisits frames 2-3, before the last 4 frames
     first_visit[1, 14:18] = torch.tensor([1, 2, 1, 2])
