@@ -13,7 +13,9 @@ a bare Wan checkpoint needs one). Conditions come from ``--prompt``, from ``--pr
 under the new prompt) or from a revisit-world video (``--world_seed``: its camera path and prompt, for
 models trained with a per-frame condition). Each chunk is decoded as it is produced (the Wan VAE keeps
 its causal cache across chunks) and appended to ``video.mp4`` (16 fps by default); ``latents.npy``
-holds the latents ``[C, F, H, W]``. Ctrl-C or SIGTERM leaves a playable mp4 of every finished frame.
+holds the latents ``[C, F, H, W]``, ``memory_timeline.png`` which frames the memory held at every chunk
+(by region; with ``--world_seed``, the world's returns to earlier views marked held or missed). Ctrl-C or
+SIGTERM leaves a playable mp4 of every finished frame.
 
 The codec, text encoder and world default to what the run trained on (its saved data module settings);
 ``--vae``/``--umt5`` (a Wan2.1 folder) or ``--codec``/``--text_encoder`` with options replace them.
@@ -31,7 +33,8 @@ from typing import Any
 import torch
 
 from cf_lightning.codecs import LatentCodec, build_codec, resolve_dtype
-from cf_lightning.data.revisit_world import RevisitWorldConfig
+from cf_lightning.data.revisit_world import RevisitWorldConfig, latent_truth
+from cf_lightning.data.revisit_world import generate_video as world_video
 from cf_lightning.inference import (
     OURS,
     Conditions,
@@ -48,6 +51,7 @@ from cf_lightning.inference import (
     text_conditions,
     world_conditions,
 )
+from cf_lightning.memory_timeline import Snapshot, render_timeline, write_timeline
 from cf_lightning.models import CONFIGS, WanConfig
 from cf_lightning.text import TextEncoder, build_text_encoder
 
@@ -201,10 +205,26 @@ def run(args: argparse.Namespace) -> Path:
     else:
         raise ValueError("give the video length: --frames (latent frames) or --seconds")
     policy = parse_policy(args.memory) if args.memory else None
+    timeline: list[Snapshot] = []  # the memory after every chunk, for memory_timeline.png
     written = generate_video(generator.model, conditions, args.out, preset=preset, codec=codec, num_frames=frames,
                              latent_hw=codec.latent_size(height, width), policy=policy, seed=args.seed, fps=args.fps,
+                             observer=lambda event: timeline.append(Snapshot.of(event.memory.states[0])),
                              progress=sys.stderr.isatty())
+    revisits = world_first_visit(args, trained, codec)
+    name = type(policy or preset.memory()).__name__
+    write_timeline(str(args.out / "memory_timeline.png"),
+                   render_timeline(timeline, preset.chunk_frames, None if revisits is None else revisits[:frames],
+                                   title=f"{name}: memory per chunk"))
     return written.video
+
+
+def world_first_visit(args: argparse.Namespace, trained: dict[str, Any], codec: LatentCodec) -> torch.Tensor | None:
+    """``first_visit`` per latent frame of the ``--world_seed`` video (None for text-only conditions), so the
+    memory timeline can mark which revisits the memory held."""
+    if args.world_seed is None:
+        return None
+    world = RevisitWorldConfig(**{**(trained.get("world") or {}), **json.loads(args.world)})
+    return latent_truth(world_video(world, args.world_seed), codec.frame_groups(world.num_frames)).first_visit
 
 
 def main(argv: list[str] | None = None) -> None:

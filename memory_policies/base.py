@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Literal
@@ -28,6 +29,8 @@ import torch
 PositionMode = Literal["absolute", "bounded", "true_time"]
 POSITION_MODES: tuple[str, ...] = ("absolute", "bounded", "true_time")
 REGIONS: tuple[str, ...] = ("sink", "slow", "fast")
+#: Held in storage but not attended: candidates a retrieving policy may bring back into ``slow``.
+ARCHIVE = "archive"
 
 
 SummaryReduce = Literal["mean_key", "token_keys"]
@@ -43,6 +46,37 @@ class SummarySpec:
     layer: int | None = None
 
 
+@dataclass(frozen=True)
+class Merge:
+    """Storage replaces ``sources`` (entries stored before this commit) by one entry ``entry`` holding
+    their keys and values combined with ``weights`` (summing to 1).
+
+    ``entry`` is a frame index, which is the entry's position rule: it is read at the position that
+    frame would have, so positions stay distinct and ordered. It may be one of the sources (the slot
+    is then reused). Frame masks cannot express a weighted combination, so merging policies only
+    stream (:meth:`MemoryPolicy.frame_mask` refuses them).
+    """
+
+    entry: int
+    sources: tuple[int, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sources) != len(self.weights) or len(self.sources) < 2:
+            raise ValueError(f"a merge needs >= 2 sources with one weight each, got {self.sources}, {self.weights}")
+        if abs(sum(self.weights) - 1.0) > 1e-6 or min(self.weights) < 0:
+            raise ValueError(f"merge weights must be >= 0 and sum to 1, got {self.weights}")
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Ask the model for per-frame attention statistics at every commit: the softmax attention mass
+    that the committed chunk's queries (clean refresh pass, heads and query tokens averaged) put on
+    each attended memory frame, measured in one ``layer`` (negative counts from the last)."""
+
+    layer: int = 0
+
+
 @dataclass
 class MemoryState:
     """Per-video memory bookkeeping: named regions of absolute frame indices.
@@ -54,14 +88,24 @@ class MemoryState:
     """
 
     chunk_frames: int
-    regions: dict[str, list[int]] = field(default_factory=lambda: {name: [] for name in REGIONS})
+    regions: dict[str, list[int]] = field(default_factory=lambda: {name: [] for name in (*REGIONS, ARCHIVE)})
     frames_committed: int = 0
     chunks_committed: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+    #: merges the last commit asked storage to perform (see :class:`Merge`); replaced at every commit
+    merges: list[Merge] = field(default_factory=list)
+    #: entry -> the frames it stands for, for entries that merged several frames (all others: itself)
+    members: dict[int, list[int]] = field(default_factory=dict)
+    #: attention mass each attended frame received from the last committed chunk, when the policy asks
+    attention: dict[int, float] = field(default_factory=dict)
 
     def kept_frames(self) -> list[int]:
-        """Distinct frames held, in temporal order (sink first, as it holds the first frames)."""
+        """Distinct frames attended, in temporal order (sink first, as it holds the first frames)."""
         return sorted({frame for name in REGIONS for frame in self.regions[name]})
+
+    def stored_frames(self) -> list[int]:
+        """Distinct entries storage must hold: the attended ones and the ``archive``."""
+        return sorted({frame for name in (*REGIONS, ARCHIVE) for frame in self.regions.get(name, ())})
 
     def clone(self) -> MemoryState:
         return copy.deepcopy(self)
@@ -112,6 +156,18 @@ class MemoryPolicy(ABC):
         """How the model should summarise a frame for :meth:`commit` (paper: mean key, all layers)."""
         return SummarySpec()
 
+    def attention_spec(self) -> AttentionSpec | None:
+        """Per-frame attention statistics :meth:`commit` needs, or None (the model then computes none)."""
+        return None
+
+    def merges_entries(self) -> bool:
+        """Whether :meth:`commit` may ask storage to merge entries (see :class:`Merge`)."""
+        return False
+
+    def storage(self, chunk_frames: int) -> int | None:
+        """Most entries storage holds (attended + ``archive``); equals :meth:`budget` unless archiving."""
+        return self.budget(chunk_frames)
+
     def ablation_hparams(self) -> dict[str, object]:
         """Flat, primitive settings for TensorBoard's HParams tab; subclasses add their own."""
         return {
@@ -161,16 +217,21 @@ class MemoryPolicy(ABC):
                     f"raise rope_length to >= {span} or shrink the budget"
                 )
 
-    def commit(self, state: MemoryState, summaries: torch.Tensor | None = None) -> None:
+    def commit(self, state: MemoryState, summaries: torch.Tensor | None = None,
+               attention: torch.Tensor | None = None) -> None:
         """Record one clean chunk (the next ``chunk_frames`` frames) and update the regions.
 
         ``summaries`` is ``[chunk_frames, dim]``: one vector per new frame (e.g. its mean key).
+        ``attention`` is ``[n]``: the mass the chunk put on each of the ``n`` frames it attended to
+        (those of :meth:`read`, in order), for policies with an :meth:`attention_spec`.
         """
         chunk = state.chunk_frames
         if summaries is not None and (summaries.ndim != 2 or summaries.shape[0] != chunk):
             raise ValueError(f"summaries must have shape [chunk_frames={chunk}, dim], got {tuple(summaries.shape)}")
         if summaries is None and self.needs_summaries():
             raise ValueError(f"{type(self).__name__} needs per-frame summaries in commit(); got None")
+        state.attention = self._attention_by_frame(state, attention)
+        state.merges = []
         new_frames = list(range(state.frames_committed, state.frames_committed + chunk))
         sink = state.regions["sink"]
         for frame in new_frames:
@@ -179,6 +240,17 @@ class MemoryPolicy(ABC):
         self._update_regions(state, new_frames, summaries)
         state.frames_committed += chunk
         state.chunks_committed += 1
+
+    def _attention_by_frame(self, state: MemoryState, attention: torch.Tensor | None) -> dict[int, float]:
+        if self.attention_spec() is None:
+            return {}
+        frames = state.kept_frames()
+        if attention is None:
+            raise ValueError(f"{type(self).__name__} needs per-frame attention statistics in commit(); got None")
+        if attention.shape != (len(frames),):
+            raise ValueError(f"attention must have shape [{len(frames)}] (one value per attended frame), "
+                             f"got {tuple(attention.shape)}")
+        return dict(zip(frames, attention.float().tolist()))
 
     def read(self, state: MemoryState) -> MemoryView:
         """Frames and positions for the next query chunk (the ``chunk_frames`` frames after the history)."""
@@ -213,26 +285,37 @@ class MemoryPolicy(ABC):
                              f"rope_length={self.rope_length} (positions {read}); show fewer frames or raise it")
         return read + [read[-1] + 1 + i for i in range(target_frames - chunk_frames)]
 
-    def frame_mask(self, num_frames: int, chunk_frames: int, summaries: torch.Tensor | None = None) -> torch.Tensor:
+    def frame_mask(self, num_frames: int, chunk_frames: int, summaries: torch.Tensor | None = None,
+                   attention: Callable[[MemoryView], torch.Tensor] | None = None,
+                   state: MemoryState | None = None) -> torch.Tensor:
         """Boolean ``[num_frames, num_frames]``: query frame i may attend to key frame j.
 
         Rendered by replaying the streaming decisions, so a masked full-sequence forward sees exactly
         what the chunk-by-chunk path sees. ``summaries`` is ``[num_frames, dim]`` when the policy
-        needs them. ``num_frames`` must be a multiple of ``chunk_frames``.
+        needs them; ``attention(view)`` gives a chunk's per-frame attention statistics when the policy
+        needs those; ``state`` is the fresh state to replay from when the caller prepared one (an
+        informed :class:`~memory_policies.Oracle`). ``num_frames`` must be a multiple of ``chunk_frames``. A policy that merges
+        entries cannot be rendered: a boolean mask cannot attend to a weighted combination.
         """
+        if self.merges_entries():
+            raise ValueError(f"{type(self).__name__} merges entries, which a frame mask cannot express; "
+                             "stream it chunk by chunk")
         if num_frames % chunk_frames:
             raise ValueError(f"num_frames={num_frames} is not a multiple of chunk_frames={chunk_frames}")
         if summaries is not None and summaries.shape[0] != num_frames:
             raise ValueError(f"summaries must have {num_frames} rows, got {tuple(summaries.shape)}")
         mask = torch.zeros(num_frames, num_frames, dtype=torch.bool)
-        state = self.new_state(chunk_frames)
+        state = state or self.new_state(chunk_frames)
         for start in range(0, num_frames, chunk_frames):
             view = self.read(state)
             rows = slice(start, start + chunk_frames)
             mask[rows, view.frames] = True
             mask[rows, start:start + chunk_frames] = True
             chunk_summaries = None if summaries is None else summaries[start:start + chunk_frames]
-            self.commit(state, chunk_summaries)
+            if attention is None:
+                self.commit(state, chunk_summaries)
+            else:
+                self.commit(state, chunk_summaries, attention(view))
         return mask
 
     def __repr__(self) -> str:

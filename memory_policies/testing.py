@@ -15,9 +15,11 @@ with streaming frame by frame.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
-from memory_policies.base import MemoryPolicy
+from memory_policies.base import MemoryPolicy, MemoryState, MemoryView
 
 CHUNK_SIZES = (1, 2, 3)
 NUM_CHUNKS = 24
@@ -45,23 +47,50 @@ class PolicyContract:
                 out[i] = out[i - 1] + 0.01 * scenes[i]
         return out
 
+    def prepare(self, state: MemoryState) -> None:
+        """Give a fresh per-video state what the policy must know before streaming (an oracle's future)."""
+
+    @staticmethod
+    def attention(view: MemoryView, summaries: torch.Tensor) -> torch.Tensor:
+        """Stand-in attention statistics for policies that ask for them: a softmax over the attended
+        frames of their summaries' agreement with the query chunk's mean summary (deterministic)."""
+        if not view.frames:
+            return torch.zeros(0)
+        query = summaries[view.query_frames].mean(0)
+        return (summaries[view.frames] @ query).softmax(0)
+
     def stream(self, policy: MemoryPolicy, chunk: int, seed: int = 0):
         """Yield (state, view) for every chunk of a random stream."""
         state = policy.new_state(chunk)
+        self.prepare(state)
         summaries = self.summaries(chunk * NUM_CHUNKS, seed)
         for c in range(NUM_CHUNKS):
             view = policy.read(state)
             yield state, view
-            policy.commit(state, summaries[c * chunk:(c + 1) * chunk])
+            attention = self.attention(view, summaries) if policy.attention_spec() else None
+            policy.commit(state, summaries[c * chunk:(c + 1) * chunk], attention)
 
     def test_budget_never_exceeded(self) -> None:
         policy = self.make_policy()
         for chunk in CHUNK_SIZES:
-            budget = policy.budget(chunk)
+            budget, storage = policy.budget(chunk), policy.storage(chunk)
             for state, view in self.stream(policy, chunk):
                 assert len(set(view.frames)) == len(view.frames), "a frame is attended twice"
                 if budget is not None:
                     assert len(view.frames) <= budget, (chunk, view.frames, budget)
+                if storage is not None:
+                    assert len(state.stored_frames()) <= storage, (chunk, state.stored_frames(), storage)
+                assert set(view.frames) <= set(state.stored_frames()), "an attended frame is not stored"
+
+    def test_merged_entries_partition_history(self) -> None:
+        """Entries stand for disjoint sets of past frames, each named by one of its own members."""
+        policy = self.make_policy()
+        for chunk in CHUNK_SIZES:
+            for state, _ in self.stream(policy, chunk):
+                covered = [frame for entry in state.stored_frames() for frame in state.members.get(entry, [entry])]
+                assert len(covered) == len(set(covered)), covered
+                assert all(entry in state.members.get(entry, [entry]) for entry in state.stored_frames())
+                assert all(frame < state.frames_committed for frame in covered)
 
     def test_sink_frames_never_evicted(self) -> None:
         policy = self.make_policy()
@@ -116,10 +145,20 @@ class PolicyContract:
         assert first == again
 
     def test_mask_matches_streaming(self) -> None:
+        import pytest  # only the checks need it, not importing this module
+
         policy = self.make_policy()
+        if policy.merges_entries():  # a boolean mask cannot attend to a weighted combination
+            with pytest.raises(ValueError, match="merges entries"):
+                policy.frame_mask(NUM_CHUNKS, 1)
+            return
         for chunk in CHUNK_SIZES:
             num_frames = chunk * NUM_CHUNKS
-            mask = policy.frame_mask(num_frames, chunk, self.summaries(num_frames))
+            summaries = self.summaries(num_frames)
+            fresh = policy.new_state(chunk)
+            self.prepare(fresh)
+            attention = partial(self.attention, summaries=summaries) if policy.attention_spec() else None
+            mask = policy.frame_mask(num_frames, chunk, summaries, attention, fresh)
             for c, (_, view) in enumerate(self.stream(policy, chunk)):
                 for i in range(c * chunk, (c + 1) * chunk):
                     visible = mask[i].nonzero().flatten().tolist()

@@ -92,9 +92,11 @@ def test_slowfast_recipe_leaves_checkpoint_logs_and_video(tmp_path):
     assert int(state["state_dict"]["generator_steps"]) == 2 and int(state["state_dict"]["critic_steps"]) == 3
     assert state["hyper_parameters"]["memory"]["class_path"].endswith("slow_fast")
     assert list((run / "videos").glob("*.mp4")) and list((run / "videos").glob("*_latents.npy"))
+    assert list((run / "videos").glob("*_memory.png"))  # the memory timeline beside the video
     events = EventAccumulator(str(run))
     events.Reload()
     assert {"train/dmd_loss", "train/critic_loss", "val/effective_context"} <= set(events.Tags()["scalars"])
+    assert "samples/memory_timeline" in events.Tags()["images"]
 
 
 def test_policy_swapped_by_a_command_line_flag(tmp_path):

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from cf_lightning.generate import main as cf_gen
@@ -113,6 +114,8 @@ def test_cf_gen_writes_a_long_video_from_a_checkpoint(tmp_path):
     assert latents.shape == (48, 16, 4, 4)
     with av.open(str(tmp_path / "out" / "video.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 16
+    with Image.open(tmp_path / "out" / "memory_timeline.png") as timeline:
+        assert timeline.size[0] > 100 and timeline.size[1] > 100
 
 
 #: Data module settings as cf-fit saves them (class_path specs), and as checkpoints made before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -11,12 +12,15 @@ import torch
 from cf_lightning.callbacks.tensorboard import AblationDashboard, log_video
 from cf_lightning.codecs import unit_to_uint8
 from cf_lightning.data.video_write import write_mp4
+from cf_lightning.memory_timeline import TimelineRecorder, render_timeline, write_timeline
 
 
 class LongVideoWriter(pl.Callback):
     """Streams ``num_frames`` latent frames with the module's ``generate_for`` on the first
     validation batch's conditions, decodes them with the data module's codec and writes
-    ``videos/step_<n>.mp4`` plus ``.npy`` latents into the run directory (and a GIF to TensorBoard).
+    ``videos/step_<n>.mp4`` plus ``.npy`` latents into the run directory (and a GIF to TensorBoard), with
+    the memory timeline of the first video (``videos/step_<n>_memory.png`` and TensorBoard's
+    ``samples/memory_timeline`` image; see :mod:`cf_lightning.memory_timeline`).
     """
 
     def __init__(self, num_frames: int | None = None, every_validation: bool = False, fps: float = 8.0,
@@ -43,7 +47,9 @@ class LongVideoWriter(pl.Callback):
         batch = next(iter(datamodule.val_dataloader()))
         batch = {k: (v[: self.max_videos] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
         batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-        latents = generate_for(batch, seed=0, num_frames=self.num_frames)
+        memory = getattr(pl_module, "memory", None)
+        with TimelineRecorder(memory) if memory is not None else contextlib.nullcontext() as recorder:
+            latents = generate_for(batch, seed=0, num_frames=self.num_frames)
         if not trainer.is_global_zero:
             return None
         pixels = codec.decode(latents.float().cpu())  # [B, 3, T, H, W] in [-1, 1]
@@ -54,4 +60,11 @@ class LongVideoWriter(pl.Callback):
         logger = AblationDashboard._logger(trainer)
         if logger is not None:
             log_video(logger, "samples/long_video", frames.float() / 255.0, trainer.global_step, self.fps)
+        if recorder is not None and recorder.timelines:
+            timeline = render_timeline(recorder.timelines[0], pl_module.hparams.chunk_frames,
+                                       batch["first_visit"][0].cpu() if "first_visit" in batch else None,
+                                       title=f"{type(memory).__name__}: memory per chunk, step {trainer.global_step}")
+            write_timeline(str(folder / f"step_{trainer.global_step}_memory.png"), timeline)
+            if logger is not None:
+                logger.experiment.add_image("samples/memory_timeline", timeline, trainer.global_step, dataformats="HWC")
         return path

@@ -71,14 +71,19 @@ class KVMemory:
         if store_rotated and not policy.fixed_positions:
             raise ValueError(f"store_rotated=True needs fixed positions, but {type(policy).__name__} uses "
                              f"position_mode={policy.position_mode!r}; allowed with position_mode='absolute'")
+        if store_rotated and policy.merges_entries():
+            raise ValueError(f"store_rotated=True cannot hold {type(policy).__name__}'s merged entries: keys "
+                             "rotated to different positions do not combine; use store_rotated=False")
         self.policy = policy
-        self.store_rotated = policy.fixed_positions if store_rotated is None else store_rotated
+        if store_rotated is None:
+            store_rotated = policy.fixed_positions and not policy.merges_entries()
+        self.store_rotated = store_rotated
         self.chunk_frames = chunk_frames
         self.tokens_per_frame = tokens_per_frame
         self.cache_reads = cache_reads
         self.states: list[MemoryState] = [policy.new_state(chunk_frames) for _ in range(batch_size)]
-        budget = policy.budget(chunk_frames)
-        capacity = budget if budget is not None else 4 * chunk_frames
+        storage = policy.storage(chunk_frames)
+        capacity = storage if storage is not None else 4 * chunk_frames
         shape = (num_layers, batch_size, max(capacity, 1), tokens_per_frame, num_heads, head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
@@ -154,12 +159,14 @@ class KVMemory:
         values = self.values[layer][batch, read.slots].flatten(1, 2)
         return keys, values
 
-    def commit(self, keys: list[torch.Tensor], values: list[torch.Tensor], summaries: torch.Tensor | None) -> None:
+    def commit(self, keys: list[torch.Tensor], values: list[torch.Tensor], summaries: torch.Tensor | None,
+               attention: torch.Tensor | None = None) -> None:
         """Record a clean chunk: the policy decides what stays, kept frames are written to free slots.
 
         ``keys``/``values``: one ``[B, chunk_frames * tokens_per_frame, H, D]`` per layer; keys rotated
         to the chunk's query positions if :attr:`store_rotated`, else un-rotated.
-        ``summaries``: ``[B, chunk_frames, dim]`` or ``None``.
+        ``summaries``: ``[B, chunk_frames, dim]`` or ``None``. ``attention``: ``[B, n]`` mass per attended
+        memory frame of the read this chunk used (padded past a video's own count), or ``None``.
         """
         self._read = None
         first = self.frames_committed
@@ -168,8 +175,13 @@ class KVMemory:
         write_slot: list[int] = []
         write_frame: list[int] = []
         for b, state in enumerate(self.states):
-            self.policy.commit(state, None if summaries is None else summaries[b])
-            kept = set(state.kept_frames())
+            own = None if summaries is None else summaries[b]
+            if attention is None:  # the two-argument call keeps policies that override commit() working
+                self.policy.commit(state, own)
+            else:
+                self.policy.commit(state, own, attention[b, :len(state.kept_frames())])
+            self._merge(b, state)
+            kept = set(state.stored_frames())
             slots = self._slot_of[b]
             for frame in [f for f in slots if f not in kept]:
                 self._free[b].append(slots.pop(frame))
@@ -189,6 +201,25 @@ class KVMemory:
         b_idx, s_idx, f_idx = _to_device(torch.tensor([write_batch, write_slot, write_frame]), self.keys.device)
         self.keys[:, b_idx, s_idx] = stacked_k[:, b_idx, f_idx].to(self.keys.dtype)
         self.values[:, b_idx, s_idx] = stacked_v[:, b_idx, f_idx].to(self.values.dtype)
+
+    def _merge(self, b: int, state: MemoryState) -> None:
+        """Perform the merges the policy asked for in video ``b``'s last commit (see :class:`Merge`)."""
+        slots = self._slot_of[b]
+        for merge in state.merges:
+            missing = [s for s in merge.sources if s not in slots]
+            if missing:
+                raise ValueError(f"{type(self.policy).__name__} merges entries {missing} that are not stored")
+            index = torch.tensor([slots[s] for s in merge.sources], device=self.keys.device)
+            weights = torch.tensor(merge.weights, device=self.keys.device, dtype=torch.float32)
+            weights = weights.view(1, -1, 1, 1, 1)
+            combined = [(pool[:, b].index_select(1, index).float() * weights).sum(1) for pool in (self.keys, self.values)]
+            for source in merge.sources:
+                if source != merge.entry:
+                    self._free[b].append(slots.pop(source))
+            target = slots[merge.entry] if merge.entry in slots else self._free[b].pop()
+            slots[merge.entry] = target
+            for pool, value in zip((self.keys, self.values), combined):
+                pool[:, b, target] = value.to(pool.dtype)
 
     def _grow(self) -> None:
         """Double the slot pool; only unbounded policies (``Full``) ever get here."""

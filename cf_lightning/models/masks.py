@@ -15,7 +15,13 @@ def teacher_forcing_mask(policy: MemoryPolicy, num_frames: int, chunk_frames: in
     sees the clean memory chunk c would read when streaming, plus itself; nothing sees noisy frames
     of other chunks. One forward then equals denoising every chunk after a clean history.
     """
-    clean = policy.frame_mask(num_frames, chunk_frames, summaries)
+    return teacher_forcing_layout(policy.frame_mask(num_frames, chunk_frames, summaries), chunk_frames)
+
+
+def teacher_forcing_layout(clean: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """The ``[2N, 2N]`` teacher-forcing mask around a policy's ``[N, N]`` frame mask ``clean`` (rendered
+    with whatever the policy needed: summaries, attention statistics, an informed state)."""
+    num_frames = clean.shape[-1]
     own_chunk = torch.block_diag(*[torch.ones(chunk_frames, chunk_frames, dtype=torch.bool)]
                                  * (num_frames // chunk_frames))
     top = torch.cat([clean, torch.zeros_like(clean)], dim=1)

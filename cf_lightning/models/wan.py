@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cf_lightning.models.attention import Backend, attention
+from cf_lightning.models.attention_stats import capture_attention_input, frame_attention
 from cf_lightning.models.config import WanConfig
 from cf_lightning.models.kv_memory import KVMemory, MemoryRead
 from cf_lightning.models.rope import apply_rope, rope_angles, rope_cos_sin
@@ -332,14 +333,17 @@ class WanModel(nn.Module):
                 mode: ForwardMode) -> torch.Tensor | None:
         """One streamed chunk (see :meth:`forward`): its output, its commit, or both."""
         read, token_mask = self._chunk_read(x, memory, context_kv)
+        spec = None if mode == "predict" else memory.policy.attention_spec()  # only a commit measures attention
         if mode == "commit":
-            _, _, kvs = self._layers(x, t, context, context_mask, frame_cond, None, token_mask, memory, read,
-                                     context_kv, keys_only=True)
-            self._commit(memory, read, kvs, x)
+            with capture_attention_input(self.blocks, spec) as captured:
+                _, _, kvs = self._layers(x, t, context, context_mask, frame_cond, None, token_mask, memory, read,
+                                         context_kv, keys_only=True)
+            self._commit(memory, read, kvs, x, captured)
             return None
-        out, kvs = self._run(x, t, context, context_mask, frame_cond, None, token_mask, memory, read, context_kv)
+        with capture_attention_input(self.blocks, spec) as captured:
+            out, kvs = self._run(x, t, context, context_mask, frame_cond, None, token_mask, memory, read, context_kv)
         if mode == "predict_commit":
-            self._commit(memory, read, kvs, x)
+            self._commit(memory, read, kvs, x, captured)
         return out
 
     def _streaming_mask(self, read: MemoryRead, x: torch.Tensor) -> torch.Tensor | None:
@@ -400,16 +404,33 @@ class WanModel(nn.Module):
         return read, token_mask
 
     def _commit(self, memory: KVMemory, read: MemoryRead, kvs: list[tuple[torch.Tensor, torch.Tensor]],
-                x: torch.Tensor) -> None:
+                x: torch.Tensor, attention_input: list[torch.Tensor]) -> None:
         """Summaries come from the un-rotated keys (a frame's content, not its position); with fixed
-        positions the stored keys are rotated here, once, to the positions they will be read at."""
+        positions the stored keys are rotated here, once, to the positions they will be read at.
+        ``attention_input``: the captured self-attention input of the policy's attention layer, if any."""
         keys = [k for k, _ in kvs]
         policy = memory.policy
         summaries = self.frame_summaries(keys, x.shape[2], policy.summary_spec()) if policy.needs_summaries() else None
+        attention = self._frame_attention(memory, read, kvs, x, attention_input) if attention_input else None
         if memory.store_rotated:
             _, query_rope = self._streaming_rope(memory, read, self._grid(x))
             keys = [apply_rope(k, *query_rope) for k in keys]
-        memory.commit(keys, [v for _, v in kvs], summaries)
+        memory.commit(keys, [v for _, v in kvs], summaries, attention)
+
+    def _frame_attention(self, memory: KVMemory, read: MemoryRead, kvs: list[tuple[torch.Tensor, torch.Tensor]],
+                         x: torch.Tensor, attention_input: list[torch.Tensor]) -> torch.Tensor:
+        """Per memory frame, the attention mass the chunk's refresh queries gave it in the policy's layer."""
+        spec = memory.policy.attention_spec()
+        assert spec is not None  # attention_input is only captured for such policies
+        if read.num_frames == 0:
+            return x.new_zeros(x.shape[0], 0)
+        grid = self._grid(x)
+        attn = self.blocks[spec.layer].self_attn
+        queries = attn.norm_q(attn.q(attention_input[-1])).unflatten(-1, (attn.num_heads, -1))
+        memory_rope, query_rope = self._streaming_rope(memory, read, grid)
+        staged = self._memory_kv(memory, read, spec.layer % len(self.blocks), memory_rope, grid)
+        return frame_attention(apply_rope(queries, *query_rope), staged.keys[:, :staged.memory_tokens],
+                               apply_rope(kvs[spec.layer][0], *query_rope), read.valid, grid[0] * grid[1])
 
     def _per_read(self, memory: KVMemory, read: MemoryRead, key: object, compute: Callable[[], T]) -> T:
         """``compute()`` once per memory read (i.e. once per chunk) when the memory caches reads.

@@ -166,7 +166,15 @@ def test_cf_gen_exits_with_the_signal_code_and_keeps_the_finished_part(student_r
         if event.index == 0:
             signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(cli, "generate_video", lambda *a, **k: generate_video(*a, **k, observer=interrupt_after_first_chunk))
+    def interrupted(*args, observer=None, **kwargs):  # keeps cf-gen's own observer (the memory timeline)
+        def both(event: ChunkEvent) -> None:
+            if observer is not None:
+                observer(event)
+            interrupt_after_first_chunk(event)
+
+        return generate_video(*args, **kwargs, observer=both)
+
+    monkeypatch.setattr(cli, "generate_video", interrupted)
     with pytest.raises(SystemExit) as stopped:
         cf_gen(["--checkpoint", str(student_run), "--out", str(tmp_path / "out"), "--prompt", "a calm lake at dawn",
                 "--umt5", str(wan_release), "--vae", str(wan_release), "--frames", str(FRAMES), "--height", str(SIZE),

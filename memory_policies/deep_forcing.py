@@ -1,0 +1,85 @@
+"""Deep Forcing (arXiv 2512.05081): a deep sink with re-aligned RoPE phase plus participative compression.
+
+The paper's two training-free rules, on a Self-Forcing style window:
+
+- *Deep Sink*: about half of the window is a persistent sink (the first frames), and the sink's
+  temporal RoPE phase is re-aligned to the current timeline, so the sink reads as if it came just
+  before the rest of the window instead of at the start of a long video.
+- *Participative Compression*: when the cache is full, keep only the history that recent queries
+  attend to (top-C by attention score), dropping redundant and degraded entries.
+
+Our reading of what the paper leaves open, at this library's unit of memory (a latent frame):
+
+- compression ranks whole frames, not tokens: a frame's score is the softmax attention mass the
+  last committed chunk's queries put on it (one layer, heads and query tokens averaged; the
+  ``attention_layer`` setting), which the model measures on the clean refresh pass;
+- candidates are the frames compressed so far plus those leaving the recent window; frames that
+  just left were attended while recent, so every candidate has a score from the same chunk;
+- "re-aligned phase" is implemented as positions that pack sink, compressed and recent frames and
+  the query into one contiguous run ending at the anchor (the sink included, unlike Slow-Fast,
+  whose sink keeps positions ``0..sink-1``), so no gap ever separates the sink from the present.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from memory_policies.base import AttentionSpec, MemoryPolicy, MemoryState, PositionMode, recent_frames
+from memory_policies.registry import register_policy
+
+
+@register_policy("deep_forcing")
+class DeepForcing(MemoryPolicy):
+    """Deep sink (re-aligned) + top-``compressed`` frames by recent attention + ``recent`` window.
+
+    Args:
+        sink: first frames kept forever (paper: about half the window).
+        compressed: frames kept by participative compression.
+        recent: recent frames visible, the query chunk included (as Slow-Fast's ``fast``).
+        attention_layer: the layer whose attention ranks frames (negative counts from the last).
+        position_mode: ``bounded`` (or ``true_time``) re-aligns the sink's phase; ``absolute`` keeps true
+            frame indices and no re-alignment (the form a masked full-sequence forward can reproduce).
+    """
+
+    def __init__(self, sink: int = 4, compressed: int = 2, recent: int = 4, attention_layer: int = 0,
+                 position_mode: PositionMode = "bounded", rope_length: int = 21) -> None:
+        super().__init__(sink=sink, position_mode=position_mode, rope_length=rope_length)
+        if compressed < 0 or recent < 1:
+            raise ValueError(f"need compressed >= 0 and recent >= 1, got compressed={compressed}, recent={recent}")
+        self.compressed = compressed
+        self.recent = recent
+        self.attention_layer = attention_layer
+
+    def budget(self, chunk_frames: int) -> int:
+        return self.sink + self.compressed + max(self.recent - chunk_frames, 0)
+
+    def attention_spec(self) -> AttentionSpec:
+        return AttentionSpec(self.attention_layer)
+
+    def validate(self, chunk_frames: int) -> None:
+        if self.recent < chunk_frames:
+            raise ValueError(f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk")
+        super().validate(chunk_frames)
+
+    def ablation_hparams(self) -> dict[str, object]:
+        return {**super().ablation_hparams(), "memory/compressed": self.compressed, "memory/recent": self.recent,
+                "memory/attention_layer": self.attention_layer}
+
+    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+        sink = set(state.regions["sink"])
+        leaving = [f for f in state.regions["fast"] if f not in sink]
+        state.regions["fast"] = recent_frames(new_frames, self.recent - state.chunk_frames)
+        fast = set(state.regions["fast"])
+        candidates = {f for f in state.regions["slow"] + leaving if f not in fast and f not in sink}
+        # Highest attention first; on a tie the newer frame, so decisions never depend on set order.
+        ranked = sorted(candidates, key=lambda f: (-state.attention.get(f, 0.0), -f))
+        state.regions["slow"] = sorted(ranked[: self.compressed])
+
+    def positions(self, state: MemoryState, frames: list[int], query: list[int]) -> list[int]:
+        """Deep Sink's re-aligned phase: every attended frame and the query in one contiguous run."""
+        if self.position_mode == "absolute":
+            return super().positions(state, frames, query)
+        everything = frames + query
+        anchor = min(query[-1], self.rope_length - 1)
+        first = anchor - (len(everything) - 1)
+        return [first + j for j in range(len(everything))]
