@@ -60,16 +60,30 @@ def zoo(budget: int, chunk: int, trained: SlowFast) -> dict[str, MemoryPolicy]:
     rope = budget + chunk  # positions 0..span-1, as the recipe (rope_length = budget + chunk)
     deep_sink = budget // 2
     policies = {
-        "slow_fast": SlowFast(sink=SINK, slow=mid, fast=RECENT, threshold=trained.threshold, admission="surprisal",
-                              interval=trained.interval, compare_to=trained.compare_to, summary=trained.summary,
-                              summary_layer=trained.summary_layer, rope_length=rope),
+        "slow_fast": SlowFast(
+            sink=SINK,
+            slow=mid,
+            fast=RECENT,
+            threshold=trained.threshold,
+            admission="surprisal",
+            interval=trained.interval,
+            compare_to=trained.compare_to,
+            summary=trained.summary,
+            summary_layer=trained.summary_layer,
+            rope_length=rope,
+        ),
         "sliding_window": SlidingWindow(sink=SINK, window=budget - SINK + chunk, rope_length=rope),
         "keyframe": Keyframe(sink=SINK, keyframes=mid, window=RECENT, rope_length=rope),
-        "deep_forcing": DeepForcing(sink=deep_sink, compressed=budget - deep_sink - (RECENT - chunk), recent=RECENT,
-                                    rope_length=rope),
+        "deep_forcing": DeepForcing(
+            sink=deep_sink, compressed=budget - deep_sink - (RECENT - chunk), recent=RECENT, rope_length=rope
+        ),
         "fade_mem": FadeMem(sink=SINK, entries=mid, recent=RECENT, rope_length=rope),
-        "pack_forcing": PackForcing(sink=SINK, selected=mid, recent=RECENT, mid=4 * mid, pack=2, rope_length=rope),
-        "longlive_rag": LongLiveRAG(sink=SINK, retrieved=mid, recent=RECENT, archive=8 * mid, rope_length=rope),
+        "pack_forcing": PackForcing(
+            sink=SINK, selected=mid, recent=RECENT, mid=4 * mid, pack=2, rope_length=rope
+        ),
+        "longlive_rag": LongLiveRAG(
+            sink=SINK, retrieved=mid, recent=RECENT, archive=8 * mid, rope_length=rope
+        ),
         "oracle": Oracle(sink=SINK, slots=mid, recent=RECENT, rope_length=rope),
     }
     for name, policy in policies.items():
@@ -104,7 +118,9 @@ class Clock:
 
 
 @torch.no_grad()
-def evaluate(module: ContextForcingModule, policy: MemoryPolicy, loader, edges: list[int]) -> dict[str, object]:
+def evaluate(
+    module: ContextForcingModule, policy: MemoryPolicy, loader, edges: list[int]
+) -> dict[str, object]:
     """Revisit metrics of ``policy`` applied to the student at inference, and its per-chunk costs."""
     midpoint = RevisitError(max_gap=edges[-1], bucket_edges=edges)
     strict = RevisitError(max_gap=edges[-1], bucket_edges=edges, criterion=0.9)
@@ -130,8 +146,18 @@ def evaluate(module: ContextForcingModule, policy: MemoryPolicy, loader, edges: 
             bookkeeping.wrap(memory, name)
         start = time.perf_counter()
         with TimelineRecorder(policy) as recorder:
-            result = rollout(model, policy, noise, cond.context, module.sigmas, chunk_frames=chunk,
-                             context_mask=cond.context_mask, frame_cond=cond.frame_cond, generator=gens, memory=memory)
+            result = rollout(
+                model,
+                policy,
+                noise,
+                cond.context,
+                module.sigmas,
+                chunk_frames=chunk,
+                context_mask=cond.context_mask,
+                frame_cond=cond.frame_cond,
+                generator=gens,
+                memory=memory,
+            )
         total += time.perf_counter() - start
         for snapshots, future in zip(recorder.timelines, batch["first_visit"][:, :frames]):
             found, possible = revisit_recall(snapshots, future, chunk)
@@ -160,23 +186,31 @@ def table(results: dict[int, dict[str, dict[str, object]]], edges: list[int]) ->
     lines = []
     for budget, rows in results.items():
         ceiling = rows["oracle"]["auc"] if "oracle" in rows else None
-        lines += [f"\n### budget {budget} attended memory frames\n",
-                  "| policy | revisits held | effective context (midpoint) | at 0.9 | AUC | AUC / oracle | ms per chunk "
-                  "| bookkeeping | stored entries | " + " | ".join(f"error/ctl gap {b}" for b in buckets) + " |",
-                  "|---|---|---|---|---|---|---|---|---|" + "---|" * len(buckets)]
+        lines += [
+            f"\n### budget {budget} attended memory frames\n",
+            "| policy | revisits held | effective context (midpoint) | at 0.9 | AUC | AUC / oracle | ms per "
+            "chunk "
+            "| bookkeeping | stored entries | " + " | ".join(f"error/ctl gap {b}" for b in buckets) + " |",
+            "|---|---|---|---|---|---|---|---|---|" + "---|" * len(buckets),
+        ]
         for name, r in sorted(rows.items(), key=lambda item: -float(item[1]["auc"])):  # type: ignore[arg-type]
             ratios = " | ".join("n/a" if c == 0 or math.isnan(c) else f"{e / c:.2f}"
                                 for e, c in zip(r["error"], r["control"]))  # type: ignore[arg-type]
             share = "" if not ceiling else f"{float(r['auc']) / float(ceiling):.2f}"
             storage = "unbounded" if r["storage"] is None else r["storage"]
-            lines.append(f"| {name} | {100 * float(r['memory_recall']):.0f} % | {r['effective_context']} | {r['effective_context_0.9']} | {r['auc']:.3f} | "
-                         f"{share} | {r['chunk_ms']:.1f} | {100 * float(r['bookkeeping']):.1f} % | {storage} | "
-                         f"{ratios} |")
+            lines.append(
+                f"| {name} | {100 * float(r['memory_recall']):.0f} % | {r['effective_context']} | "
+                f"{r['effective_context_0.9']} | {r['auc']:.3f} | "
+                f"{share} | {r['chunk_ms']:.1f} | {100 * float(r['bookkeeping']):.1f} % | {storage} | "
+                f"{ratios} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", help="a ContextForcingModule checkpoint (the trained student)")
     parser.add_argument("--budgets", default="8,18", help="attended memory frames, comma-separated")
     parser.add_argument("--videos", type=int, default=16)
@@ -188,7 +222,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     loader = held_out(args, args.videos, args.frames, args.batch).val_dataloader()
-    module = ContextForcingModule.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=False).eval()
+    module = ContextForcingModule.load_from_checkpoint(
+        args.checkpoint, map_location="cpu", weights_only=False
+    ).eval()
     slow_fast = module.memory if isinstance(module.memory, SlowFast) else recipe_slow_fast()
     print(f"student trained with {canonical_name(module.memory)}", flush=True)
     chunk = module.hparams.chunk_frames

@@ -77,8 +77,9 @@ def wan_config(text: str | None) -> WanConfig | None:
     if text.lstrip().startswith("{"):
         return WanConfig(**json.loads(text))
     if text not in CONFIGS:
-        raise ValueError(f"unknown --config {text!r}; allowed: {', '.join(CONFIGS)} or a JSON object of WanConfig "
-                         "fields")
+        raise ValueError(
+            f"unknown --config {text!r}; allowed: {', '.join(CONFIGS)} or a JSON object of WanConfig fields"
+        )
     return CONFIGS[text]
 
 
@@ -102,7 +103,8 @@ def chosen(name: str | None, options: str | None, trained: dict[str, Any], key: 
 
 
 def build_parts(args: argparse.Namespace, trained: dict[str, Any]) -> tuple[LatentCodec, TextEncoder]:
-    """The codec and text encoder: ``--vae``/``--umt5``, else the command line's, the run's or the weight-free ones."""
+    """The codec and text encoder: ``--vae``/``--umt5``, else the command line's, the run's or the weight-free
+    ones."""
     if args.vae:
         codec = build_codec("wan", path=args.vae, dtype=args.dtype)
     else:
@@ -136,10 +138,14 @@ def build_conditions(args: argparse.Namespace, trained: dict[str, Any], codec: L
         conditions = world_conditions(world, args.world_seed, codec, text, config.text_dim, switches)
         return conditions, (world.frame_height, world.frame_width)
     if switches is None:
-        raise ValueError("nothing to condition on: give --prompt TEXT, --prompts FILE.jsonl or --world_seed N")
+        raise ValueError(
+            "nothing to condition on: give --prompt TEXT, --prompts FILE.jsonl or --world_seed N"
+        )
     if config.frame_cond_dim:
-        raise ValueError(f"this model takes a {config.frame_cond_dim}-dim per-frame condition (a camera path) besides "
-                         "the text; give --world_seed N to take one from a revisit-world video")
+        raise ValueError(
+            f"this model takes a {config.frame_cond_dim}-dim per-frame condition (a camera path) besides "
+            "the text; give --world_seed N to take one from a revisit-world video"
+        )
     world = trained.get("world") or {}
     size = (args.height or world.get("frame_height") or WAN_FRAME_SIZE[0],
             args.width or world.get("frame_width") or WAN_FRAME_SIZE[1])
@@ -148,11 +154,15 @@ def build_conditions(args: argparse.Namespace, trained: dict[str, Any], codec: L
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a cf-fit .ckpt, Wan safetensors / folder, or training .pt")
+    p.add_argument(
+        "--checkpoint", required=True, help="a cf-fit .ckpt, Wan safetensors / folder, or training .pt"
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for video.mp4 and latents.npy")
     p.add_argument("--prompt", default=None, help="one prompt for the whole video")
     p.add_argument("--prompts", default=None, help="JSONL prompt switches")
-    p.add_argument("--world_seed", type=int, default=None, help="revisit-world video giving camera path + prompt")
+    p.add_argument(
+        "--world_seed", type=int, default=None, help="revisit-world video giving camera path + prompt"
+    )
     p.add_argument("--world", default="{}", help="JSON overrides of the training world's RevisitWorldConfig")
     p.add_argument("--preset", default=None, help=f"one of {', '.join(preset_names())} (default: ours)")
     p.add_argument("--frames", type=int, default=None, help="latent frames (default: the world video's)")
@@ -161,7 +171,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="frame width in pixels (text-to-video)")
     p.add_argument("--memory", default=None, help="policy name or JSON {class_path, init_args}")
     p.add_argument("--umt5", default=None, help="UMT5 folder (a Wan2.1 release: text_encoder/ + tokenizer/)")
-    p.add_argument("--vae", default=None, help="Wan VAE folder (a Wan2.1 release with vae/, or the VAE itself)")
+    p.add_argument(
+        "--vae", default=None, help="Wan VAE folder (a Wan2.1 release with vae/, or the VAE itself)"
+    )
     p.add_argument("--text_encoder", default=None, help="default: the run's (else hash)")
     p.add_argument("--text_encoder_options", default=None, help="JSON")
     p.add_argument("--codec", default=None, help="default: the run's (else pixel)")
@@ -174,15 +186,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="a run's live weights instead of its EMA")
     p.add_argument("--use_ema", action="store_true", help="generator_ema of a Self-Forcing-style .pt")
-    p.add_argument("--config", default=None, help=f"for a .pt without a config of a non-released size: one of "
-                                                  f"{', '.join(CONFIGS)} or JSON WanConfig fields")
+    p.add_argument(
+        "--config",
+        default=None,
+        help=f"for a .pt without a config of a non-released size: one of "
+        f"{', '.join(CONFIGS)} or JSON WanConfig fields",
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> Path:
     named = None if args.preset in (None, OURS) else get_preset(args.preset)
     check_writable(args.out)
-    generator = load_generator(args.checkpoint, live=args.raw, use_ema=args.use_ema, config=wan_config(args.config))
+    generator = load_generator(
+        args.checkpoint, live=args.raw, use_ema=args.use_ema, config=wan_config(args.config)
+    )
     preset = resolve_preset(named, generator)
     generator.model.to(args.device, resolve_dtype(args.dtype))
     trained = generator.data_settings
@@ -191,10 +209,13 @@ def run(args: argparse.Namespace) -> Path:
     text.to(args.device)
     model_channels = generator.model.config.in_dim
     if codec.latent_channels != model_channels:
-        raise ValueError(f"codec {codec.name!r} with options {codec.options()} makes {codec.latent_channels}-channel latents, "
-                         f"but the model takes {model_channels}; the run trained with codec {trained.get('codec')!r}, "
-                         f"options {trained.get('codec_options')} (leave --codec, --codec_options and --vae out to "
-                         "use them)")
+        raise ValueError(
+            f"codec {codec.name!r} with options {codec.options()} makes {codec.latent_channels}-channel "
+            f"latents, "
+            f"but the model takes {model_channels}; the run trained with codec {trained.get('codec')!r}, "
+            f"options {trained.get('codec_options')} (leave --codec, --codec_options and --vae out to "
+            "use them)"
+        )
     conditions, (height, width) = build_conditions(args, trained, codec, text, generator)
     if args.frames is not None:
         frames = args.frames
@@ -206,19 +227,37 @@ def run(args: argparse.Namespace) -> Path:
         raise ValueError("give the video length: --frames (latent frames) or --seconds")
     policy = parse_policy(args.memory) if args.memory else None
     timeline: list[Snapshot] = []  # the memory after every chunk, for memory_timeline.png
-    written = generate_video(generator.model, conditions, args.out, preset=preset, codec=codec, num_frames=frames,
-                             latent_hw=codec.latent_size(height, width), policy=policy, seed=args.seed, fps=args.fps,
-                             observer=lambda event: timeline.append(Snapshot.of(event.memory.states[0])),
-                             progress=sys.stderr.isatty())
+    written = generate_video(
+        generator.model,
+        conditions,
+        args.out,
+        preset=preset,
+        codec=codec,
+        num_frames=frames,
+        latent_hw=codec.latent_size(height, width),
+        policy=policy,
+        seed=args.seed,
+        fps=args.fps,
+        observer=lambda event: timeline.append(Snapshot.of(event.memory.states[0])),
+        progress=sys.stderr.isatty(),
+    )
     revisits = world_first_visit(args, trained, codec)
     name = type(policy or preset.memory()).__name__
-    write_timeline(str(args.out / "memory_timeline.png"),
-                   render_timeline(timeline, preset.chunk_frames, None if revisits is None else revisits[:frames],
-                                   title=f"{name}: memory per chunk"))
+    write_timeline(
+        str(args.out / "memory_timeline.png"),
+        render_timeline(
+            timeline,
+            preset.chunk_frames,
+            None if revisits is None else revisits[:frames],
+            title=f"{name}: memory per chunk",
+        ),
+    )
     return written.video
 
 
-def world_first_visit(args: argparse.Namespace, trained: dict[str, Any], codec: LatentCodec) -> torch.Tensor | None:
+def world_first_visit(
+    args: argparse.Namespace, trained: dict[str, Any], codec: LatentCodec
+) -> torch.Tensor | None:
     """``first_visit`` per latent frame of the ``--world_seed`` video (None for text-only conditions), so the
     memory timeline can mark which revisits the memory held."""
     if args.world_seed is None:

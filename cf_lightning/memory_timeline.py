@@ -40,8 +40,11 @@ class Snapshot:
     @classmethod
     def of(cls, state: MemoryState) -> Snapshot:
         """A copy of ``state``'s regions and merged entries (later commits do not change it)."""
-        return cls({k: list(v) for k, v in state.regions.items()}, {k: list(v) for k, v in state.members.items()},
-                   state.frames_committed)
+        return cls(
+            {k: list(v) for k, v in state.regions.items()},
+            {k: list(v) for k, v in state.members.items()},
+            state.frames_committed,
+        )
 
 
 class TimelineRecorder:
@@ -93,7 +96,9 @@ def chunk_revisits(snapshot: Snapshot, first_visit: torch.Tensor, start: int, ch
             if 0 <= visits[q] < start and views[q] != views[q - 1]]
 
 
-def revisit_recall(snapshots: list[Snapshot], first_visit: torch.Tensor, chunk_frames: int) -> tuple[int, int]:
+def revisit_recall(
+    snapshots: list[Snapshot], first_visit: torch.Tensor, chunk_frames: int
+) -> tuple[int, int]:
     """Returns whose view the memory held when they were generated, and all returns it could hold (see
     :func:`chunk_revisits`): what a policy *offers* the model, model-free."""
     outcomes = [hit for chunk, snapshot in enumerate(snapshots, start=1)

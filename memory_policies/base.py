@@ -63,7 +63,9 @@ class Merge:
 
     def __post_init__(self) -> None:
         if len(self.sources) != len(self.weights) or len(self.sources) < 2:
-            raise ValueError(f"a merge needs >= 2 sources with one weight each, got {self.sources}, {self.weights}")
+            raise ValueError(
+                f"a merge needs >= 2 sources with one weight each, got {self.sources}, {self.weights}"
+            )
         if abs(sum(self.weights) - 1.0) > 1e-6 or min(self.weights) < 0:
             raise ValueError(f"merge weights must be >= 0 and sum to 1, got {self.weights}")
 
@@ -128,7 +130,9 @@ class MemoryPolicy(ABC):
     validation are shared so that every policy obeys the same contract.
     """
 
-    def __init__(self, sink: int = 0, position_mode: PositionMode = "absolute", rope_length: int = 21) -> None:
+    def __init__(
+        self, sink: int = 0, position_mode: PositionMode = "absolute", rope_length: int = 21
+    ) -> None:
         if sink < 0:
             raise ValueError(f"sink must be >= 0, got {sink}")
         if position_mode not in POSITION_MODES:
@@ -145,7 +149,9 @@ class MemoryPolicy(ABC):
         """Most frames the memory ever holds (query chunk excluded); ``None`` means unbounded."""
 
     @abstractmethod
-    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+    def _update_regions(
+        self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
+    ) -> None:
         """Decide region contents after ``new_frames`` (a clean chunk) were appended to the history."""
 
     def needs_summaries(self) -> bool:
@@ -171,7 +177,8 @@ class MemoryPolicy(ABC):
     def ablation_hparams(self) -> dict[str, object]:
         """Flat, primitive settings for TensorBoard's HParams tab; subclasses add their own."""
         return {
-            "memory/policy": getattr(type(self), "_alias_of", type(self)).__name__,  # through short-name aliases
+            # through short-name aliases
+            "memory/policy": getattr(type(self), "_alias_of", type(self)).__name__,
             "memory/sink": self.sink,
             "memory/position_mode": self.position_mode,
             "memory/rope_length": self.rope_length,
@@ -207,12 +214,14 @@ class MemoryPolicy(ABC):
         if self.position_mode != "absolute":
             if span is None:
                 raise ValueError(
-                    f"{type(self).__name__} is unbounded, so position_mode={self.position_mode!r} cannot keep "
+                    f"{type(self).__name__} is unbounded, so position_mode={self.position_mode!r} cannot "
+                    f"keep "
                     "positions in range; use position_mode='absolute'"
                 )
             if span > self.rope_length:
                 raise ValueError(
-                    f"{type(self).__name__} attends to up to {span} frames (memory {span - chunk_frames} + chunk "
+                    f"{type(self).__name__} attends to up to {span} frames (memory {span - chunk_frames} + "
+                    f"chunk "
                     f"{chunk_frames}) but rope_length is {self.rope_length}: positions would collide; "
                     f"raise rope_length to >= {span} or shrink the budget"
                 )
@@ -227,7 +236,9 @@ class MemoryPolicy(ABC):
         """
         chunk = state.chunk_frames
         if summaries is not None and (summaries.ndim != 2 or summaries.shape[0] != chunk):
-            raise ValueError(f"summaries must have shape [chunk_frames={chunk}, dim], got {tuple(summaries.shape)}")
+            raise ValueError(
+                f"summaries must have shape [chunk_frames={chunk}, dim], got {tuple(summaries.shape)}"
+            )
         if summaries is None and self.needs_summaries():
             raise ValueError(f"{type(self).__name__} needs per-frame summaries in commit(); got None")
         state.attention = self._attention_by_frame(state, attention)
@@ -246,7 +257,9 @@ class MemoryPolicy(ABC):
             return {}
         frames = state.kept_frames()
         if attention is None:
-            raise ValueError(f"{type(self).__name__} needs per-frame attention statistics in commit(); got None")
+            raise ValueError(
+                f"{type(self).__name__} needs per-frame attention statistics in commit(); got None"
+            )
         if attention.shape != (len(frames),):
             raise ValueError(f"attention must have shape [{len(frames)}] (one value per attended frame), "
                              f"got {tuple(attention.shape)}")
@@ -281,8 +294,10 @@ class MemoryPolicy(ABC):
         query = list(range(history_frames, history_frames + chunk_frames))
         read = self.positions(state, frames, query)
         if read[0] < 0 or any(a >= b for a, b in pairwise(read)):
-            raise ValueError(f"{len(frames)} context frames + a {chunk_frames}-frame chunk do not fit "
-                             f"rope_length={self.rope_length} (positions {read}); show fewer frames or raise it")
+            raise ValueError(
+                f"{len(frames)} context frames + a {chunk_frames}-frame chunk do not fit "
+                f"rope_length={self.rope_length} (positions {read}); show fewer frames or raise it"
+            )
         return read + [read[-1] + 1 + i for i in range(target_frames - chunk_frames)]
 
     def frame_mask(self, num_frames: int, chunk_frames: int, summaries: torch.Tensor | None = None,
@@ -294,8 +309,8 @@ class MemoryPolicy(ABC):
         what the chunk-by-chunk path sees. ``summaries`` is ``[num_frames, dim]`` when the policy
         needs them; ``attention(view)`` gives a chunk's per-frame attention statistics when the policy
         needs those; ``state`` is the fresh state to replay from when the caller prepared one (an
-        informed :class:`~memory_policies.Oracle`). ``num_frames`` must be a multiple of ``chunk_frames``. A policy that merges
-        entries cannot be rendered: a boolean mask cannot attend to a weighted combination.
+        informed :class:`~memory_policies.Oracle`). ``num_frames`` must be a multiple of ``chunk_frames``. A
+        policy that merges entries cannot be rendered: a boolean mask cannot attend to a weighted combination.
         """
         if self.merges_entries():
             raise ValueError(f"{type(self).__name__} merges entries, which a frame mask cannot express; "

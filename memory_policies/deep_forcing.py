@@ -45,7 +45,9 @@ class DeepForcing(MemoryPolicy):
                  position_mode: PositionMode = "bounded", rope_length: int = 21) -> None:
         super().__init__(sink=sink, position_mode=position_mode, rope_length=rope_length)
         if compressed < 0 or recent < 1:
-            raise ValueError(f"need compressed >= 0 and recent >= 1, got compressed={compressed}, recent={recent}")
+            raise ValueError(
+                f"need compressed >= 0 and recent >= 1, got compressed={compressed}, recent={recent}"
+            )
         self.compressed = compressed
         self.recent = recent
         self.attention_layer = attention_layer
@@ -58,14 +60,22 @@ class DeepForcing(MemoryPolicy):
 
     def validate(self, chunk_frames: int) -> None:
         if self.recent < chunk_frames:
-            raise ValueError(f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk")
+            raise ValueError(
+                f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
+            )
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:
-        return {**super().ablation_hparams(), "memory/compressed": self.compressed, "memory/recent": self.recent,
-                "memory/attention_layer": self.attention_layer}
+        return {
+            **super().ablation_hparams(),
+            "memory/compressed": self.compressed,
+            "memory/recent": self.recent,
+            "memory/attention_layer": self.attention_layer,
+        }
 
-    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+    def _update_regions(
+        self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
+    ) -> None:
         sink = set(state.regions["sink"])
         leaving = [f for f in state.regions["fast"] if f not in sink]
         state.regions["fast"] = recent_frames(new_frames, self.recent - state.chunk_frames)

@@ -42,8 +42,10 @@ class FadeMem(MemoryPolicy):
                  rope_length: int = 21) -> None:
         super().__init__(sink=sink, position_mode="bounded", rope_length=rope_length)
         if entries < 1 or recent < 1 or alpha < 0:
-            raise ValueError(f"need entries >= 1, recent >= 1, alpha >= 0; got entries={entries}, recent={recent}, "
-                             f"alpha={alpha}")
+            raise ValueError(
+                f"need entries >= 1, recent >= 1, alpha >= 0; got entries={entries}, recent={recent}, "
+                f"alpha={alpha}"
+            )
         self.entries = entries
         self.recent = recent
         self.alpha = alpha
@@ -60,15 +62,19 @@ class FadeMem(MemoryPolicy):
 
     def validate(self, chunk_frames: int) -> None:
         if self.recent < 2 * chunk_frames:
-            raise ValueError(f"recent={self.recent} must be >= 2 * chunk_frames={2 * chunk_frames}: it counts the query "
-                             "chunk, and every frame must pass through it to be stored before it can merge")
+            raise ValueError(
+                f"recent={self.recent} must be >= 2 * chunk_frames={2 * chunk_frames}: it counts the query "
+                "chunk, and every frame must pass through it to be stored before it can merge"
+            )
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:
         return {**super().ablation_hparams(), "memory/entries": self.entries, "memory/recent": self.recent,
                 "memory/alpha": self.alpha}
 
-    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+    def _update_regions(
+        self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
+    ) -> None:
         sink = set(state.regions["sink"])
         leaving = [f for f in state.regions["fast"] if f not in sink]
         state.regions["fast"] = recent_frames(new_frames, self.recent - state.chunk_frames)

@@ -31,8 +31,14 @@ class Oracle(MemoryPolicy):
     from the revisit world's ``first_visit``); a state that was not informed is refused at commit.
     """
 
-    def __init__(self, sink: int = 2, slots: int = 4, recent: int = 4, position_mode: PositionMode = "bounded",
-                 rope_length: int = 21) -> None:
+    def __init__(
+        self,
+        sink: int = 2,
+        slots: int = 4,
+        recent: int = 4,
+        position_mode: PositionMode = "bounded",
+        rope_length: int = 21,
+    ) -> None:
         super().__init__(sink=sink, position_mode=position_mode, rope_length=rope_length)
         if slots < 0 or recent < 1:
             raise ValueError(f"need slots >= 0 and recent >= 1, got slots={slots}, recent={recent}")
@@ -56,19 +62,27 @@ class Oracle(MemoryPolicy):
 
     def validate(self, chunk_frames: int) -> None:
         if self.recent < chunk_frames:
-            raise ValueError(f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk")
+            raise ValueError(
+                f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
+            )
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:
         return {**super().ablation_hparams(), "memory/slots": self.slots, "memory/recent": self.recent}
 
-    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+    def _update_regions(
+        self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
+    ) -> None:
         views = state.extra.get("oracle_views")
         if views is None:
-            raise ValueError("Oracle needs the video's future: call Oracle.inform(state, first_visit) before streaming")
+            raise ValueError(
+                "Oracle needs the video's future: call Oracle.inform(state, first_visit) before streaming"
+            )
         views = list(views)  # type: ignore[arg-type]
         if new_frames[-1] >= len(views):
-            raise ValueError(f"Oracle was told {len(views)} frames but the video reached frame {new_frames[-1]}")
+            raise ValueError(
+                f"Oracle was told {len(views)} frames but the video reached frame {new_frames[-1]}"
+            )
         needs: dict[int, list[int]] = state.extra["oracle_needs"]  # type: ignore[assignment]
         sink = set(state.regions["sink"])
         held = set(state.regions["slow"]) | set(state.regions["fast"]) | set(new_frames)

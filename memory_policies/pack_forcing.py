@@ -43,12 +43,23 @@ class PackForcing(MemoryPolicy):
         summary / summary_layer: what affinity compares (see :class:`SummarySpec`).
     """
 
-    def __init__(self, sink: int = 2, selected: int = 4, recent: int = 4, mid: int = 16, pack: int = 2,
-                 summary: SummaryReduce = "mean_key", summary_layer: int | None = 0, rope_length: int = 21) -> None:
+    def __init__(
+        self,
+        sink: int = 2,
+        selected: int = 4,
+        recent: int = 4,
+        mid: int = 16,
+        pack: int = 2,
+        summary: SummaryReduce = "mean_key",
+        summary_layer: int | None = 0,
+        rope_length: int = 21,
+    ) -> None:
         super().__init__(sink=sink, position_mode="bounded", rope_length=rope_length)
         if selected < 0 or recent < 1 or mid < selected or pack < 1:
-            raise ValueError(f"need selected >= 0, recent >= 1, mid >= selected, pack >= 1; got selected={selected}, "
-                             f"recent={recent}, mid={mid}, pack={pack}")
+            raise ValueError(
+                f"need selected >= 0, recent >= 1, mid >= selected, pack >= 1; got selected={selected}, "
+                f"recent={recent}, mid={mid}, pack={pack}"
+            )
         self.selected = selected
         self.recent = recent
         self.mid = mid
@@ -78,14 +89,18 @@ class PackForcing(MemoryPolicy):
 
     def validate(self, chunk_frames: int) -> None:
         if self.recent < chunk_frames:
-            raise ValueError(f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk")
+            raise ValueError(
+                f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
+            )
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:
         return {**super().ablation_hparams(), "memory/selected": self.selected, "memory/recent": self.recent,
                 "memory/mid": self.mid, "memory/pack": self.pack}
 
-    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+    def _update_regions(
+        self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
+    ) -> None:
         assert summaries is not None  # commit() enforces needs_summaries()
         bank: dict[int, torch.Tensor] = state.extra.setdefault("summaries", {})  # type: ignore[assignment]
         waiting: list[int] = state.extra.setdefault("waiting", [])  # type: ignore[assignment]
@@ -97,7 +112,9 @@ class PackForcing(MemoryPolicy):
         archive = state.regions[ARCHIVE]
         # Frames out of the recent window wait in storage until `pack` adjacent ones were all stored
         # before this commit (a merge combines stored entries only); then they become one mid entry.
-        out = [f for f in previous_fast if f not in fast] + [f for f in new_frames if f not in fast and f not in sink]
+        out = [f for f in previous_fast if f not in fast] + [
+            f for f in new_frames if f not in fast and f not in sink
+        ]
         waiting.extend(out)
         archive.extend(out)
         while len(waiting) >= self.pack and not set(waiting[: self.pack]) & set(new_frames):

@@ -52,8 +52,10 @@ class LongLiveRAG(MemoryPolicy):
                  position_mode: PositionMode = "bounded", rope_length: int = 21) -> None:
         super().__init__(sink=sink, position_mode=position_mode, rope_length=rope_length)
         if retrieved < 0 or recent < 1 or archive < retrieved:
-            raise ValueError(f"need retrieved >= 0, recent >= 1, archive >= retrieved; got retrieved={retrieved}, "
-                             f"recent={recent}, archive={archive}")
+            raise ValueError(
+                f"need retrieved >= 0, recent >= 1, archive >= retrieved; got retrieved={retrieved}, "
+                f"recent={recent}, archive={archive}"
+            )
         if not -1.0 <= redundancy <= 1.0:
             raise ValueError(f"redundancy is a cosine similarity in [-1, 1], got {redundancy}")
         self.retrieved = retrieved
@@ -77,14 +79,23 @@ class LongLiveRAG(MemoryPolicy):
 
     def validate(self, chunk_frames: int) -> None:
         if self.recent < chunk_frames:
-            raise ValueError(f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk")
+            raise ValueError(
+                f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
+            )
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:
-        return {**super().ablation_hparams(), "memory/retrieved": self.retrieved, "memory/recent": self.recent,
-                "memory/archive": self.archive, "memory/redundancy": self.redundancy}
+        return {
+            **super().ablation_hparams(),
+            "memory/retrieved": self.retrieved,
+            "memory/recent": self.recent,
+            "memory/archive": self.archive,
+            "memory/redundancy": self.redundancy,
+        }
 
-    def _update_regions(self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None) -> None:
+    def _update_regions(
+        self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
+    ) -> None:
         assert summaries is not None  # commit() enforces needs_summaries()
         bank: dict[int, torch.Tensor] = state.extra.setdefault("summaries", {})  # type: ignore[assignment]
         sink = set(state.regions["sink"])

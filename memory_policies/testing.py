@@ -87,7 +87,9 @@ class PolicyContract:
         policy = self.make_policy()
         for chunk in CHUNK_SIZES:
             for state, _ in self.stream(policy, chunk):
-                covered = [frame for entry in state.stored_frames() for frame in state.members.get(entry, [entry])]
+                covered = [
+                    frame for entry in state.stored_frames() for frame in state.members.get(entry, [entry])
+                ]
                 assert len(covered) == len(set(covered)), covered
                 assert all(entry in state.members.get(entry, [entry]) for entry in state.stored_frames())
                 assert all(frame < state.frames_committed for frame in covered)

@@ -49,7 +49,8 @@ def test_deepspeed_overlay_swaps_the_teacher_strategy_only(capsys):
     fsdp["trainer"].pop("strategy")
     fsdp["model"]["init_args"].pop("gradient_checkpointing")
     assert deepspeed == fsdp, "only the strategy and activation checkpointing change"
-    inspect.signature(DeepSpeedStrategy).bind(**strategy["init_args"])  # every argument is DeepSpeedStrategy's
+    # every argument is DeepSpeedStrategy's
+    inspect.signature(DeepSpeedStrategy).bind(**strategy["init_args"])
 
 
 @pytest.mark.parametrize("recipe", ["context_teacher.yaml", "slowfast.yaml"])
@@ -71,9 +72,21 @@ def test_fsdp2_overlay_swaps_the_strategy_only(recipe, capsys):
 
 
 def test_teacher_recipe_trains_and_resumes(tmp_path):
-    args = ["fit", "--config", str(RECIPES / "teacher.yaml"), *TINY_DATA, *logged(tmp_path, "t"),
-            "--model.backbone", "tiny", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
-            "--trainer.callbacks.init_args.every_n_batches", "2"]
+    args = [
+        "fit",
+        "--config",
+        str(RECIPES / "teacher.yaml"),
+        *TINY_DATA,
+        *logged(tmp_path, "t"),
+        "--model.backbone",
+        "tiny",
+        "--trainer.val_check_interval",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.callbacks.init_args.every_n_batches",
+        "2",
+    ]
     main([*args, "--trainer.max_steps", "2", "--trainer.logger.init_args.version", "a"])
     checkpoint = tmp_path / "t" / "a" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 2
@@ -84,10 +97,24 @@ def test_teacher_recipe_trains_and_resumes(tmp_path):
 
 
 def test_slowfast_recipe_leaves_checkpoint_logs_and_video(tmp_path):
-    main(["fit", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf"),
-          "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.logger.init_args.version", "v"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(RECIPES / "slowfast.yaml"),
+            *TINY_DISTILL,
+            *logged(tmp_path, "cf"),
+            "--trainer.max_steps",
+            "4",
+            "--trainer.val_check_interval",
+            "2",
+            "--trainer.logger.init_args.version",
+            "v",
+        ]
+    )
     run = tmp_path / "cf" / "v"
-    # last.ckpt holds the final state: batches 1 and 3 step generator + critic, batch 2 the critic (5 >= 4 steps)
+    # last.ckpt holds the final state: batches 1 and 3 step generator + critic, batch 2 the critic (5 >= 4
+    # steps)
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert int(state["state_dict"]["generator_steps"]) == 2 and int(state["state_dict"]["critic_steps"]) == 3
     assert state["hyper_parameters"]["memory"]["class_path"].endswith("slow_fast")

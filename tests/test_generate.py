@@ -143,7 +143,8 @@ def test_cf_gen_defaults_to_the_data_the_run_trained_on(recorded, tmp_path):
     cf_gen(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "longer"), "--world_seed", "3",
             "--world", '{"num_frames": 16}'])
     assert np.load(tmp_path / "longer" / "latents.npy").shape == (48, 16, 4, 4)
-    with pytest.raises(SystemExit, match="makes 192-channel latents, but the model takes 48; the run trained with "
-                                         "codec"):
+    with pytest.raises(
+        SystemExit, match="makes 192-channel latents, but the model takes 48; the run trained with codec"
+    ):
         cf_gen(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "wrong"), "--world_seed", "3",
                 "--codec_options", '{"patch": 8}'])

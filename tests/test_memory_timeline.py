@@ -40,7 +40,9 @@ def test_render_draws_regions_and_marks_revisits():
     revisits = torch.tensor([-1] * 12 + list(range(12)) + [-1] * 2)  # the second half revisits the first
     marked = timeline_pixels(revisits)
     orange = np.array([0xFF, 0x7F, 0x0E])
-    assert (np.abs(marked.astype(int) - orange).sum(-1) < 40).sum() > (np.abs(plain.astype(int) - orange).sum(-1) < 40).sum()
+    assert (np.abs(marked.astype(int) - orange).sum(-1) < 40).sum() > (
+        np.abs(plain.astype(int) - orange).sum(-1) < 40
+    ).sum()
 
 
 def test_revisit_recall_counts_what_the_memory_held_for_each_revisit():

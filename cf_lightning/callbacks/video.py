@@ -45,7 +45,9 @@ class LongVideoWriter(pl.Callback):
         if generate_for is None or codec is None or trainer.log_dir is None:
             return None
         batch = next(iter(datamodule.val_dataloader()))
-        batch = {k: (v[: self.max_videos] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
+        batch = {
+            k: (v[: self.max_videos] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()
+        }
         batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
         memory = getattr(pl_module, "memory", None)
         with TimelineRecorder(memory) if memory is not None else contextlib.nullcontext() as recorder:
@@ -56,15 +58,23 @@ class LongVideoWriter(pl.Callback):
         frames = unit_to_uint8(pixels[0]).permute(1, 0, 2, 3)  # [T, 3, H, W]
         folder = Path(trainer.log_dir) / "videos"
         path = write_mp4(folder / f"step_{trainer.global_step}.mp4", frames, self.fps)
-        np.save(folder / f"step_{trainer.global_step}_latents.npy", latents.float().cpu().numpy().astype(np.float16))
+        np.save(
+            folder / f"step_{trainer.global_step}_latents.npy",
+            latents.float().cpu().numpy().astype(np.float16),
+        )
         logger = AblationDashboard._logger(trainer)
         if logger is not None:
             log_video(logger, "samples/long_video", frames.float() / 255.0, trainer.global_step, self.fps)
         if recorder is not None and recorder.timelines:
-            timeline = render_timeline(recorder.timelines[0], pl_module.hparams.chunk_frames,
-                                       batch["first_visit"][0].cpu() if "first_visit" in batch else None,
-                                       title=f"{type(memory).__name__}: memory per chunk, step {trainer.global_step}")
+            timeline = render_timeline(
+                recorder.timelines[0],
+                pl_module.hparams.chunk_frames,
+                batch["first_visit"][0].cpu() if "first_visit" in batch else None,
+                title=f"{type(memory).__name__}: memory per chunk, step {trainer.global_step}",
+            )
             write_timeline(str(folder / f"step_{trainer.global_step}_memory.png"), timeline)
             if logger is not None:
-                logger.experiment.add_image("samples/memory_timeline", timeline, trainer.global_step, dataformats="HWC")
+                logger.experiment.add_image(
+                    "samples/memory_timeline", timeline, trainer.global_step, dataformats="HWC"
+                )
         return path

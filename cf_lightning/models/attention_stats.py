@@ -20,7 +20,9 @@ from memory_policies import AttentionSpec
 
 
 @contextmanager
-def capture_attention_input(blocks: nn.ModuleList, spec: AttentionSpec | None) -> Iterator[list[torch.Tensor]]:
+def capture_attention_input(
+    blocks: nn.ModuleList, spec: AttentionSpec | None
+) -> Iterator[list[torch.Tensor]]:
     """Collect the self-attention input of block ``spec.layer`` while the context is open (nothing when
     ``spec`` is None)."""
     captured: list[torch.Tensor] = []

@@ -128,8 +128,13 @@ class KVMemory:
         if shared:
             rows = rows[:1]
         # One packed [rows, 2n + chunk] index tensor, so one host-to-device transfer per read.
-        packed = torch.tensor([s + [0] * (longest - len(s)) + pos + [0] * (longest - len(pos)) + query
-                               for s, pos, query in rows], dtype=torch.long).reshape(len(rows), 2 * longest + chunk)
+        packed = torch.tensor(
+            [
+                s + [0] * (longest - len(s)) + pos + [0] * (longest - len(pos)) + query
+                for s, pos, query in rows
+            ],
+            dtype=torch.long,
+        ).reshape(len(rows), 2 * longest + chunk)
         packed = _to_device(packed, self.keys.device).expand(self.batch_size, -1)
         valid = None
         if any(len(s) != longest for s in slots):
@@ -198,7 +203,9 @@ class KVMemory:
         shape = (self.batch_size, self.chunk_frames, self.tokens_per_frame, *self.keys.shape[-2:])
         stacked_k = torch.stack([k.reshape(shape) for k in keys])
         stacked_v = torch.stack([v.reshape(shape) for v in values])
-        b_idx, s_idx, f_idx = _to_device(torch.tensor([write_batch, write_slot, write_frame]), self.keys.device)
+        b_idx, s_idx, f_idx = _to_device(
+            torch.tensor([write_batch, write_slot, write_frame]), self.keys.device
+        )
         self.keys[:, b_idx, s_idx] = stacked_k[:, b_idx, f_idx].to(self.keys.dtype)
         self.values[:, b_idx, s_idx] = stacked_v[:, b_idx, f_idx].to(self.values.dtype)
 
@@ -212,7 +219,10 @@ class KVMemory:
             index = torch.tensor([slots[s] for s in merge.sources], device=self.keys.device)
             weights = torch.tensor(merge.weights, device=self.keys.device, dtype=torch.float32)
             weights = weights.view(1, -1, 1, 1, 1)
-            combined = [(pool[:, b].index_select(1, index).float() * weights).sum(1) for pool in (self.keys, self.values)]
+            combined = [
+                (pool[:, b].index_select(1, index).float() * weights).sum(1)
+                for pool in (self.keys, self.values)
+            ]
             for source in merge.sources:
                 if source != merge.entry:
                     self._free[b].append(slots.pop(source))

@@ -65,8 +65,8 @@ class ChunkKV:
     """One layer's memory for a query chunk: keys rotated to their read positions and values, each in a
     buffer ``[B, memory + chunk tokens, H, D]`` whose last rows take the chunk's own keys and values.
 
-    Built once per chunk (see :meth:`WanModel.forward` with a ``memory``). Each forward of the chunk writes its rows
-    in place, instead of concatenating, which would copy the whole memory per forward and layer. With
+    Built once per chunk (see :meth:`WanModel.forward` with a ``memory``). Each forward of the chunk writes
+    its rows in place, instead of concatenating, which would copy the whole memory per forward and layer. With
     grad mode on the rows are concatenated instead: a backward pass (or a checkpointed block's
     recomputation) must not find its inputs overwritten by the chunk's next forward.
     """
@@ -122,8 +122,14 @@ class CrossAttention(_Projections):
         heads = (self.num_heads, -1)
         return self.norm_k(self.k(context)).unflatten(-1, heads), self.v(context).unflatten(-1, heads)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None,
-                backend: Backend, context_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+        backend: Backend,
+        context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """``context_kv``: this layer's :meth:`project_context` output, reused instead of ``context``."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
         if context_kv is None:
@@ -152,7 +158,9 @@ class WanBlock(nn.Module):
         dim, eps = config.dim, config.eps
         self.norm1 = nn.LayerNorm(dim, eps, elementwise_affine=False)
         self.self_attn = SelfAttention(dim, config.num_heads, eps)
-        self.norm3 = nn.LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
+        self.norm3 = (
+            nn.LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
+        )
         self.cross_attn = CrossAttention(dim, config.num_heads, eps)
         self.norm2 = nn.LayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
@@ -163,12 +171,20 @@ class WanBlock(nn.Module):
         """Shift, scale, gate (attention), shift, scale, gate (FFN), each ``[B, F, 1, dim]``."""
         return (self.modulation[:, None, :, None].float() + e.unsqueeze(3)).unbind(2)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                memory: ChunkKV | None = None, backend: Backend = "sdpa", *,
-                context_kv: tuple[torch.Tensor, torch.Tensor] | None = None, mode: BlockMode = "block"
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        e: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        memory: ChunkKV | None = None,
+        backend: Backend = "sdpa",
+        *,
+        context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mode: BlockMode = "block",
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]:
         """Every use of the block's weights goes through here, so that wrappers of the block (FSDP's
         unshard hooks, activation checkpointing, ``torch.compile``) see each of them.
 
@@ -190,7 +206,9 @@ class WanBlock(nn.Module):
         if rope is None:
             raise ValueError("block mode 'block' needs the RoPE tables of its tokens")
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self._modulation(e)
-        y, kv = self.self_attn(_modulate(self.norm1(x), shift_msa, scale_msa, frames), rope, mask, memory, backend)
+        y, kv = self.self_attn(
+            _modulate(self.norm1(x), shift_msa, scale_msa, frames), rope, mask, memory, backend
+        )
         x = x + _gate(y, gate_msa, frames)
         x = x + self.cross_attn(self.norm3(x), context, context_mask, backend, context_kv)
         y = self.ffn(_modulate(self.norm2(x), shift_mlp, scale_mlp, frames))
@@ -224,12 +242,16 @@ class WanModel(nn.Module):
     def __init__(self, config: WanConfig, attention_backend: Backend = "sdpa") -> None:
         super().__init__()
         if config.patch_size[0] != 1:
-            raise ValueError(f"temporal patch size must be 1 for per-frame streaming, got {config.patch_size}")
+            raise ValueError(
+                f"temporal patch size must be 1 for per-frame streaming, got {config.patch_size}"
+            )
         self.config = config
         self.attention_backend: Backend = attention_backend
         self.gradient_checkpointing = False
         dim = config.dim
-        self.patch_embedding = nn.Conv3d(config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size)
+        self.patch_embedding = nn.Conv3d(
+            config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size
+        )
         self.text_embedding = nn.Sequential(nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"),
                                             nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
@@ -291,7 +313,9 @@ class WanModel(nn.Module):
             token_mask = frame_mask.repeat_interleave(tokens, -1).repeat_interleave(tokens, -2)
             if token_mask.ndim == 2:
                 token_mask = token_mask[None].expand(x.shape[0], -1, -1)
-        out, _ = self._run(x, t, context, context_mask, frame_cond, positions, token_mask, None, None, context_kv)
+        out, _ = self._run(
+            x, t, context, context_mask, frame_cond, positions, token_mask, None, None, context_kv
+        )
         return out
 
     def new_memory(self, policy: MemoryPolicy, batch_size: int, chunk_frames: int, latent_hw: tuple[int, int],
@@ -303,10 +327,24 @@ class WanModel(nn.Module):
         param = next(self.parameters())
         device = torch.device(device) if device is not None else param.device
         if dtype is None:
-            dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
-        return KVMemory(policy, batch_size, chunk_frames, self.tokens_per_frame(latent_hw), self.config.num_layers,
-                        self.config.num_heads, self.config.head_dim, device, dtype,
-                        cache_reads=cache_reads, store_rotated=store_rotated)
+            dtype = (
+                torch.get_autocast_dtype(device.type)
+                if torch.is_autocast_enabled(device.type)
+                else param.dtype
+            )
+        return KVMemory(
+            policy,
+            batch_size,
+            chunk_frames,
+            self.tokens_per_frame(latent_hw),
+            self.config.num_layers,
+            self.config.num_heads,
+            self.config.head_dim,
+            device,
+            dtype,
+            cache_reads=cache_reads,
+            store_rotated=store_rotated,
+        )
 
     def tokens_per_frame(self, latent_hw: tuple[int, int] | torch.Size) -> int:
         _, ph, pw = self.config.patch_size
@@ -316,7 +354,9 @@ class WanModel(nn.Module):
         return (h // ph) * (w // pw)
 
     @staticmethod
-    def frame_summaries(keys: list[torch.Tensor], frames: int, spec: SummarySpec | None = None) -> torch.Tensor:
+    def frame_summaries(
+        keys: list[torch.Tensor], frames: int, spec: SummarySpec | None = None
+    ) -> torch.Tensor:
         """Per-frame summaries of un-rotated keys ``[B, F, d]`` as the policy asks: the mean key
         (paper Eq. 7) or all token keys, of one layer or averaged over layers."""
         spec = spec or SummarySpec()
@@ -328,20 +368,42 @@ class WanModel(nn.Module):
         return torch.stack(reduced).mean(0)
 
     # ------------------------------------------------------------------ internals
-    def _stream(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, memory: KVMemory,
-                context_mask: torch.Tensor | None, frame_cond: torch.Tensor | None, context_kv: ContextKV | None,
-                mode: ForwardMode) -> torch.Tensor | None:
+    def _stream(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        memory: KVMemory,
+        context_mask: torch.Tensor | None,
+        frame_cond: torch.Tensor | None,
+        context_kv: ContextKV | None,
+        mode: ForwardMode,
+    ) -> torch.Tensor | None:
         """One streamed chunk (see :meth:`forward`): its output, its commit, or both."""
         read, token_mask = self._chunk_read(x, memory, context_kv)
-        spec = None if mode == "predict" else memory.policy.attention_spec()  # only a commit measures attention
+        # only a commit measures attention
+        spec = None if mode == "predict" else memory.policy.attention_spec()
         if mode == "commit":
             with capture_attention_input(self.blocks, spec) as captured:
-                _, _, kvs = self._layers(x, t, context, context_mask, frame_cond, None, token_mask, memory, read,
-                                         context_kv, keys_only=True)
+                _, _, kvs = self._layers(
+                    x,
+                    t,
+                    context,
+                    context_mask,
+                    frame_cond,
+                    None,
+                    token_mask,
+                    memory,
+                    read,
+                    context_kv,
+                    keys_only=True,
+                )
             self._commit(memory, read, kvs, x, captured)
             return None
         with capture_attention_input(self.blocks, spec) as captured:
-            out, kvs = self._run(x, t, context, context_mask, frame_cond, None, token_mask, memory, read, context_kv)
+            out, kvs = self._run(
+                x, t, context, context_mask, frame_cond, None, token_mask, memory, read, context_kv
+            )
         if mode == "predict_commit":
             self._commit(memory, read, kvs, x, captured)
         return out
@@ -355,14 +417,17 @@ class WanModel(nn.Module):
         keys = torch.cat([memory_tokens, memory_tokens.new_ones(x.shape[0], query_tokens)], dim=1)
         return keys[:, None, :].expand(-1, query_tokens, -1)
 
-    def _frame_condition(self, frame_cond: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor | None:
+    def _frame_condition(
+        self, frame_cond: torch.Tensor | None, batch: int, frames: int
+    ) -> torch.Tensor | None:
         """Embedded per-frame condition ``[B, F, dim]`` (e.g. the camera), or None for models without one."""
         if self.frame_cond_embedding is None:
             return None
         if frame_cond is None or frame_cond.shape[:2] != (batch, frames):
             shape = None if frame_cond is None else tuple(frame_cond.shape)
-            raise ValueError(f"this model needs frame_cond [{batch}, {frames}, {self.config.frame_cond_dim}], "
-                             f"got {shape}")
+            raise ValueError(
+                f"this model needs frame_cond [{batch}, {frames}, {self.config.frame_cond_dim}], got {shape}"
+            )
         return self.frame_cond_embedding(frame_cond.to(self.frame_cond_embedding[0].weight.dtype))
 
     def _time_embedding(self, t: torch.Tensor, batch: int, frames: int,
@@ -371,7 +436,9 @@ class WanModel(nn.Module):
             t = t[:, None].expand(batch, frames)
         if t.shape != (batch, frames):
             raise ValueError(f"t must be [B] or [B, F] = [{batch}, {frames}], got {tuple(t.shape)}")
-        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).to(self.time_embedding[0].weight.dtype))
+        e = self.time_embedding(
+            sinusoidal_embedding(self.config.freq_dim, t).to(self.time_embedding[0].weight.dtype)
+        )
         if frame_condition is not None:
             e = e + frame_condition.to(e.dtype)
         e = e.float()
@@ -390,17 +457,23 @@ class WanModel(nn.Module):
         if frame_condition is None:
             return tokens
         frames = frame_condition.shape[1]
-        return (tokens.unflatten(1, (frames, -1)) + frame_condition[:, :, None].to(tokens.dtype)).flatten(1, 2)
+        return (tokens.unflatten(1, (frames, -1)) + frame_condition[:, :, None].to(tokens.dtype)).flatten(
+            1, 2
+        )
 
     def _chunk_read(self, x: torch.Tensor, memory: KVMemory, context_kv: ContextKV | None
                     ) -> tuple[MemoryRead, torch.Tensor | None]:
         """Checks a streamed chunk's inputs; returns the memory read and the attention mask it needs."""
         if x.shape[2] != memory.chunk_frames:
             raise ValueError(f"chunk has {x.shape[2]} frames but the memory expects {memory.chunk_frames}")
-        if context_kv is not None and (len(context_kv) != len(self.blocks) or context_kv[0][0].shape[0] != x.shape[0]):
+        if context_kv is not None and (
+            len(context_kv) != len(self.blocks) or context_kv[0][0].shape[0] != x.shape[0]
+        ):
             raise ValueError(f"context_kv must hold {len(self.blocks)} layers for a batch of {x.shape[0]}")
         read = memory.read()
-        token_mask = self._per_read(memory, read, ("mask", tuple(x.shape[-2:])), lambda: self._streaming_mask(read, x))
+        token_mask = self._per_read(
+            memory, read, ("mask", tuple(x.shape[-2:])), lambda: self._streaming_mask(read, x)
+        )
         return read, token_mask
 
     def _commit(self, memory: KVMemory, read: MemoryRead, kvs: list[tuple[torch.Tensor, torch.Tensor]],
@@ -410,15 +483,25 @@ class WanModel(nn.Module):
         ``attention_input``: the captured self-attention input of the policy's attention layer, if any."""
         keys = [k for k, _ in kvs]
         policy = memory.policy
-        summaries = self.frame_summaries(keys, x.shape[2], policy.summary_spec()) if policy.needs_summaries() else None
+        summaries = (
+            self.frame_summaries(keys, x.shape[2], policy.summary_spec())
+            if policy.needs_summaries()
+            else None
+        )
         attention = self._frame_attention(memory, read, kvs, x, attention_input) if attention_input else None
         if memory.store_rotated:
             _, query_rope = self._streaming_rope(memory, read, self._grid(x))
             keys = [apply_rope(k, *query_rope) for k in keys]
         memory.commit(keys, [v for _, v in kvs], summaries, attention)
 
-    def _frame_attention(self, memory: KVMemory, read: MemoryRead, kvs: list[tuple[torch.Tensor, torch.Tensor]],
-                         x: torch.Tensor, attention_input: list[torch.Tensor]) -> torch.Tensor:
+    def _frame_attention(
+        self,
+        memory: KVMemory,
+        read: MemoryRead,
+        kvs: list[tuple[torch.Tensor, torch.Tensor]],
+        x: torch.Tensor,
+        attention_input: list[torch.Tensor],
+    ) -> torch.Tensor:
         """Per memory frame, the attention mass the chunk's refresh queries gave it in the policy's layer."""
         spec = memory.policy.attention_spec()
         assert spec is not None  # attention_input is only captured for such policies
@@ -443,8 +526,9 @@ class WanModel(nn.Module):
             read.cache[key] = compute()
         return read.cache[key]  # type: ignore[return-value]
 
-    def _streaming_rope(self, memory: KVMemory, read: MemoryRead, grid: tuple[int, int]
-                        ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor]]:
+    def _streaming_rope(
+        self, memory: KVMemory, read: MemoryRead, grid: tuple[int, int]
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor]]:
         """RoPE tables of the memory tokens (None when the memory stores its keys rotated) and of the query
         tokens, split once per read rather than sliced in every layer of every forward."""
         def compute() -> tuple[tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor]]:
@@ -457,7 +541,9 @@ class WanModel(nn.Module):
 
     def _rope(self, positions: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables for frame positions ``[B, F]`` (or ``[F]``) over a token grid."""
-        return rope_cos_sin(rope_angles(positions, grid, self.config.head_dim, self.config.rope_theta), torch.float32)
+        return rope_cos_sin(
+            rope_angles(positions, grid, self.config.head_dim, self.config.rope_theta), torch.float32
+        )
 
     def _memory_kv(self, memory: KVMemory, read: MemoryRead, layer: int,
                    memory_rope: tuple[torch.Tensor, torch.Tensor] | None, grid: tuple[int, int]) -> ChunkKV:
@@ -479,14 +565,25 @@ class WanModel(nn.Module):
              memory: KVMemory | None, read: MemoryRead | None, context_kv: ContextKV | None = None
              ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """The model's output and every layer's un-rotated keys and values."""
-        tokens, e, kvs = self._layers(x, t, context, context_mask, frame_cond, positions, token_mask, memory, read,
-                                      context_kv)
+        tokens, e, kvs = self._layers(
+            x, t, context, context_mask, frame_cond, positions, token_mask, memory, read, context_kv
+        )
         return self._unpatchify(self.head(tokens, e), x.shape[2], self._grid(x)), kvs
 
-    def _layers(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
-                frame_cond: torch.Tensor | None, positions: torch.Tensor | None, token_mask: torch.Tensor | None,
-                memory: KVMemory | None, read: MemoryRead | None, context_kv: ContextKV | None = None,
-                keys_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _layers(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        context_mask: torch.Tensor | None,
+        frame_cond: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        token_mask: torch.Tensor | None,
+        memory: KVMemory | None,
+        read: MemoryRead | None,
+        context_kv: ContextKV | None = None,
+        keys_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Tokens after the last block, the time embedding and every layer's keys and values.
 
         Positions come from ``positions`` (full-sequence modes) or from ``read`` (streaming).

@@ -61,8 +61,26 @@ def test_cf_gen_from_a_copied_checkpoint_in_another_folder(student_run, wan_rele
     shutil.copy(student_run, elsewhere / "copied.ckpt")
     prompts = three_prompts(elsewhere)
     monkeypatch.chdir(elsewhere)
-    cf_gen(["--checkpoint", "copied.ckpt", "--out", "out", "--prompts", prompts.name, "--umt5", str(wan_release),
-            "--vae", str(wan_release), "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE)])
+    cf_gen(
+        [
+            "--checkpoint",
+            "copied.ckpt",
+            "--out",
+            "out",
+            "--prompts",
+            prompts.name,
+            "--umt5",
+            str(wan_release),
+            "--vae",
+            str(wan_release),
+            "--frames",
+            str(FRAMES),
+            "--height",
+            str(SIZE),
+            "--width",
+            str(SIZE),
+        ]
+    )
     assert video_facts(elsewhere / "out" / "video.mp4") == (PIXEL_FRAMES, 16.0, SIZE, SIZE)
     latents = np.load(elsewhere / "out" / "latents.npy")
     assert latents.shape == (4, FRAMES, 4, 4) and np.isfinite(latents).all()
@@ -122,8 +140,15 @@ def test_an_interrupted_generation_leaves_every_finished_frame(student_run, wan_
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["latents.npy", "video.mp4"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler is restored"
     # the finished part is exactly the first chunks of the uninterrupted video
-    full = generate_video(generator.model, conditions, tmp_path / "full", preset=generator.preset, codec=codec,
-                          num_frames=FRAMES, latent_hw=(4, 4))
+    full = generate_video(
+        generator.model,
+        conditions,
+        tmp_path / "full",
+        preset=generator.preset,
+        codec=codec,
+        num_frames=FRAMES,
+        latent_hw=(4, 4),
+    )
     np.testing.assert_array_equal(np.load(written.latents), np.load(full.latents)[:, :4])
 
 
@@ -135,7 +160,9 @@ def test_presets_run_as_their_references_configure_them():
     assert (memory.sink, memory.slow, memory.fast, memory.rope_length) == (3, 12, 6, 21)
 
 
-def test_cf_fit_predict_from_a_copied_checkpoint_in_another_folder(student_run, wan_release, tmp_path, monkeypatch):
+def test_cf_fit_predict_from_a_copied_checkpoint_in_another_folder(
+    student_run, wan_release, tmp_path, monkeypatch
+):
     """LightningCLI predict with the predict recipe streams the same video as cf-gen."""
     from cf_lightning.cli import main as cf_fit
 
@@ -152,8 +179,26 @@ def test_cf_fit_predict_from_a_copied_checkpoint_in_another_folder(student_run, 
     assert video_facts(elsewhere / "videos" / "seed_0" / "video.mp4") == (PIXEL_FRAMES, 16.0, SIZE, SIZE)
     predicted = np.load(elsewhere / "videos" / "seed_0" / "latents.npy")
     assert not np.allclose(predicted, np.load(elsewhere / "videos" / "seed_1" / "latents.npy"))
-    cf_gen(["--checkpoint", "copied.ckpt", "--out", "gen", "--prompts", prompts.name, "--umt5", str(wan_release),
-            "--vae", str(wan_release), "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE)])
+    cf_gen(
+        [
+            "--checkpoint",
+            "copied.ckpt",
+            "--out",
+            "gen",
+            "--prompts",
+            prompts.name,
+            "--umt5",
+            str(wan_release),
+            "--vae",
+            str(wan_release),
+            "--frames",
+            str(FRAMES),
+            "--height",
+            str(SIZE),
+            "--width",
+            str(SIZE),
+        ]
+    )
     np.testing.assert_allclose(predicted, np.load(elsewhere / "gen" / "latents.npy"), atol=1e-6)
 
 
@@ -176,9 +221,26 @@ def test_cf_gen_exits_with_the_signal_code_and_keeps_the_finished_part(student_r
 
     monkeypatch.setattr(cli, "generate_video", interrupted)
     with pytest.raises(SystemExit) as stopped:
-        cf_gen(["--checkpoint", str(student_run), "--out", str(tmp_path / "out"), "--prompt", "a calm lake at dawn",
-                "--umt5", str(wan_release), "--vae", str(wan_release), "--frames", str(FRAMES), "--height", str(SIZE),
-                "--width", str(SIZE)])
+        cf_gen(
+            [
+                "--checkpoint",
+                str(student_run),
+                "--out",
+                str(tmp_path / "out"),
+                "--prompt",
+                "a calm lake at dawn",
+                "--umt5",
+                str(wan_release),
+                "--vae",
+                str(wan_release),
+                "--frames",
+                str(FRAMES),
+                "--height",
+                str(SIZE),
+                "--width",
+                str(SIZE),
+            ]
+        )
     assert stopped.value.code == 128 + signal.SIGINT
     assert "interrupted by SIGINT: wrote 5 frames" in capsys.readouterr().err
     assert video_facts(tmp_path / "out" / "video.mp4") == (5, 16.0, SIZE, SIZE)
@@ -189,7 +251,8 @@ def test_seconds_become_whole_chunks_of_latent_frames(wan_release):
     from cf_lightning.generate import latent_frames_for
 
     codec = build_codec("wan", path=str(wan_release))
-    assert latent_frames_for(60, 16, codec, 3) == 243  # 960 frames: 1 + 240 latent frames, rounded up to chunks
+    # 960 frames: 1 + 240 latent frames, rounded up to chunks
+    assert latent_frames_for(60, 16, codec, 3) == 243
     assert latent_frames_for(1, 16, codec, 2) == 6
     assert latent_frames_for(1, 16, build_codec("pixel", patch=4), 2) == 16
 

@@ -54,7 +54,9 @@ def replayed_masks(policy: MemoryPolicy, memory: KVMemory, seen) -> torch.Tensor
 @torch.no_grad()
 def test_deep_forcing_streaming_equals_masked_forward_with_its_recorded_attention(model):
     clean, noisy, context = inputs(FRAMES, seed=5)
-    policy, seen = recording(DeepForcing(sink=1, compressed=2, recent=4, attention_layer=1, position_mode="absolute"))
+    policy, seen = recording(
+        DeepForcing(sink=1, compressed=2, recent=4, attention_layer=1, position_mode="absolute")
+    )
     stream_noisy, stream_clean, memory = stream(model, policy, CHUNK, clean, noisy, context)
     masks = replayed_masks(policy, memory, seen)
     full_noisy, full_clean = full_forward(model, masks, clean, noisy, context)
@@ -86,8 +88,12 @@ def test_oracle_streaming_equals_masked_forward(model):
         part = slice(start, start + CHUNK)
         outputs.append(model(noisy[:, :, part], torch.full((B,), 700.0), context, memory=memory))
         model(clean[:, :, part], torch.zeros(B), context, memory=memory, mode="predict_commit")
-    masks = torch.stack([teacher_forcing_layout(policy.frame_mask(FRAMES, CHUNK, state=_informed(policy, future)), CHUNK)
-                         for future in futures])
+    masks = torch.stack(
+        [
+            teacher_forcing_layout(policy.frame_mask(FRAMES, CHUNK, state=_informed(policy, future)), CHUNK)
+            for future in futures
+        ]
+    )
     full_noisy, _ = full_forward(model, masks, clean, noisy, context)
     assert (torch.cat(outputs, 2) - full_noisy).abs().max() < 1e-5
 
@@ -149,7 +155,9 @@ def test_kv_memory_stores_a_merge_as_the_weighted_mean_of_its_frames():
         slot = memory._slot_of[0][entry]
         mean = sum(state.members[entry]) / len(state.members[entry])
         assert torch.allclose(memory.keys[:, 0, slot], torch.full_like(memory.keys[:, 0, slot], mean))
-        assert torch.allclose(memory.values[:, 0, slot], torch.full_like(memory.values[:, 0, slot], 10 * mean))
+        assert torch.allclose(
+            memory.values[:, 0, slot], torch.full_like(memory.values[:, 0, slot], 10 * mean)
+        )
     assert len(memory._slot_of[0]) == len(state.stored_frames()) <= memory.capacity == policy.storage(CHUNK)
 
 

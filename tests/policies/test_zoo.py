@@ -97,15 +97,21 @@ def stream(policy, chunk: int, num_chunks: int, summaries=None, attention=None, 
 def test_deep_forcing_keeps_the_frames_recent_queries_attend_to():
     policy = DeepForcing(sink=2, compressed=2, recent=4)
     favourite = {3, 6}  # frames the queries keep attending to
-    state = stream(policy, 2, 10,
-                   attention=lambda view: torch.tensor([5.0 if f in favourite else 1.0 for f in view.frames]).softmax(0))
+    state = stream(
+        policy,
+        2,
+        10,
+        attention=lambda view: torch.tensor([5.0 if f in favourite else 1.0 for f in view.frames]).softmax(0),
+    )
     assert state.regions["slow"] == [3, 6]
     assert state.regions["sink"] == [0, 1]
 
 
 def test_deep_forcing_realigns_the_sink_next_to_the_present():
     policy = DeepForcing(sink=2, compressed=2, recent=4, rope_length=10)
-    state = stream(policy, 2, 20, attention=lambda view: torch.ones(len(view.frames)) / max(len(view.frames), 1))
+    state = stream(
+        policy, 2, 20, attention=lambda view: torch.ones(len(view.frames)) / max(len(view.frames), 1)
+    )
     view = policy.read(state)
     positions = view.positions + view.query_positions
     assert positions == list(range(10 - len(positions), 10))  # one run ending at the last trained position
@@ -160,7 +166,8 @@ def test_retrieval_skips_redundant_copies():
     policy = LongLiveRAG(sink=0, retrieved=3, recent=2, archive=20, redundancy=0.99)
     state = stream(policy, 2, len(scenes) // 2, scene_summaries(scenes))
     chosen = state.regions["slow"]
-    assert len([f for f in chosen if scenes[f] == 0]) == 1, chosen  # one copy of the returning scene is enough
+    # one copy of the returning scene is enough
+    assert len([f for f in chosen if scenes[f] == 0]) == 1, chosen
 
 
 def test_pack_forcing_packs_adjacent_frames_and_selects_the_matching_entry():
