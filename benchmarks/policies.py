@@ -11,7 +11,7 @@ gather, attention statistics), and the distance of the AUC to the ``oracle`` row
 views return (Belady's rule) and is the ceiling of any policy at that budget. ``full`` (unbounded) is
 the reference row, not a budget-matched one.
 
-    python benchmarks/policies.py runs/slowfast/zoo/checkpoints/last.ckpt --videos 16 --frames 192 \
+    python benchmarks/policies.py runs/slowfast/zoo/checkpoints/last.ckpt --videos 16 --frames 192 \\
         --out docs/policies
 """
 

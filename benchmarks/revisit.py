@@ -6,7 +6,7 @@ revisit against its own first visit of the same view (self-consistency), per gap
 against the memoryless control measured on the same videos. Prints a markdown table and writes the
 curves as a PNG.
 
-    python benchmarks/revisit.py slow_fast=runs/cf/slow_fast/checkpoints/last.ckpt \
+    python benchmarks/revisit.py slow_fast=runs/cf/slow_fast/checkpoints/last.ckpt \\
         sliding_window=runs/cf/sliding_window/checkpoints/last.ckpt --videos 64 --out docs/results
 """
 

@@ -13,8 +13,8 @@ new scene starts, ``NAME.txt`` holds an optional caption; frames are encoded wit
 captions with ``--text_encoder``, and latent frames that straddle a cut are left out.
 
     python benchmarks/surprisal.py recipes/assets/student_init.safetensors --videos 16 [--generated]
-    python benchmarks/surprisal.py checkpoints/student_init.safetensors --videos_dir cuts/ --chunk 3 \
-        --codec wan --codec_options '{"path": "checkpoints/Wan2.1-T2V-1.3B-Diffusers"}' \
+    python benchmarks/surprisal.py checkpoints/student_init.safetensors --videos_dir cuts/ --chunk 3 \\
+        --codec wan --codec_options '{"path": "checkpoints/Wan2.1-T2V-1.3B-Diffusers"}' \\
         --text_encoder umt5 --text_encoder_options '{"path": "checkpoints/Wan2.1-T2V-1.3B-Diffusers"}'
 """
 

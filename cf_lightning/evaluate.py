@@ -6,7 +6,7 @@ Score a folder of mp4s from any model (other systems' samples included)::
 
 or generate prompts x seeds with a trained student first, then score them the same way::
 
-    cf-eval --checkpoint runs/slowfast/version_0/checkpoints/last.ckpt --prompts prompts.jsonl \
+    cf-eval --checkpoint runs/slowfast/version_0/checkpoints/last.ckpt --prompts prompts.jsonl \\
         --seeds 0 1 2 --out eval/ [-- <cf-gen arguments, e.g. --memory sliding_window>]
 
 Each video is scored per timestamp (default: the paper's 0.5 s windows around 10, 20, ..., 60 s; the

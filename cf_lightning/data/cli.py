@@ -8,9 +8,9 @@ Examples::
         --text_encoder umt5 --text_encoder_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers"}'
     cf-data trajectories --teacher teacher.safetensors --output data/ode --input data/world \\
         --denoising_steps 4 --shift 5.0
-    cf-data prompts --input prompts.txt --output data/prompts --height 480 --width 832 \
-        --codec wan --codec_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers"}' \
-        --text_encoder umt5 --text_encoder_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers"}' \
+    cf-data prompts --input prompts.txt --output data/prompts --height 480 --width 832 \\
+        --codec wan --codec_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers"}' \\
+        --text_encoder umt5 --text_encoder_options '{"path": "/models/Wan2.1-T2V-1.3B-Diffusers"}' \\
         --negative_prompt "$(cat negative_prompt.txt)"
     cf-data check data/world
 
