@@ -18,9 +18,9 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import yaml
 from recipe_world import add_world_arguments, held_out
 
+from cf_lightning.cli import load_recipe
 from cf_lightning.diffusion import euler_sample, guided, sampling_sigmas
 from cf_lightning.models import WanModel
 from cf_lightning.models.checkpoint import load_wan
@@ -34,7 +34,7 @@ LAYOUTS = ("packed", "student")
 
 def student_policy() -> tuple[MemoryPolicy, int]:
     """The stage-1 student's memory (uniform admission: no keys are needed to replay it) and chunk size."""
-    settings = yaml.safe_load(STUDENT_RECIPE.read_text())["model"]["init_args"]
+    settings = load_recipe(STUDENT_RECIPE)["model"]["init_args"]
     return SlowFast(**settings["memory"]["init_args"]), int(settings["chunk_frames"])
 
 

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 from recipe_world import RECIPE, add_world_arguments, held_out
 
+from cf_lightning.cli import load_recipe
 from cf_lightning.memory_timeline import TimelineRecorder, revisit_recall
 from cf_lightning.metrics import RevisitError
 from cf_lightning.models import WanModel
@@ -94,7 +94,7 @@ def zoo(budget: int, chunk: int, trained: SlowFast) -> dict[str, MemoryPolicy]:
 
 def recipe_slow_fast() -> SlowFast:
     """The Slow-Fast settings of ``recipes/slowfast.yaml``, for students trained with another policy."""
-    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe = load_recipe(RECIPE)
     return SlowFast(**recipe["model"]["init_args"]["memory"]["init_args"])
 
 
