@@ -125,6 +125,14 @@ def test_slowfast_recipe_leaves_checkpoint_logs_and_video(tmp_path):
     assert {"train/dmd_loss", "train/critic_loss", "val/effective_context"} <= set(events.Tags()["scalars"])
     assert "samples/memory_timeline" in events.Tags()["images"]
 
+    # `cf-fit test` scores the trained checkpoint alone, with the validation measure under test/
+    main(["test", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf"),
+          "--trainer.logger.init_args.version", "test",
+          "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    events = EventAccumulator(str(tmp_path / "cf" / "test"))
+    events.Reload()
+    assert {"test/effective_context", "test/revisit_auc"} <= set(events.Tags()["scalars"])
+
 
 def test_policy_swapped_by_a_command_line_flag(tmp_path):
     main(["fit", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf"),

@@ -366,20 +366,31 @@ class ContextForcingModule(L.LightningModule):
         if "first_visit" in batch:
             self.revisit.update(video.float(), None, batch["first_visit"][:, :video.shape[2]])
 
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """``cf-fit test``: the validation measure on the test videos, so a checkpoint is scored alone."""
+        self.validation_step(batch, batch_idx)
+
     def on_validation_epoch_end(self) -> None:
+        self.log_revisit("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_revisit("test")
+
+    def log_revisit(self, split: str) -> None:
+        """Log the epoch's revisit error, effective context and AUC under ``split/`` and start afresh."""
         if not self.revisit.update_count:
             return
         result = self.revisit.compute()
         edges = self.revisit.bucket_edges
         metrics = {
-            "val/effective_context": float(result["effective_context"]),
-            "val/revisit_auc": float(result["auc"]),
+            f"{split}/effective_context": float(result["effective_context"]),
+            f"{split}/revisit_auc": float(result["auc"]),
         }
         for lo, hi, error, control in zip(
             edges[:-1], edges[1:], result["error"].tolist(), result["control"].tolist()
         ):
-            metrics[f"val/revisit_error/gap_{lo + 1}-{hi}"] = error
-            metrics[f"val/revisit_control/gap_{lo + 1}-{hi}"] = control
+            metrics[f"{split}/revisit_error/gap_{lo + 1}-{hi}"] = error
+            metrics[f"{split}/revisit_control/gap_{lo + 1}-{hi}"] = control
         self.log_dict(metrics, sync_dist=False)
         self.revisit.reset()
 
