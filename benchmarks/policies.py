@@ -188,9 +188,9 @@ def table(results: dict[int, dict[str, dict[str, object]]], edges: list[int]) ->
         ceiling = rows["oracle"]["auc"] if "oracle" in rows else None
         lines += [
             f"\n### budget {budget} attended memory frames\n",
-            "| policy | revisits held | effective context (midpoint) | at 0.9 | AUC | AUC / oracle | ms per "
-            "chunk "
-            "| bookkeeping | stored entries | " + " | ".join(f"error/ctl gap {b}" for b in buckets) + " |",
+            "| policy | revisits held | effective context (midpoint) | at 0.9 | AUC | AUC / oracle "
+            "| ms per chunk | bookkeeping | stored entries | "
+            + " | ".join(f"error/ctl gap {b}" for b in buckets) + " |",
             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(buckets),
         ]
         for name, r in sorted(rows.items(), key=lambda item: -float(item[1]["auc"])):  # type: ignore[arg-type]

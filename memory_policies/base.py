@@ -215,14 +215,12 @@ class MemoryPolicy(ABC):
             if span is None:
                 raise ValueError(
                     f"{type(self).__name__} is unbounded, so position_mode={self.position_mode!r} cannot "
-                    f"keep "
-                    "positions in range; use position_mode='absolute'"
+                    "keep positions in range; use position_mode='absolute'"
                 )
             if span > self.rope_length:
                 raise ValueError(
                     f"{type(self).__name__} attends to up to {span} frames (memory {span - chunk_frames} + "
-                    f"chunk "
-                    f"{chunk_frames}) but rope_length is {self.rope_length}: positions would collide; "
+                    f"chunk {chunk_frames}) but rope_length is {self.rope_length}: positions would collide; "
                     f"raise rope_length to >= {span} or shrink the budget"
                 )
 
@@ -362,6 +360,13 @@ def memory_positions(frames: list[int], query: list[int], sink_frames: list[int]
             ceiling = max(packed[f], min(anchor - (query[-1] - f), ceiling - 1))
             packed[f] = ceiling
     return [f if f in sink_set else packed[f] for f in everything]
+
+
+def check_recent_window(name: str, size: int, chunk_frames: int) -> None:
+    """A recent window counts the query chunk, so it must hold at least one chunk: policies call this
+    from ``validate`` with their window's argument name and size."""
+    if size < chunk_frames:
+        raise ValueError(f"{name}={size} must be >= chunk_frames={chunk_frames}: it counts the query chunk")
 
 
 def recent_frames(new_frames: list[int], count: int) -> list[int]:

@@ -24,7 +24,14 @@ from __future__ import annotations
 
 import torch
 
-from memory_policies.base import AttentionSpec, MemoryPolicy, MemoryState, PositionMode, recent_frames
+from memory_policies.base import (
+    AttentionSpec,
+    MemoryPolicy,
+    MemoryState,
+    PositionMode,
+    check_recent_window,
+    recent_frames,
+)
 from memory_policies.registry import register_policy
 
 
@@ -59,10 +66,7 @@ class DeepForcing(MemoryPolicy):
         return AttentionSpec(self.attention_layer)
 
     def validate(self, chunk_frames: int) -> None:
-        if self.recent < chunk_frames:
-            raise ValueError(
-                f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
-            )
+        check_recent_window("recent", self.recent, chunk_frames)
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from memory_policies.base import MemoryPolicy, MemoryState, PositionMode, recent_frames
+from memory_policies.base import MemoryPolicy, MemoryState, PositionMode, check_recent_window, recent_frames
 from memory_policies.registry import register_policy
 
 NEVER = float("inf")
@@ -61,10 +61,7 @@ class Oracle(MemoryPolicy):
         return self.sink + self.slots + max(self.recent - chunk_frames, 0)
 
     def validate(self, chunk_frames: int) -> None:
-        if self.recent < chunk_frames:
-            raise ValueError(
-                f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
-            )
+        check_recent_window("recent", self.recent, chunk_frames)
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:

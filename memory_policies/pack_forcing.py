@@ -25,7 +25,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memory_policies.base import ARCHIVE, MemoryPolicy, MemoryState, SummaryReduce, SummarySpec, recent_frames
+from memory_policies.base import (
+    ARCHIVE,
+    MemoryPolicy,
+    MemoryState,
+    SummaryReduce,
+    SummarySpec,
+    check_recent_window,
+    recent_frames,
+)
 from memory_policies.merging import merge
 from memory_policies.registry import register_policy
 
@@ -88,10 +96,7 @@ class PackForcing(MemoryPolicy):
         return False  # bounded positions move with the memory's contents
 
     def validate(self, chunk_frames: int) -> None:
-        if self.recent < chunk_frames:
-            raise ValueError(
-                f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
-            )
+        check_recent_window("recent", self.recent, chunk_frames)
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:

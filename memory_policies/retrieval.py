@@ -29,6 +29,7 @@ from memory_policies.base import (
     PositionMode,
     SummaryReduce,
     SummarySpec,
+    check_recent_window,
     recent_frames,
 )
 from memory_policies.registry import register_policy
@@ -78,10 +79,7 @@ class LongLiveRAG(MemoryPolicy):
         return SummarySpec(self.summary, self.summary_layer)
 
     def validate(self, chunk_frames: int) -> None:
-        if self.recent < chunk_frames:
-            raise ValueError(
-                f"recent={self.recent} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
-            )
+        check_recent_window("recent", self.recent, chunk_frames)
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from memory_policies.base import MemoryPolicy, MemoryState, PositionMode, recent_frames
+from memory_policies.base import MemoryPolicy, MemoryState, PositionMode, check_recent_window, recent_frames
 from memory_policies.registry import register_policy
 
 
@@ -27,10 +27,7 @@ class SlidingWindow(MemoryPolicy):
         return self.sink + max(self.window - chunk_frames, 0)
 
     def validate(self, chunk_frames: int) -> None:
-        if self.window < chunk_frames:
-            raise ValueError(
-                f"window={self.window} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
-            )
+        check_recent_window("window", self.window, chunk_frames)
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:

@@ -21,6 +21,7 @@ from memory_policies.base import (
     PositionMode,
     SummaryReduce,
     SummarySpec,
+    check_recent_window,
     recent_frames,
 )
 from memory_policies.registry import register_policy
@@ -82,10 +83,7 @@ class SlowFast(MemoryPolicy):
         return SummarySpec(self.summary, self.summary_layer)
 
     def validate(self, chunk_frames: int) -> None:
-        if self.fast < chunk_frames:
-            raise ValueError(
-                f"fast={self.fast} must be >= chunk_frames={chunk_frames}: it counts the query chunk"
-            )
+        check_recent_window("fast", self.fast, chunk_frames)
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:

@@ -145,9 +145,8 @@ def build_parser() -> ArgumentParser:
 
     prompts = ArgumentParser(
         description="Encode a prompt list (text, one per line, or JSONL with 'prompt') into prompt shards "
-            "for "
-        "stage 2: embeddings and the latent shape at --height x --width, no video; with --negative_prompt "
-        "its embedding is written once to negative_prompt.safetensors next to the shards."
+        "for stage 2: embeddings and the latent shape at --height x --width, no video; with "
+        "--negative_prompt its embedding is written once to negative_prompt.safetensors next to the shards."
     )
     _add_encoding_arguments(prompts)
     prompts.add_argument("--input", type=str, required=True, help="prompt list: .txt or .jsonl")
