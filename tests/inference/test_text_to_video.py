@@ -46,6 +46,13 @@ def three_prompts(folder: Path) -> Path:
     return path
 
 
+def release_args(wan_release: Path) -> list[str]:
+    """`cf-gen` arguments shared by the text-to-video tests: the stand-in release's UMT5 and VAE, the length
+    and the frame size."""
+    return ["--umt5", str(wan_release), "--vae", str(wan_release), "--frames", str(FRAMES),
+            "--height", str(SIZE), "--width", str(SIZE)]
+
+
 def video_facts(path: Path) -> tuple[int, float, int, int]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -61,26 +68,8 @@ def test_cf_gen_from_a_copied_checkpoint_in_another_folder(student_run, wan_rele
     shutil.copy(student_run, elsewhere / "copied.ckpt")
     prompts = three_prompts(elsewhere)
     monkeypatch.chdir(elsewhere)
-    cf_gen(
-        [
-            "--checkpoint",
-            "copied.ckpt",
-            "--out",
-            "out",
-            "--prompts",
-            prompts.name,
-            "--umt5",
-            str(wan_release),
-            "--vae",
-            str(wan_release),
-            "--frames",
-            str(FRAMES),
-            "--height",
-            str(SIZE),
-            "--width",
-            str(SIZE),
-        ]
-    )
+    cf_gen(["--checkpoint", "copied.ckpt", "--out", "out", "--prompts", prompts.name,
+            *release_args(wan_release)])
     assert video_facts(elsewhere / "out" / "video.mp4") == (PIXEL_FRAMES, 16.0, SIZE, SIZE)
     latents = np.load(elsewhere / "out" / "latents.npy")
     assert latents.shape == (4, FRAMES, 4, 4) and np.isfinite(latents).all()
@@ -106,8 +95,7 @@ def test_every_wan_layout_generates_the_same_video(student_run, wan_release, tmp
     else:
         weights = save_wan(model, tmp_path / layout, layout=layout)
     config = ["--config", "tiny"] if layout == "self_forcing" else []  # a .pt carries no config
-    args = ["--prompt", "a calm lake at dawn", "--umt5", str(wan_release), "--vae", str(wan_release),
-            "--preset", "self_forcing", "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE)]
+    args = ["--prompt", "a calm lake at dawn", "--preset", "self_forcing", *release_args(wan_release)]
     cf_gen(["--checkpoint", str(weights), "--out", str(tmp_path / "out"), *config, *args])
     cf_gen(["--checkpoint", str(student_run), "--out", str(tmp_path / "run"), *args])
     ours, reference = np.load(tmp_path / "out" / "latents.npy"), np.load(tmp_path / "run" / "latents.npy")
@@ -179,26 +167,8 @@ def test_cf_fit_predict_from_a_copied_checkpoint_in_another_folder(
     assert video_facts(elsewhere / "videos" / "seed_0" / "video.mp4") == (PIXEL_FRAMES, 16.0, SIZE, SIZE)
     predicted = np.load(elsewhere / "videos" / "seed_0" / "latents.npy")
     assert not np.allclose(predicted, np.load(elsewhere / "videos" / "seed_1" / "latents.npy"))
-    cf_gen(
-        [
-            "--checkpoint",
-            "copied.ckpt",
-            "--out",
-            "gen",
-            "--prompts",
-            prompts.name,
-            "--umt5",
-            str(wan_release),
-            "--vae",
-            str(wan_release),
-            "--frames",
-            str(FRAMES),
-            "--height",
-            str(SIZE),
-            "--width",
-            str(SIZE),
-        ]
-    )
+    cf_gen(["--checkpoint", "copied.ckpt", "--out", "gen", "--prompts", prompts.name,
+            *release_args(wan_release)])
     np.testing.assert_allclose(predicted, np.load(elsewhere / "gen" / "latents.npy"), atol=1e-6)
 
 
@@ -221,26 +191,8 @@ def test_cf_gen_exits_with_the_signal_code_and_keeps_the_finished_part(student_r
 
     monkeypatch.setattr(cli, "generate_video", interrupted)
     with pytest.raises(SystemExit) as stopped:
-        cf_gen(
-            [
-                "--checkpoint",
-                str(student_run),
-                "--out",
-                str(tmp_path / "out"),
-                "--prompt",
-                "a calm lake at dawn",
-                "--umt5",
-                str(wan_release),
-                "--vae",
-                str(wan_release),
-                "--frames",
-                str(FRAMES),
-                "--height",
-                str(SIZE),
-                "--width",
-                str(SIZE),
-            ]
-        )
+        cf_gen(["--checkpoint", str(student_run), "--out", str(tmp_path / "out"),
+                "--prompt", "a calm lake at dawn", *release_args(wan_release)])
     assert stopped.value.code == 128 + signal.SIGINT
     assert "interrupted by SIGINT: wrote 5 frames" in capsys.readouterr().err
     assert video_facts(tmp_path / "out" / "video.mp4") == (5, 16.0, SIZE, SIZE)
@@ -258,8 +210,7 @@ def test_seconds_become_whole_chunks_of_latent_frames(wan_release):
 
 
 def test_cf_gen_in_bfloat16_stays_close_to_float32(student_run, wan_release, tmp_path):
-    args = ["--checkpoint", str(student_run), "--prompt", "a calm lake at dawn", "--umt5", str(wan_release),
-            "--vae", str(wan_release), "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE)]
+    args = ["--checkpoint", str(student_run), "--prompt", "a calm lake at dawn", *release_args(wan_release)]
     cf_gen([*args, "--out", str(tmp_path / "fp32")])
     cf_gen([*args, "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16"])
     full, half = np.load(tmp_path / "fp32" / "latents.npy"), np.load(tmp_path / "bf16" / "latents.npy")
