@@ -135,8 +135,11 @@ def test_frame_attention_matches_a_direct_softmax():
         probs = (queries[0, :, h] @ keys[0, :, h].T / dim**0.5).softmax(-1)  # [queries, keys]
         direct += probs[:, : 2 * tokens].mean(0).view(2, tokens).sum(-1) / heads
     assert torch.allclose(mass[0], direct, atol=1e-6)
-    padded = frame_attention(queries, memory_keys, chunk_keys, torch.tensor([[True, False]]), tokens)
-    assert padded[0, 1] == 0 and padded[0, 0] > mass[0, 0]
+    # the mask is per token row: frame 1 padded, and row 0 of frame 0 pruned
+    valid = torch.tensor([[False] + [True] * (tokens - 1) + [False] * tokens])
+    padded = frame_attention(queries, memory_keys, chunk_keys, valid, tokens, per_token=True)
+    assert padded[0, 1].eq(0).all() and padded[0, 0, 0] == 0
+    assert padded[0, 0, 1:].gt(0).all() and padded.shape == (1, 2, tokens)
 
 
 def test_kv_memory_stores_a_merge_as_the_weighted_mean_of_its_frames():
