@@ -11,6 +11,12 @@ Our reading, with no learned compressor:
 - compression packs ``pack`` adjacent frames into one mid entry holding their mean keys and values
   (a ``pack``-fold temporal reduction; tokens per entry stay those of one frame), done once all its
   frames have left the recent window and sit in storage;
+- with ``pool > 1`` a mid entry is also compressed in tokens, parameter-free: each ``pool x pool``
+  window of the token grid is averaged into one token (``pool=2``: 4x fewer tokens; with ``pack=2``,
+  8x in all against the paper's learned 32x), which keeps the row, hence the spatial RoPE position,
+  of the window's centre cell (``pooled_rows``); the entry keeps its frame's temporal position.
+  Averaging keys and values needs no training and preserves what a mean of tokens preserves (the
+  coarse layout), which a tiny learned compressor would have to be trained for (not done here);
 - the mid store is bounded (``mid`` entries; the oldest entry is dropped when full) and is held in
   the ``archive`` region, stored but not attended;
 - query-key affinity is the cosine similarity between an entry's summary (the mean of its frames'
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 
 from memory_policies.base import (
     ARCHIVE,
+    pooled_rows,
     MemoryPolicy,
     MemoryState,
     SummaryReduce,
@@ -48,6 +55,7 @@ class PackForcing(MemoryPolicy):
         recent: recent frames visible, the query chunk included.
         mid: packed entries held in storage.
         pack: adjacent frames merged into one mid entry (1: no packing).
+        pool: spatial pooling factor of a mid entry's tokens (1: a frame's tokens; 2: a quarter of them).
         summary / summary_layer: what affinity compares (see :class:`SummarySpec`).
     """
 
@@ -61,17 +69,19 @@ class PackForcing(MemoryPolicy):
         summary: SummaryReduce = "mean_key",
         summary_layer: int | None = 0,
         rope_length: int = 21,
+        pool: int = 1,
     ) -> None:
         super().__init__(sink=sink, position_mode="bounded", rope_length=rope_length)
-        if selected < 0 or recent < 1 or mid < selected or pack < 1:
+        if selected < 0 or recent < 1 or mid < selected or pack < 1 or pool < 1:
             raise ValueError(
-                f"need selected >= 0, recent >= 1, mid >= selected, pack >= 1; got selected={selected}, "
-                f"recent={recent}, mid={mid}, pack={pack}"
+                f"need selected >= 0, recent >= 1, mid >= selected, pack >= 1, pool >= 1; got selected={selected}, "
+                f"recent={recent}, mid={mid}, pack={pack}, pool={pool}"
             )
         self.selected = selected
         self.recent = recent
         self.mid = mid
         self.pack = pack
+        self.pool = pool
         self.summary: SummaryReduce = summary
         self.summary_layer = summary_layer
 
@@ -89,7 +99,14 @@ class PackForcing(MemoryPolicy):
         return SummarySpec(self.summary, self.summary_layer)
 
     def merges_entries(self) -> bool:
-        return self.pack > 1
+        return self.pack > 1 or self.pool > 1
+
+    def keeps_sub_frames(self) -> bool:
+        return self.pool > 1
+
+    def token_budget(self, chunk_frames: int, grid: tuple[int, int]) -> int:
+        whole = self.sink + max(self.recent - chunk_frames, 0)
+        return whole * grid[0] * grid[1] + self.selected * len(pooled_rows(grid, self.pool))
 
     @property
     def fixed_positions(self) -> bool:
@@ -101,7 +118,7 @@ class PackForcing(MemoryPolicy):
 
     def ablation_hparams(self) -> dict[str, object]:
         return {**super().ablation_hparams(), "memory/selected": self.selected, "memory/recent": self.recent,
-                "memory/mid": self.mid, "memory/pack": self.pack}
+                "memory/mid": self.mid, "memory/pack": self.pack, "memory/pool": self.pool}
 
     def _update_regions(
         self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
@@ -125,9 +142,9 @@ class PackForcing(MemoryPolicy):
         while len(waiting) >= self.pack and not set(waiting[: self.pack]) & set(new_frames):
             group = waiting[: self.pack]
             del waiting[: self.pack]
-            if self.pack > 1:
+            if self.merges_entries():
                 summary = torch.stack([bank.pop(f) for f in group]).mean(0)
-                bank[merge(state, group)] = summary
+                bank[merge(state, group, pool=self.pool)] = summary
         packed = [f for f in sorted(archive) if f not in waiting]
         while len(packed) > self.mid:
             oldest = packed.pop(0)

@@ -44,6 +44,20 @@ class TestDeepForcingAbsolute(PolicyContract):
         return DeepForcing(sink=2, compressed=3, recent=6, position_mode="absolute")
 
 
+class TestDeepForcingTokens(PolicyContract):
+    recent = 3
+
+    def make_policy(self):
+        return DeepForcing(sink=2, compressed=3, recent=6, token_share=0.5, rope_length=14)
+
+
+class TestDeepForcingTokensAbsolute(PolicyContract):
+    recent = 3
+
+    def make_policy(self):
+        return DeepForcing(sink=1, compressed=2, recent=6, token_share=0.34, position_mode="absolute")
+
+
 class TestFadeMem(PolicyContract):
     recent = 3
 
@@ -56,6 +70,20 @@ class TestPackForcing(PolicyContract):
 
     def make_policy(self):
         return PackForcing(sink=1, selected=2, recent=4, mid=5, pack=2, rope_length=10)
+
+
+class TestPackForcingPooled(PolicyContract):
+    recent = 1
+
+    def make_policy(self):
+        return PackForcing(sink=1, selected=2, recent=4, mid=5, pack=2, pool=2, rope_length=10)
+
+
+class TestPackForcingPooledUnpacked(PolicyContract):
+    recent = 1
+
+    def make_policy(self):
+        return PackForcing(sink=0, selected=3, recent=4, mid=6, pack=1, pool=2, rope_length=10)
 
 
 class TestLongLiveRAG(PolicyContract):
