@@ -247,3 +247,53 @@ def test_oracle_without_the_future_is_refused():
     policy = Oracle()
     with pytest.raises(ValueError, match="Oracle.inform"):
         policy.commit(policy.new_state(2))
+
+
+def test_token_level_compression_keeps_the_top_tokens_over_at_most_compressed_frames():
+    tokens = 6
+    favourite = {(3, 1), (3, 4), (5, 0), (6, 2), (7, 5)}  # (frame, row) the queries keep attending to
+
+    def attention(view):
+        mass = torch.ones(len(view.frames), tokens)
+        for j, frame in enumerate(view.frames):
+            for row in range(tokens):
+                if (frame, row) in favourite:
+                    mass[j, row] = 50.0 + frame  # newer favourites rank first
+        return mass / mass.sum()
+
+    policy = DeepForcing(sink=2, compressed=3, recent=4, token_share=0.25, position_mode="absolute")
+    state = stream(policy, 2, 6, attention=attention)
+    # C = round(0.25 * 3 * 6) = 4 tokens: the favourites of frames 7, 6, 5 fill the 3 frames allowed, so
+    # frame 3's favourites lose to the frame cap; the 4th token is the best left among those frames (a
+    # tie at 1.0, broken to the newest frame's lowest row)
+    assert state.regions["slow"] == [5, 6, 7]
+    assert state.tokens == {5: (0,), 6: (2,), 7: (0, 5)}
+
+
+def test_token_level_compression_never_brings_back_a_dropped_token():
+    policy = DeepForcing(sink=1, compressed=2, recent=4, token_share=0.5, position_mode="absolute")
+    state = policy.new_state(2)
+    held: dict[int, set[int]] = {}
+    for c in range(12):
+        view = policy.read(state)
+        # random attention, so a frame's favourite rows change from chunk to chunk
+        mass = torch.rand(len(view.frames), 4, generator=torch.Generator().manual_seed(c))
+        policy.commit(state, None, mass / mass.sum().clamp_min(1e-6))
+        for entry, rows in state.tokens.items():
+            assert set(rows) <= held.get(entry, set(range(4))), (c, entry, rows)
+        held = {entry: set(rows) for entry, rows in state.tokens.items()}
+
+
+def test_pooled_rows_are_the_centre_cells_of_the_windows():
+    from memory_policies.base import pooled_rows
+
+    assert pooled_rows((4, 4), 2) == [0, 2, 8, 10]
+    assert pooled_rows((4, 4), 3) == [5, 7, 13, 15]  # edge windows are cut by the grid
+    assert pooled_rows((3, 3), 1) == list(range(9))
+    assert pooled_rows((3, 3), 3) == [4]
+
+
+def test_pooled_pack_forcing_counts_a_quarter_frame_per_mid_entry():
+    policy = PackForcing(sink=2, selected=4, recent=4, mid=8, pack=2, pool=2)
+    assert policy.token_budget(2, (4, 4)) == (2 + 2) * 16 + 4 * 4
+    assert PackForcing(sink=2, selected=4, recent=4).token_budget(2, (4, 4)) == 8 * 16
