@@ -14,7 +14,16 @@ from cf_lightning.models import build_wan
 from cf_lightning.models.attention_stats import frame_attention
 from cf_lightning.models.kv_memory import KVMemory
 from cf_lightning.models.masks import teacher_forcing_layout
-from memory_policies import DeepForcing, FadeMem, LongLiveRAG, MemoryPolicy, Oracle, PackForcing
+from memory_policies import (
+    DeepForcing,
+    FadeMem,
+    InfinityRoPE,
+    LongLiveRAG,
+    MemoryPolicy,
+    Oracle,
+    PackForcing,
+    RollingSink,
+)
 from tests.models.test_streaming import B, H, W, full_forward, inputs, stream
 
 CHUNK, FRAMES = 2, 12
@@ -185,7 +194,10 @@ def test_merging_policies_refuse_rotated_storage():
     LongLiveRAG(sink=1, retrieved=3, recent=4, archive=6, rope_length=10),
     DeepForcing(sink=2, compressed=3, recent=4, token_share=0.5, rope_length=11),
     PackForcing(sink=1, selected=2, recent=4, mid=4, pack=2, pool=2, rope_length=10),
-], ids=["deep_forcing", "fade_mem", "pack_forcing", "longlive_rag", "deep_forcing_tokens", "pack_forcing_pooled"])
+    InfinityRoPE(sink=1, recent=6, rope_length=10),
+    RollingSink(sink=1, recent=4, pool=4, roll_every=2, rope_length=10),
+], ids=["deep_forcing", "fade_mem", "pack_forcing", "longlive_rag", "deep_forcing_tokens", "pack_forcing_pooled",
+        "infinity_rope", "rolling_sink"])
 @torch.no_grad()
 def test_zoo_policies_stream_within_their_budget(model, policy):
     clean, noisy, context = inputs(24, seed=9)
