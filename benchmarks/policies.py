@@ -87,7 +87,8 @@ def zoo(budget: int, chunk: int, trained: SlowFast) -> dict[str, MemoryPolicy]:
         "deep_forcing": DeepForcing(sink=deep_sink, compressed=compressed, recent=RECENT, rope_length=rope),
         # top-C tokens: the compressed frames' tokens over twice the frames, so positions reach past rope
         "deep_forcing_tokens": DeepForcing(
-            sink=deep_sink, compressed=2 * compressed, recent=RECENT, token_share=0.5, rope_length=rope + compressed
+            sink=deep_sink, compressed=2 * compressed, recent=RECENT, token_share=0.5,
+            rope_length=rope + compressed,
         ),
         "fade_mem": FadeMem(sink=SINK, entries=mid, recent=RECENT, rope_length=rope),
         "pack_forcing": PackForcing(
@@ -226,7 +227,8 @@ def table(results: dict[int, dict[str, dict[str, object]]], edges: list[int]) ->
             lines.append(
                 f"| {name} | {100 * float(r['memory_recall']):.0f} % | {r['effective_context']} | "
                 f"{r['effective_context_0.9']} | {r['auc']:.3f} | "
-                f"{share} | {r['chunk_ms']:.1f} | {100 * float(r['bookkeeping']):.1f} % | {storage} | {tokens} | "
+                f"{share} | {r['chunk_ms']:.1f} | {100 * float(r['bookkeeping']):.1f} % | {storage} | "
+                f"{tokens} | "
                 f"{ratios} |"
             )
     return "\n".join(lines) + "\n"

@@ -30,19 +30,13 @@ from __future__ import annotations
 
 import torch
 
-from memory_policies.base import (
-    AttentionSpec,
-    MemoryPolicy,
-    MemoryState,
-    PositionMode,
-    check_recent_window,
-    recent_frames,
-)
+from memory_policies.base import AttentionSpec, MemoryState, PositionMode
 from memory_policies.registry import register_policy
+from memory_policies.windowed import WindowedPolicy
 
 
 @register_policy("deep_forcing")
-class DeepForcing(MemoryPolicy):
+class DeepForcing(WindowedPolicy):
     """Deep sink (re-aligned) + top-``compressed`` frames by recent attention + ``recent`` window.
 
     Args:
@@ -57,8 +51,9 @@ class DeepForcing(MemoryPolicy):
     """
 
     def __init__(self, sink: int = 4, compressed: int = 2, recent: int = 4, attention_layer: int = 0,
-                 position_mode: PositionMode = "bounded", rope_length: int = 21, token_share: float = 1.0) -> None:
-        super().__init__(sink=sink, position_mode=position_mode, rope_length=rope_length)
+                 position_mode: PositionMode = "bounded", rope_length: int = 21,
+                 token_share: float = 1.0) -> None:
+        super().__init__(sink=sink, recent=recent, position_mode=position_mode, rope_length=rope_length)
         if compressed < 0 or recent < 1:
             raise ValueError(
                 f"need compressed >= 0 and recent >= 1, got compressed={compressed}, recent={recent}"
@@ -66,12 +61,11 @@ class DeepForcing(MemoryPolicy):
         if not 0.0 < token_share <= 1.0:
             raise ValueError(f"token_share is the share of tokens kept, in (0, 1]; got {token_share}")
         self.compressed = compressed
-        self.recent = recent
         self.attention_layer = attention_layer
         self.token_share = token_share
 
-    def budget(self, chunk_frames: int) -> int:
-        return self.sink + self.compressed + max(self.recent - chunk_frames, 0)
+    def region_size(self) -> int:
+        return self.compressed
 
     def attention_spec(self) -> AttentionSpec:
         return AttentionSpec(self.attention_layer, per_token=self.keeps_sub_frames())
@@ -88,15 +82,10 @@ class DeepForcing(MemoryPolicy):
         """C, the tokens the compressed region keeps."""
         return round(self.token_share * self.compressed * tokens_per_frame)
 
-    def validate(self, chunk_frames: int) -> None:
-        check_recent_window("recent", self.recent, chunk_frames)
-        super().validate(chunk_frames)
-
     def ablation_hparams(self) -> dict[str, object]:
         return {
             **super().ablation_hparams(),
             "memory/compressed": self.compressed,
-            "memory/recent": self.recent,
             "memory/attention_layer": self.attention_layer,
             "memory/token_share": self.token_share,
         }
@@ -106,7 +95,7 @@ class DeepForcing(MemoryPolicy):
     ) -> None:
         sink = set(state.regions["sink"])
         leaving = [f for f in state.regions["fast"] if f not in sink]
-        state.regions["fast"] = recent_frames(new_frames, self.recent - state.chunk_frames)
+        self._slide_window(state, new_frames)
         fast = set(state.regions["fast"])
         candidates = {f for f in state.regions["slow"] + leaving if f not in fast and f not in sink}
         if self.keeps_sub_frames():

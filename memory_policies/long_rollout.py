@@ -38,37 +38,28 @@ from __future__ import annotations
 
 import torch
 
-from memory_policies.base import ARCHIVE, MemoryPolicy, MemoryState, check_recent_window, recent_frames
+from memory_policies.base import ARCHIVE, MemoryState
 from memory_policies.registry import register_policy
+from memory_policies.windowed import WindowedPolicy
 
 
-class _SinkWindow(MemoryPolicy):
-    """Sink plus a ``recent`` window (the query chunk included); positions move every chunk."""
+class _SinkWindow(WindowedPolicy):
+    """Sink plus a ``recent`` window (the query chunk included), no region of its own; positions move
+    every chunk."""
 
     def __init__(self, sink: int, recent: int, rope_length: int) -> None:
-        super().__init__(sink=sink, position_mode="bounded", rope_length=rope_length)
+        super().__init__(sink=sink, recent=recent, rope_length=rope_length)
         if recent < 1:
             raise ValueError(f"recent must be >= 1, got {recent}")
-        self.recent = recent
-
-    def budget(self, chunk_frames: int) -> int:
-        return self.sink + max(self.recent - chunk_frames, 0)
 
     @property
     def fixed_positions(self) -> bool:
         return False  # relative positions move with the present
 
-    def validate(self, chunk_frames: int) -> None:
-        check_recent_window("recent", self.recent, chunk_frames)
-        super().validate(chunk_frames)
-
-    def ablation_hparams(self) -> dict[str, object]:
-        return {**super().ablation_hparams(), "memory/recent": self.recent}
-
     def _update_regions(
         self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
     ) -> None:
-        state.regions["fast"] = recent_frames(new_frames, self.recent - state.chunk_frames)
+        self._slide_window(state, new_frames)
 
 
 @register_policy("infinity_rope")
@@ -109,8 +100,8 @@ class RollingSink(_SinkWindow):
                  rope_length: int = 21) -> None:
         super().__init__(sink=sink, recent=recent, rope_length=rope_length)
         if pool < sink or roll_every < 0 or (sink and pool % sink):
-            raise ValueError(f"need pool >= sink, pool a multiple of sink (the sink rolls by whole sinks) and "
-                             f"roll_every >= 0; got pool={pool}, sink={sink}, roll_every={roll_every}")
+            raise ValueError(f"need pool >= sink, pool a multiple of sink (the sink rolls by whole sinks) "
+                             f"and roll_every >= 0; got pool={pool}, sink={sink}, roll_every={roll_every}")
         self.pool = pool
         self.roll_every = roll_every
 

@@ -31,22 +31,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memory_policies.base import (
-    ARCHIVE,
-    pooled_rows,
-    MemoryPolicy,
-    MemoryState,
-    SummaryReduce,
-    SummarySpec,
-    check_recent_window,
-    recent_frames,
-)
+from memory_policies.base import ARCHIVE, MemoryState, SummaryReduce, SummarySpec, pooled_rows
 from memory_policies.merging import merge
 from memory_policies.registry import register_policy
+from memory_policies.windowed import WindowedPolicy
 
 
 @register_policy("pack_forcing")
-class PackForcing(MemoryPolicy):
+class PackForcing(WindowedPolicy):
     """Sink + top-``selected`` of ``mid`` packed entries (``pack`` frames each) + ``recent`` window.
 
     Args:
@@ -71,22 +63,21 @@ class PackForcing(MemoryPolicy):
         rope_length: int = 21,
         pool: int = 1,
     ) -> None:
-        super().__init__(sink=sink, position_mode="bounded", rope_length=rope_length)
+        super().__init__(sink=sink, recent=recent, rope_length=rope_length)
         if selected < 0 or recent < 1 or mid < selected or pack < 1 or pool < 1:
             raise ValueError(
-                f"need selected >= 0, recent >= 1, mid >= selected, pack >= 1, pool >= 1; got selected={selected}, "
-                f"recent={recent}, mid={mid}, pack={pack}, pool={pool}"
+                f"need selected >= 0, recent >= 1, mid >= selected, pack >= 1, pool >= 1; got "
+                f"selected={selected}, recent={recent}, mid={mid}, pack={pack}, pool={pool}"
             )
         self.selected = selected
-        self.recent = recent
         self.mid = mid
         self.pack = pack
         self.pool = pool
         self.summary: SummaryReduce = summary
         self.summary_layer = summary_layer
 
-    def budget(self, chunk_frames: int) -> int:
-        return self.sink + self.selected + max(self.recent - chunk_frames, 0)
+    def region_size(self) -> int:
+        return self.selected
 
     def storage(self, chunk_frames: int) -> int:
         # packed entries, plus up to pack - 1 + chunk_frames frames waiting to be packed
@@ -112,13 +103,9 @@ class PackForcing(MemoryPolicy):
     def fixed_positions(self) -> bool:
         return False  # bounded positions move with the memory's contents
 
-    def validate(self, chunk_frames: int) -> None:
-        check_recent_window("recent", self.recent, chunk_frames)
-        super().validate(chunk_frames)
-
     def ablation_hparams(self) -> dict[str, object]:
-        return {**super().ablation_hparams(), "memory/selected": self.selected, "memory/recent": self.recent,
-                "memory/mid": self.mid, "memory/pack": self.pack, "memory/pool": self.pool}
+        return {**super().ablation_hparams(), "memory/selected": self.selected, "memory/mid": self.mid,
+                "memory/pack": self.pack, "memory/pool": self.pool}
 
     def _update_regions(
         self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
@@ -129,7 +116,7 @@ class PackForcing(MemoryPolicy):
         sink = set(state.regions["sink"])
         bank.update({f: s.detach().float().flatten() for f, s in zip(new_frames, summaries) if f not in sink})
         previous_fast = [f for f in state.regions["fast"] if f not in sink]
-        state.regions["fast"] = recent_frames(new_frames, self.recent - state.chunk_frames)
+        self._slide_window(state, new_frames)
         fast = set(state.regions["fast"])
         archive = state.regions[ARCHIVE]
         # Frames out of the recent window wait in storage until `pack` adjacent ones were all stored

@@ -74,7 +74,9 @@ class PolicyContract:
         rows = torch.sin(phase + torch.arange(tokens)).softmax(-1)
         return frames[:, None] * rows
 
-    def statistics(self, policy: MemoryPolicy, view: MemoryView, summaries: torch.Tensor) -> torch.Tensor | None:
+    def statistics(
+        self, policy: MemoryPolicy, view: MemoryView, summaries: torch.Tensor
+    ) -> torch.Tensor | None:
         """The attention statistics ``policy`` asks for at a commit, or None."""
         spec = policy.attention_spec()
         if spec is None:
@@ -90,7 +92,8 @@ class PolicyContract:
         for c in range(NUM_CHUNKS):
             view = policy.read(state)
             yield state, view
-            policy.commit(state, summaries[c * chunk:(c + 1) * chunk], self.statistics(policy, view, summaries))
+            statistics = self.statistics(policy, view, summaries)
+            policy.commit(state, summaries[c * chunk:(c + 1) * chunk], statistics)
 
     def test_budget_never_exceeded(self) -> None:
         policy = self.make_policy()
@@ -199,7 +202,9 @@ class PolicyContract:
             summaries = self.summaries(num_frames)
             fresh = policy.new_state(chunk)
             self.prepare(fresh)
-            attention = partial(self.statistics, policy, summaries=summaries) if policy.attention_spec() else None
+            attention = (
+                partial(self.statistics, policy, summaries=summaries) if policy.attention_spec() else None
+            )
             mask = policy.frame_mask(num_frames, chunk, summaries, attention, fresh)
             for c, (_, view) in enumerate(self.stream(policy, chunk)):
                 for i in range(c * chunk, (c + 1) * chunk):

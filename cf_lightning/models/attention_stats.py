@@ -54,7 +54,8 @@ def frame_attention(queries: torch.Tensor, memory_keys: torch.Tensor, chunk_keys
     keys = torch.cat([memory_keys, chunk_keys.to(memory_keys.dtype)], dim=1).float()
     logits = torch.einsum("bqhd,bkhd->bhqk", queries.float(), keys) * queries.shape[-1] ** -0.5
     if memory_valid is not None:
-        valid = torch.cat([memory_valid, memory_valid.new_ones(chunk_keys.shape[0], chunk_keys.shape[1])], dim=1)
+        chunk_valid = memory_valid.new_ones(chunk_keys.shape[0], chunk_keys.shape[1])
+        valid = torch.cat([memory_valid, chunk_valid], dim=1)
         logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
     mass = logits.softmax(-1).mean(dim=(1, 2))  # [B, memory + chunk tokens]
     per_row = mass[:, :memory_keys.shape[1]].unflatten(1, (-1, tokens_per_frame))

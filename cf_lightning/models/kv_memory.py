@@ -82,7 +82,9 @@ class KVMemory:
                  dtype: torch.dtype = torch.float32, cache_reads: bool = True,
                  store_rotated: bool | None = None, grid: tuple[int, int] | None = None) -> None:
         if grid is not None and grid[0] * grid[1] != tokens_per_frame:
-            raise ValueError(f"grid {grid} holds {grid[0] * grid[1]} tokens, not tokens_per_frame={tokens_per_frame}")
+            raise ValueError(
+                f"grid {grid} holds {grid[0] * grid[1]} tokens, not tokens_per_frame={tokens_per_frame}"
+            )
         if store_rotated and not policy.fixed_positions:
             raise ValueError(f"store_rotated=True needs fixed positions, but {type(policy).__name__} uses "
                              f"position_mode={policy.position_mode!r}; allowed with position_mode='absolute'")
@@ -256,7 +258,8 @@ class KVMemory:
             before = self._rows[b].get(entry)
             if before is not None and not set(kept) <= set(before):
                 raise ValueError(f"{type(self.policy).__name__} gave entry {entry} token rows "
-                                 f"{sorted(set(kept) - set(before))} it no longer holds; a kept set can only shrink")
+                                 f"{sorted(set(kept) - set(before))} it no longer holds; a kept set can only "
+                                 "shrink")
             if not kept or min(kept) < 0 or max(kept) >= self.tokens_per_frame:
                 raise ValueError(f"entry {entry} must keep >= 1 token rows in [0, {self.tokens_per_frame}), "
                                  f"got {list(kept)}")
@@ -264,8 +267,8 @@ class KVMemory:
 
     def _grid_for(self, pool: int) -> tuple[int, int]:
         if self.grid is None:
-            raise ValueError(f"{type(self.policy).__name__} pools entries {pool}x{pool}, which needs the token "
-                             "grid: build the memory with grid=(h, w) (WanModel.new_memory does)")
+            raise ValueError(f"{type(self.policy).__name__} pools entries {pool}x{pool}, which needs the "
+                             "token grid: build the memory with grid=(h, w) (WanModel.new_memory does)")
         return self.grid
 
     def _merge(self, b: int, state: MemoryState) -> None:

@@ -352,7 +352,7 @@ class WanModel(nn.Module):
         return h * w
 
     def _latent_grid(self, latent_hw: tuple[int, int] | torch.Size) -> tuple[int, int]:
-        """Token grid ``(h, w)`` of latents of size ``latent_hw`` (checks that the patch size divides them)."""
+        """Token grid ``(h, w)`` of latents of size ``latent_hw`` (checks that the patch size divides it)."""
         _, ph, pw = self.config.patch_size
         h, w = latent_hw
         if h % ph or w % pw:
@@ -511,7 +511,8 @@ class WanModel(nn.Module):
         spec = memory.policy.attention_spec()
         assert spec is not None  # attention_input is only captured for such policies
         if read.num_frames == 0:
-            return x.new_zeros(x.shape[0], 0, *((self.tokens_per_frame(x.shape[-2:]),) if spec.per_token else ()))
+            rows = (self.tokens_per_frame(x.shape[-2:]),) if spec.per_token else ()
+            return x.new_zeros(x.shape[0], 0, *rows)
         grid = self._grid(x)
         attn = self.blocks[spec.layer].self_attn
         queries = attn.norm_q(attn.q(attention_input[-1])).unflatten(-1, (attn.num_heads, -1))

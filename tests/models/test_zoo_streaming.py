@@ -196,8 +196,8 @@ def test_merging_policies_refuse_rotated_storage():
     PackForcing(sink=1, selected=2, recent=4, mid=4, pack=2, pool=2, rope_length=10),
     InfinityRoPE(sink=1, recent=6, rope_length=10),
     RollingSink(sink=1, recent=4, pool=4, roll_every=2, rope_length=10),
-], ids=["deep_forcing", "fade_mem", "pack_forcing", "longlive_rag", "deep_forcing_tokens", "pack_forcing_pooled",
-        "infinity_rope", "rolling_sink"])
+], ids=["deep_forcing", "fade_mem", "pack_forcing", "longlive_rag", "deep_forcing_tokens",
+        "pack_forcing_pooled", "infinity_rope", "rolling_sink"])
 @torch.no_grad()
 def test_zoo_policies_stream_within_their_budget(model, policy):
     clean, noisy, context = inputs(24, seed=9)

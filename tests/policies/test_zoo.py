@@ -111,7 +111,8 @@ class TestOracle(PolicyContract):
 
 
 @pytest.mark.parametrize(
-    "name", ["deep_forcing", "fade_mem", "pack_forcing", "longlive_rag", "oracle", "infinity_rope", "rolling_sink"]
+    "name",
+    ["deep_forcing", "fade_mem", "pack_forcing", "longlive_rag", "oracle", "infinity_rope", "rolling_sink"],
 )
 def test_zoo_policies_are_registered(name):
     assert build_policy(name).budget(2) is not None
