@@ -8,10 +8,10 @@ import lightning as L
 import pytest
 import torch
 
-from cf_lightning.modules import ContextForcingModule
-from cf_lightning.modules.distill import StepDraws, curriculum_max_chunks
+from cf_lightning.stages import ContextForcingModule
+from cf_lightning.stages.distill import StepDraws, curriculum_max_chunks
 from memory_policies import SlowFast
-from tests.modules.conftest import CHANNELS, TEXT_DIM
+from tests.stages.conftest import CHANNELS, TEXT_DIM
 
 
 def sgd(lr: float):
@@ -70,7 +70,7 @@ def test_generator_moves_its_samples_towards_the_teacher(loader):
     draws = StepDraws(num_chunks=3, exit_step=1, seeds=list(range(100, 104)))
 
     def sample():
-        from cf_lightning.modules.common import batch_condition
+        from cf_lightning.stages.common import batch_condition
 
         with torch.no_grad():
             _, target, _ = module.student_rollout(
@@ -85,7 +85,7 @@ def test_generator_moves_its_samples_towards_the_teacher(loader):
     # what the teacher predicts than to what the critic predicts, relative to before.
     from cf_lightning.diffusion import add_noise, x0_from_velocity
     from cf_lightning.models.context import build_context_sequence
-    from cf_lightning.modules.common import batch_condition
+    from cf_lightning.stages.common import batch_condition
 
     cond = batch_condition(batch)
     sigma = torch.full((4,), 0.5)

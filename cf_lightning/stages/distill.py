@@ -45,7 +45,8 @@ from cf_lightning.models.context import (
     context_layout,
     last_frames,
 )
-from cf_lightning.modules.common import (
+from cf_lightning.rollout import RolloutResult, randn, rollout
+from cf_lightning.stages.common import (
     Condition,
     batch_condition,
     build_backbone,
@@ -53,7 +54,6 @@ from cf_lightning.modules.common import (
     load_backbone_weights,
     optimizer_config,
 )
-from cf_lightning.rollout import RolloutResult, randn, rollout
 from memory_policies import MemoryPolicy, SlowFast
 
 TeacherContext = Literal["memory", "last_n", "none"]

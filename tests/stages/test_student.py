@@ -13,13 +13,13 @@ import torch
 
 from cf_lightning.data import ShardDataModule
 from cf_lightning.diffusion import denoising_sigmas
-from cf_lightning.modules import StudentModule, TeacherModule
-from cf_lightning.modules.common import Condition, batch_condition, load_backbone
+from cf_lightning.stages import StudentModule, TeacherModule
+from cf_lightning.stages.common import Condition, batch_condition, load_backbone
 from memory_policies import SlowFast
 from tests.data.trajectory_shards import CHANNELS as SHARD_CHANNELS
 from tests.data.trajectory_shards import TEXT_DIM as SHARD_TEXT_DIM
 from tests.data.trajectory_shards import save_tiny_teacher, write_trajectory_shards
-from tests.modules.conftest import CHANNELS, TEXT_DIM
+from tests.stages.conftest import CHANNELS, TEXT_DIM
 
 POLICY = {"sink": 1, "slow": 2, "fast": 4, "admission": "uniform", "rope_length": 7}
 

@@ -36,7 +36,7 @@ from cf_lightning.diffusion import (
 from cf_lightning.ema import EMA
 from cf_lightning.models import WanModel, teacher_forcing_mask
 from cf_lightning.models.attention import Backend
-from cf_lightning.modules.common import (
+from cf_lightning.stages.common import (
     Condition,
     EMAAfterStep,
     batch_condition,
