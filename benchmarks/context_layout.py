@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from recipe_world import add_world_arguments, held_out
 
-from cf_lightning.cli import load_recipe
 from cf_lightning.diffusion import euler_sample, guided, sampling_sigmas
 from cf_lightning.models import WanModel
 from cf_lightning.models.checkpoint import load_wan
 from cf_lightning.models.context import PositionFn, build_context_sequence, context_layout
-from cf_lightning.modules.common import batch_condition
+from cf_lightning.recipe import load_recipe
+from cf_lightning.stages.common import batch_condition
 from memory_policies import MemoryPolicy, SlowFast
 
 STUDENT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "student_init.yaml"

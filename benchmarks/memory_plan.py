@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from cf_lightning.cli import load_recipe
 from cf_lightning.lora import inject_lora
 from cf_lightning.models import WanConfig, WanModel
+from cf_lightning.recipe import load_recipe
 from memory_policies.registry import build_policy
 
 GIB = 1024**3

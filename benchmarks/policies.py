@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 from recipe_world import RECIPE, add_world_arguments, held_out
 
-from cf_lightning.cli import load_recipe
 from cf_lightning.memory_timeline import TimelineRecorder, revisit_recall
 from cf_lightning.metrics import RevisitError
 from cf_lightning.models import WanModel
-from cf_lightning.modules import ContextForcingModule
-from cf_lightning.modules.common import Condition, batch_condition
+from cf_lightning.recipe import load_recipe
 from cf_lightning.rollout import randn, rollout
+from cf_lightning.stages import ContextForcingModule
+from cf_lightning.stages.common import Condition, batch_condition
 from memory_policies import (
     DeepForcing,
     FadeMem,

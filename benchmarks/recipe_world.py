@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cf_lightning.cli import load_recipe
 from cf_lightning.codecs import build_codec
 from cf_lightning.data import RevisitWorldConfig
 from cf_lightning.data.datamodules import RevisitWorldDataModule
+from cf_lightning.recipe import load_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "slowfast.yaml"
 

@@ -21,8 +21,8 @@ from recipe_world import add_world_arguments, held_out
 
 from cf_lightning.data.datamodules import RevisitWorldDataModule
 from cf_lightning.metrics import RevisitError
-from cf_lightning.modules import ContextForcingModule
-from cf_lightning.modules.common import Condition, batch_condition
+from cf_lightning.stages import ContextForcingModule
+from cf_lightning.stages.common import Condition, batch_condition
 
 EDGES = [0, 8, 16, 32, 96]
 

@@ -535,8 +535,8 @@ def _patch_policy(policy: MemoryPolicy, timer: Timers) -> Iterator[None]:
 
 # ------------------------------------------------------------------------------------------------ train
 def bench_train(bench: Bench) -> None:
-    from cf_lightning.modules import ContextForcingModule
-    from cf_lightning.modules.distill import StepDraws
+    from cf_lightning.stages import ContextForcingModule
+    from cf_lightning.stages.distill import StepDraws
 
     args = bench.args
     config = bench.model.config

@@ -37,8 +37,8 @@ from cf_lightning.data.video_io import read_video, resize_center_crop
 from cf_lightning.diffusion import denoising_sigmas
 from cf_lightning.models import WanModel
 from cf_lightning.models.checkpoint import load_wan
-from cf_lightning.modules.common import Condition, batch_condition
 from cf_lightning.rollout import rollout
+from cf_lightning.stages.common import Condition, batch_condition
 from cf_lightning.text import TextEncoder, build_text_encoder
 from memory_policies import MemoryState, SlowFast
 

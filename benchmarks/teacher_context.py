@@ -22,7 +22,7 @@ from cf_lightning.diffusion import euler_sample, guided, sampling_sigmas
 from cf_lightning.models import WanModel
 from cf_lightning.models.checkpoint import load_wan
 from cf_lightning.models.context import build_context_sequence
-from cf_lightning.modules.common import batch_condition
+from cf_lightning.stages.common import batch_condition
 
 TARGET = 4  # latent frames (2 chunks of 2)
 CONTEXTS = ("none", "recent", "recent+first_visit")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cf_lightning.cli import main as cf_fit
-from cf_lightning.export import export_backbone
+from cf_lightning.cli.export import export_backbone
+from cf_lightning.cli.fit import main as cf_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("context_teacher", "student_init")

@@ -39,7 +39,7 @@ def launch(
     command = [
         sys.executable,
         "-m",
-        "cf_lightning.cli",
+        "cf_lightning.cli.fit",
         "fit",
         *args,
         *extra,

@@ -11,11 +11,11 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 from tensorboard.plugins.hparams import metadata
 from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hparams_limit
 
-from cf_lightning.ablate import load_variants
-from cf_lightning.ablate import main as ablate
-from cf_lightning.cli import main as cf_fit
+from cf_lightning.cli.ablate import load_variants
+from cf_lightning.cli.ablate import main as ablate
+from cf_lightning.cli.fit import main as cf_fit
+from cf_lightning.cli.generate import parse_policy
 from cf_lightning.eval_report import SystemResult
-from cf_lightning.generate import parse_policy
 from tests.cli_helpers import RECIPES, TINY_DISTILL
 
 

@@ -15,7 +15,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrateg
 from omegaconf.errors import InterpolationKeyError
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cf_lightning.cli import main
+from cf_lightning.cli.fit import main
 from cf_lightning.codecs import build_codec
 from tests.cli_helpers import RECIPES, TINY_DATA, TINY_DISTILL, logged
 

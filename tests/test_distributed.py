@@ -25,8 +25,8 @@ BATCH = 4
 
 
 def build():
-    from cf_lightning.modules import ContextForcingModule
-    from tests.modules.conftest import CHANNELS, TEXT_DIM
+    from cf_lightning.stages import ContextForcingModule
+    from tests.stages.conftest import CHANNELS, TEXT_DIM
 
     torch.manual_seed(0)
     return ContextForcingModule(
@@ -45,7 +45,7 @@ class RankRows(L.LightningDataModule):
         self.per_rank = per_rank
 
     def train_dataloader(self) -> DataLoader:
-        from tests.modules.conftest import RandomClips
+        from tests.stages.conftest import RandomClips
 
         clips = RandomClips(num=BATCH, frames=10)
         rank = self.trainer.global_rank

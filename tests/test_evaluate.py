@@ -10,11 +10,11 @@ import torch
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import metadata
 
+from cf_lightning.cli.evaluate import main as cf_eval
+from cf_lightning.cli.evaluate import option_value, read_prompts
 from cf_lightning.data.video_write import write_mp4
 from cf_lightning.eval_report import SystemResult, markdown_tables
 from cf_lightning.eval_report import main as compare
-from cf_lightning.evaluate import main as cf_eval
-from cf_lightning.evaluate import option_value, read_prompts
 from tests.metrics.tiny_models import tiny_clip, tiny_dinov2
 from tests.test_generate import WORLD, tiny_checkpoint
 

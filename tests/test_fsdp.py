@@ -26,9 +26,9 @@ HALF_STEPS = {"distill": 2, "teacher": 1}
 
 
 def build(kind: str) -> L.LightningModule:
-    from cf_lightning.modules import ContextForcingModule, TeacherModule
+    from cf_lightning.stages import ContextForcingModule, TeacherModule
     from memory_policies import SlowFast
-    from tests.modules.conftest import CHANNELS, TEXT_DIM
+    from tests.stages.conftest import CHANNELS, TEXT_DIM
 
     torch.manual_seed(0)
     policy = SlowFast(sink=1, slow=2, fast=4, threshold=0.9, interval=1, rope_length=7)
@@ -126,8 +126,8 @@ def test_lightning_fsdp1_refuses_cpu():
 
 
 def test_fsdp2_two_processes_match_one_process_through_a_sharded_checkpoint(tmp_path, monkeypatch):
+    from cf_lightning.cli.export import export_backbone
     from cf_lightning.distributed import is_sharded_checkpoint
-    from cf_lightning.export import export_backbone
     from cf_lightning.models.checkpoint import load_wan
 
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT"):

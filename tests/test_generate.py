@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cf_lightning.generate import main as cf_gen
+from cf_lightning.cli.generate import main as cf_gen
 from cf_lightning.inference import (
     Conditions,
     InferencePreset,
@@ -22,7 +22,7 @@ from cf_lightning.inference import (
     stream_chunks,
 )
 from cf_lightning.models import build_wan
-from cf_lightning.modules import ContextForcingModule
+from cf_lightning.stages import ContextForcingModule
 from memory_policies import SlidingWindow, SlowFast
 
 POLICY = SlowFast(sink=1, slow=2, fast=4, threshold=0.9, interval=1, rope_length=7)

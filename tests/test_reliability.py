@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader
 from cf_lightning.data.datamodules import RevisitWorldDataModule, ShardDataModule
 from cf_lightning.models import build_wan
 from cf_lightning.models.checkpoint import save_wan
-from cf_lightning.modules import ContextForcingModule, TeacherModule
-from cf_lightning.modules.common import load_backbone_weights
+from cf_lightning.stages import ContextForcingModule, TeacherModule
+from cf_lightning.stages.common import load_backbone_weights
 from memory_policies import SlowFast, build_policy
-from tests.modules.conftest import CHANNELS, TEXT_DIM, RandomClips
+from tests.stages.conftest import CHANNELS, TEXT_DIM, RandomClips
 
 
 def test_unknown_policy_name_lists_the_allowed_ones():

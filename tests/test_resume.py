@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from cf_lightning.cli import main
+from cf_lightning.cli.fit import main
 from tests.cli_helpers import RECIPES, ROOT, TINY_DATA, TINY_DISTILL
 
 EVERY = 3  # batches between checkpoints
@@ -96,7 +96,7 @@ def run_until_killed(cmd: list[str], log: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log, "wb") as out:
-        code = subprocess.run([sys.executable, "-m", "cf_lightning.cli", *cmd],
+        code = subprocess.run([sys.executable, "-m", "cf_lightning.cli.fit", *cmd],
                               cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
     assert code == -signal.SIGKILL, f"the run was not killed (exit code {code}):\n{log.read_text()[-3000:]}"
 
@@ -176,7 +176,7 @@ def test_stage_2_refuses_a_stage_1_checkpoint(tmp_path):
     student = next((tmp_path / "s1").rglob("*.ckpt"))
     stage_2 = ["fit", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, "--trainer.logger", "false",
                "--trainer.callbacks", "[]", "--trainer.default_root_dir", str(tmp_path / "s2")]
-    expected = r"written by cf_lightning\.modules\.StudentModule, but this run trains .*ContextForcingModule"
+    expected = r"written by cf_lightning\.stages\.StudentModule, but this run trains .*ContextForcingModule"
     with pytest.raises(ValueError, match=expected):
         main([*stage_2, "--ckpt_path", str(student)])
     (tmp_path / "s2" / "checkpoints").mkdir(parents=True)

@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from cf_lightning.cli import main as cf_fit
-from cf_lightning.data.cli import main as cf_data
-from cf_lightning.export import export_backbone
+from cf_lightning.cli.data import main as cf_data
+from cf_lightning.cli.export import export_backbone
+from cf_lightning.cli.fit import main as cf_fit
 from cf_lightning.models import WanConfig, WanModel
 from cf_lightning.models.checkpoint import load_wan, save_wan
 from tests.cli_helpers import RECIPES

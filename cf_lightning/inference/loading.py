@@ -46,7 +46,7 @@ def load_generator(path: str | Path, live: bool = False, use_ema: bool = False,
     Self-Forcing-style ``.pt`` (their EMA, which such files keep under another name). ``config`` is for
     Wan checkpoints that carry none and are not a released size (``.pt`` files ship without one).
     """
-    from cf_lightning.modules.common import backbone_from_run, read_lightning_checkpoint
+    from cf_lightning.stages.common import backbone_from_run, read_lightning_checkpoint
 
     source = Path(path)
     if not source.exists():

@@ -15,7 +15,7 @@ from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hpar
 
 from cf_lightning.callbacks import AblationDashboard, gif_summary, log_ablation_hparams, log_video
 from cf_lightning.callbacks.tensorboard import LEAD_COLUMNS
-from cf_lightning.modules import ContextForcingModule
+from cf_lightning.stages import ContextForcingModule
 
 POLICIES = {"SlowFast": 0.25, "SlidingWindow": 0.75}  # policy -> its fake val/recon
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from cf_lightning.cli.data import main
 from cf_lightning.codecs import PixelCodec, unit_to_uint8
 from cf_lightning.data import RevisitWorldConfig, ShardDataModule, generate_video
-from cf_lightning.data.cli import main
 from cf_lightning.text import HashTextEncoder
 
 WORLD_ARGS = [

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cf_lightning.cli.data import main
 from cf_lightning.data import ShardDataModule
-from cf_lightning.data.cli import main
 from cf_lightning.data.prompts import load_negative_prompt, read_prompts
 from cf_lightning.text import HashTextEncoder
 

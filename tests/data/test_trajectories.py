@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cf_lightning.cli.data import main
 from cf_lightning.data import ShardDataModule, ShardSkipWarning, generate_video, latent_truth
-from cf_lightning.data.cli import main
 from cf_lightning.data.prompts import load_negative_prompt, save_negative_prompt
 from cf_lightning.diffusion import cfg_velocity, denoising_sigmas, euler_sample, sampling_sigmas
 from cf_lightning.text import HashTextEncoder
@@ -196,7 +196,7 @@ def test_a_teacher_of_other_sizes_is_refused_naming_them(tmp_path: Path, capsys)
 def test_student_ode_recipe_trains_on_the_command_output(
     tmp_path: Path, teacher_path: Path, monkeypatch
 ) -> None:
-    from cf_lightning.cli import main as cf_fit
+    from cf_lightning.cli.fit import main as cf_fit
     from tests.cli_helpers import RECIPES, logged
 
     monkeypatch.setattr("sys.argv", ["cf-fit"])

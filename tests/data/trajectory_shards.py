@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from cf_lightning.cli.data import main
 from cf_lightning.data import RevisitWorldConfig
-from cf_lightning.data.cli import main
 from cf_lightning.models import WanConfig, WanModel
 from cf_lightning.models.checkpoint import save_wan
 

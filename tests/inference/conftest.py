@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from cf_lightning.models import build_wan
 from cf_lightning.models.checkpoint import save_wan
-from cf_lightning.modules import ContextForcingModule
+from cf_lightning.stages import ContextForcingModule
 from memory_policies import SlidingWindow
 from tests.stand_ins import UMT5_DIM, VAE_CHANNELS, write_umt5, write_wan_vae
 
@@ -56,7 +56,7 @@ def student_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     saved = torch.load(checkpoint, weights_only=False)
     adamw = {"class_path": "torch.optim.AdamW"}
     saved["hyper_parameters"].update(
-        _class_path="cf_lightning.modules.ContextForcingModule",
+        _class_path="cf_lightning.stages.ContextForcingModule",
         memory={"class_path": "sliding_window", "init_args": {"sink": 1, "window": 4}},
         generator_optimizer=adamw,
         critic_optimizer=adamw,

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from cf_lightning.generate import main as cf_gen
+from cf_lightning.cli.generate import main as cf_gen
 from cf_lightning.inference import read_prompt_switches, text_conditions
 from cf_lightning.inference.loading import load_generator
 from cf_lightning.models.checkpoint import save_wan

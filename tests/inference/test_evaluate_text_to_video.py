@@ -3,8 +3,8 @@ scored per timestamp with CLIP-T against each video's own prompt."""
 
 from __future__ import annotations
 
+from cf_lightning.cli.evaluate import main as cf_eval
 from cf_lightning.eval_report import SystemResult
-from cf_lightning.evaluate import main as cf_eval
 from tests.metrics.tiny_models import tiny_clip
 
 SIZE, FRAMES = 32, 6  # 6 latent frames decode to 21 pixel frames: 1.3 s at 16 fps

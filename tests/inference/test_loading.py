@@ -10,7 +10,7 @@ import torch
 from cf_lightning.inference import load_generator
 from cf_lightning.lora import inject_lora, merge_lora
 from cf_lightning.models import build_wan
-from cf_lightning.modules.common import backbone_from_run
+from cf_lightning.stages.common import backbone_from_run
 
 
 def test_a_lora_run_loads_with_its_adapters_folded_in():

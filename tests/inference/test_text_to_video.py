@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from cf_lightning.cli.export import main as cf_export
+from cf_lightning.cli.generate import main as cf_gen
 from cf_lightning.codecs import build_codec
-from cf_lightning.export import main as cf_export
-from cf_lightning.generate import main as cf_gen
 from cf_lightning.inference import (
     ChunkEvent,
     GenerationInterrupted,
@@ -152,7 +152,7 @@ def test_cf_fit_predict_from_a_copied_checkpoint_in_another_folder(
     student_run, wan_release, tmp_path, monkeypatch
 ):
     """LightningCLI predict with the predict recipe streams the same video as cf-gen."""
-    from cf_lightning.cli import main as cf_fit
+    from cf_lightning.cli.fit import main as cf_fit
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -175,7 +175,7 @@ def test_cf_fit_predict_from_a_copied_checkpoint_in_another_folder(
 def test_cf_gen_exits_with_the_signal_code_and_keeps_the_finished_part(student_run, wan_release, tmp_path,
                                                                      monkeypatch, capsys):
     """Ctrl-C (SIGINT) during cf-gen, delivered after the first chunk: exit status 130, a playable mp4."""
-    import cf_lightning.generate as cli
+    import cf_lightning.cli.generate as cli
 
     def interrupt_after_first_chunk(event: ChunkEvent) -> None:
         if event.index == 0:
@@ -200,7 +200,7 @@ def test_cf_gen_exits_with_the_signal_code_and_keeps_the_finished_part(student_r
 
 
 def test_seconds_become_whole_chunks_of_latent_frames(wan_release):
-    from cf_lightning.generate import latent_frames_for
+    from cf_lightning.cli.generate import latent_frames_for
 
     codec = build_codec("wan", path=str(wan_release))
     # 960 frames: 1 + 240 latent frames, rounded up to chunks

@@ -17,7 +17,7 @@ def export_backbone(checkpoint: str | Path, output: str | Path, attribute: str |
     file is read, so a checkpoint copied anywhere exports), and teacher, student and distillation runs
     export alike; ``attribute`` picks a specific backbone (default: the EMA weights).
     """
-    from cf_lightning.modules.common import backbone_from_run, read_lightning_checkpoint
+    from cf_lightning.stages.common import backbone_from_run, read_lightning_checkpoint
 
     if attribute is not None and attribute not in BACKBONE_ATTRIBUTES:
         raise ValueError(

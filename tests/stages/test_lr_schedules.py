@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from cf_lightning.lr_schedules import WarmupCosineLR
-from cf_lightning.modules import ContextForcingModule, StudentModule, TeacherModule
+from cf_lightning.stages import ContextForcingModule, StudentModule, TeacherModule
 from memory_policies import SlowFast
-from tests.modules.conftest import CHANNELS, TEXT_DIM
+from tests.stages.conftest import CHANNELS, TEXT_DIM
 
 SCHEDULE = functools.partial(WarmupCosineLR, warmup_steps=2, total_steps=6, min_ratio=0.1)
 

@@ -42,10 +42,10 @@ import av
 import numpy as np
 import torch
 
+from cf_lightning.cli.generate import main as cf_gen
 from cf_lightning.data.revisit_world import RevisitWorldConfig
 from cf_lightning.data.revisit_world import generate_video as revisit_video
 from cf_lightning.eval_report import SystemResult, log_to_tensorboard, markdown_tables, plot_curves
-from cf_lightning.generate import main as cf_gen
 from cf_lightning.inference import parse_policy
 from cf_lightning.inference.loading import RUN_SUFFIX, saved_policy
 from cf_lightning.metrics import (
@@ -61,7 +61,7 @@ from cf_lightning.metrics import (
     score_video,
 )
 from cf_lightning.metrics.windows import PAPER_WIDTH, parse_timestamps
-from cf_lightning.modules.common import read_lightning_checkpoint
+from cf_lightning.stages.common import read_lightning_checkpoint
 from memory_policies import MemoryPolicy
 
 STAND_IN = "pixel_stats"

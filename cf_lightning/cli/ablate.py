@@ -25,9 +25,9 @@ from pathlib import Path
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cf_lightning.cli import main as cf_fit
+from cf_lightning.cli.evaluate import main as cf_eval
+from cf_lightning.cli.fit import main as cf_fit
 from cf_lightning.eval_report import SCORES_FILE, SystemResult, markdown_tables, plot_curves
-from cf_lightning.evaluate import main as cf_eval
 
 GAP_TAG = re.compile(r"^val/revisit_error/gap_(\d+)-(\d+)$")
 

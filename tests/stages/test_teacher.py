@@ -9,10 +9,10 @@ import torch
 
 from cf_lightning.diffusion import ErrorInjection
 from cf_lightning.models.context import build_context_sequence
-from cf_lightning.modules import TeacherModule
-from cf_lightning.modules.common import Condition
+from cf_lightning.stages import TeacherModule
+from cf_lightning.stages.common import Condition
 from memory_policies import SlowFast
-from tests.modules.conftest import CHANNELS, TEXT_DIM
+from tests.stages.conftest import CHANNELS, TEXT_DIM
 
 
 def make(**overrides) -> TeacherModule:

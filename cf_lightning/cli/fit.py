@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import NoReturn
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
-from omegaconf import OmegaConf
 
+from cf_lightning.recipe import register_resolvers
 from cf_lightning.resume import AUTO, LAST_ALIAS, check_resume, find_run_checkpoint, qualified_name
 from memory_policies import available_policies, load_plugins
 
@@ -30,25 +29,6 @@ class CFArgumentParser(LightningArgumentParser):
         if not listed and "memory" in message and ("class_path" in message or "import path" in message):
             message = f"{message}\nregistered memory policies: {', '.join(available_policies())}"
         super().error(message, ex)
-
-
-#: Arithmetic for recipe interpolations, so a budget is written once: ``rope_length: ${cf.sum:2,4,4}``
-#: or ``clip_frames: ${cf.mul:${model.init_args.max_rollout_chunks},${model.init_args.chunk_frames}}``.
-RESOLVERS = {"cf.sum": lambda *values: sum(values), "cf.mul": lambda *values: math.prod(values)}
-
-
-def register_resolvers() -> None:
-    """Make the ``cf.*`` interpolation resolvers known to OmegaConf (idempotent)."""
-    for name, resolver in RESOLVERS.items():
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_resolver(name, resolver)
-
-
-def load_recipe(path: str | Path) -> dict:
-    """A recipe file as ``cf-fit`` reads it (OmegaConf, ``cf.*`` resolvers, interpolations resolved), for
-    tools that read recipes without parsing them into a run (e.g. ``benchmarks/memory_plan.py``)."""
-    register_resolvers()
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
 
 
 class CFLightningCLI(LightningCLI):
@@ -122,7 +102,7 @@ def main(args: list[str] | None = None) -> None:
     load_plugins()
     register_resolvers()
     import cf_lightning.data.datamodules
-    import cf_lightning.modules  # noqa: F401
+    import cf_lightning.stages  # noqa: F401
 
     CFLightningCLI(
         LightningModule,

@@ -200,7 +200,7 @@ def _text_encoder(args: Namespace) -> TextEncoder | None:
 
 def _trajectories(parser: ArgumentParser, cfg: Namespace) -> int:
     """``cf-data trajectories``: conditions and teacher are checked before anything is integrated."""
-    from cf_lightning.modules.common import load_backbone  # cf_lightning.modules imports Lightning
+    from cf_lightning.stages.common import load_backbone  # cf_lightning.stages imports Lightning
 
     skips = SkipLog()
     try:

@@ -38,7 +38,8 @@ from cf_lightning.models.context import (
     context_layout,
     last_frames,
 )
-from cf_lightning.modules.common import (
+from cf_lightning.rollout import randn
+from cf_lightning.stages.common import (
     Condition,
     EMAAfterStep,
     batch_condition,
@@ -47,7 +48,6 @@ from cf_lightning.modules.common import (
     load_backbone_weights,
     optimizer_config,
 )
-from cf_lightning.rollout import randn
 from memory_policies import MemoryPolicy
 
 ContextMode = Literal["none", "last_n", "policy"]

@@ -45,7 +45,8 @@ from cf_lightning.models.context import (
     context_layout,
     last_frames,
 )
-from cf_lightning.modules.common import (
+from cf_lightning.rollout import RolloutResult, randn, rollout
+from cf_lightning.stages.common import (
     Condition,
     batch_condition,
     build_backbone,
@@ -53,7 +54,6 @@ from cf_lightning.modules.common import (
     load_backbone_weights,
     optimizer_config,
 )
-from cf_lightning.rollout import RolloutResult, randn, rollout
 from memory_policies import MemoryPolicy, SlowFast
 
 TeacherContext = Literal["memory", "last_n", "none"]
@@ -77,6 +77,30 @@ def curriculum_max_chunks(step: int, min_chunks: int, max_chunks: int, ramp_step
     return min_chunks + round((max_chunks - min_chunks) * min(1.0, step / ramp_steps))
 
 
+def revisit_rollout_lengths(first_visit: torch.Tensor, lengths: list[int], target_chunks: int,
+                            chunk_frames: int, older_than: int) -> list[int]:
+    """The rollout lengths (in chunks) whose DMD target window holds a *return* for the most videos.
+
+    A return is a frame whose view differs from the frame before and was first seen more than
+    ``older_than`` frames before the target window begins: only memory beyond a recent window of that
+    size can supply it, so those are the frames where the context teacher's recall becomes the
+    student's gradient. Returns an empty list when no length puts a return in any video's targets.
+    ``first_visit``: ``[B, F]``, the earliest frame showing the same view, -1 on a first view.
+    """
+    frames = first_visit.shape[1]
+    views = torch.where(first_visit >= 0, first_visit, torch.arange(frames))
+    changed = torch.ones_like(first_visit, dtype=torch.bool)
+    changed[:, 1:] = views[:, 1:] != views[:, :-1]
+    scores = []
+    for length in lengths:
+        start, end = (length - target_chunks) * chunk_frames, min(length * chunk_frames, frames)
+        window = first_visit[:, start:end]
+        returns = changed[:, start:end] & (window >= 0) & (window < start - older_than)
+        scores.append(int(returns.any(dim=1).sum()))
+    best = max(scores, default=0)
+    return [n for n, score in zip(lengths, scores) if best > 0 and score == best]
+
+
 class ContextForcingModule(L.LightningModule):
     """Contextual DMD distillation of a causal student (see module docstring).
 
@@ -86,6 +110,10 @@ class ContextForcingModule(L.LightningModule):
         memory: the student's memory policy (also what ``teacher_context: memory`` shows the teacher).
         min_rollout_chunks / max_rollout_chunks / curriculum_steps: rollout-length curriculum in chunks.
         target_chunks: chunks at the end of the rollout that receive the DMD gradient.
+        revisit_targets: fraction of steps whose rollout length is chosen (within the curriculum's
+            range) so that the DMD targets hold a return to a view older than the memory budget, where
+            the batch carries ``first_visit`` (the revisit world does). Drawn uniformly, returns land
+            in the targets rarely, and the student is seldom taught to recall what only memory holds.
         context_positions: layout of the teacher's and critic's ``[context | target]``: ``student``
             (each context frame where the student read it, :meth:`MemoryPolicy.context_positions`),
             ``packed`` (context 0..n-1, the earlier teachers' layout) or ``absolute``.
@@ -125,6 +153,7 @@ class ContextForcingModule(L.LightningModule):
         max_rollout_chunks: int = 8,
         curriculum_steps: int = 0,
         target_chunks: int = 2,
+        revisit_targets: float = 0.0,
         teacher_context: TeacherContext = "memory",
         teacher_context_frames: int = 8,
         short_teacher: bool = False,
@@ -199,14 +228,24 @@ class ContextForcingModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         self._draw_generator.manual_seed(torch.initial_seed())
 
-    def draw(self, batch_size: int) -> StepDraws:
-        """Rollout length, exit step and per-video seeds: drawn on rank 0, broadcast to all ranks."""
+    def draw(self, batch_size: int, first_visit: torch.Tensor | None = None) -> StepDraws:
+        """Rollout length, exit step and per-video seeds: drawn on rank 0 (from rank 0's ``first_visit``
+        with ``revisit_targets``), broadcast to all ranks."""
         h = self.hparams
         longest = curriculum_max_chunks(self.schedule_step(), h.min_rollout_chunks, h.max_rollout_chunks,
                                         h.curriculum_steps)
         g = self._draw_generator
+        num_chunks = int(torch.randint(h.min_rollout_chunks, longest + 1, (1,), generator=g))
+        if h.revisit_targets > 0 and first_visit is not None \
+                and float(torch.rand((), generator=g)) < h.revisit_targets:
+            allowed = list(range(h.min_rollout_chunks, longest + 1))
+            older_than = self.memory.budget(h.chunk_frames) or 0
+            lengths = revisit_rollout_lengths(first_visit.cpu(), allowed, h.target_chunks, h.chunk_frames,
+                                              older_than)
+            if lengths:
+                num_chunks = lengths[int(torch.randint(len(lengths), (1,), generator=g))]
         draws = StepDraws(
-            num_chunks=int(torch.randint(h.min_rollout_chunks, longest + 1, (1,), generator=g)),
+            num_chunks=num_chunks,
             exit_step=int(torch.randint(0, h.denoising_steps, (1,), generator=g)),
             seeds=torch.randint(0, 2**62, (batch_size * self.trainer.world_size,), generator=g).tolist(),
         )
@@ -328,7 +367,7 @@ class ContextForcingModule(L.LightningModule):
         batch_size = batch["latents"].shape[0]
         if batch_size % h.accumulate:
             raise ValueError(f"batch size {batch_size} is not divisible by accumulate={h.accumulate}")
-        draws = self.draw(batch_size)
+        draws = self.draw(batch_size, batch.get("first_visit"))
         generator_step = int(self.critic_steps) % h.generator_every == 0
         opt_g.zero_grad(set_to_none=True)
         opt_c.zero_grad(set_to_none=True)

@@ -8,10 +8,11 @@ import lightning as L
 import pytest
 import torch
 
-from cf_lightning.modules import ContextForcingModule
-from cf_lightning.modules.distill import StepDraws, curriculum_max_chunks
+from cf_lightning.data import first_visit_from_views
+from cf_lightning.stages import ContextForcingModule
+from cf_lightning.stages.distill import StepDraws, curriculum_max_chunks, revisit_rollout_lengths
 from memory_policies import SlowFast
-from tests.modules.conftest import CHANNELS, TEXT_DIM
+from tests.stages.conftest import CHANNELS, TEXT_DIM
 
 
 def sgd(lr: float):
@@ -31,7 +32,7 @@ def make(**overrides) -> ContextForcingModule:
 class FixedDraws(ContextForcingModule):
     """Same draws every step, so two runs can be compared sample for sample."""
 
-    def draw(self, batch_size: int) -> StepDraws:
+    def draw(self, batch_size: int, first_visit: torch.Tensor | None = None) -> StepDraws:
         return StepDraws(
             num_chunks=3, exit_step=1, seeds=list(range(100, 100 + batch_size * self.trainer.world_size))
         )
@@ -70,7 +71,7 @@ def test_generator_moves_its_samples_towards_the_teacher(loader):
     draws = StepDraws(num_chunks=3, exit_step=1, seeds=list(range(100, 104)))
 
     def sample():
-        from cf_lightning.modules.common import batch_condition
+        from cf_lightning.stages.common import batch_condition
 
         with torch.no_grad():
             _, target, _ = module.student_rollout(
@@ -85,7 +86,7 @@ def test_generator_moves_its_samples_towards_the_teacher(loader):
     # what the teacher predicts than to what the critic predicts, relative to before.
     from cf_lightning.diffusion import add_noise, x0_from_velocity
     from cf_lightning.models.context import build_context_sequence
-    from cf_lightning.modules.common import batch_condition
+    from cf_lightning.stages.common import batch_condition
 
     cond = batch_condition(batch)
     sigma = torch.full((4,), 0.5)
@@ -136,6 +137,30 @@ def base_settings() -> dict:
 def test_curriculum_grows_linearly():
     assert [curriculum_max_chunks(s, 4, 12, 8) for s in (0, 4, 8, 100)] == [4, 8, 12, 12]
     assert curriculum_max_chunks(0, 4, 12, 0) == 12
+
+
+def test_revisit_lengths_put_a_return_older_than_the_budget_in_the_targets():
+    # video 0: place 0 (frames 0-3), place 1 (4-13), back to place 0 at frame 14; video 1 never returns
+    views = torch.tensor([[0] * 4 + [1] * 10 + [0] * 6, list(range(20))])
+    first_visit = first_visit_from_views(views)
+    # chunks of 2 frames, 1 target chunk: only the rollout of 8 chunks has frame 14 (the return) in its
+    # targets [14, 16); with older_than 10 the first visit (frame 0) must lie before frame 4
+    assert revisit_rollout_lengths(first_visit, list(range(2, 11)), 1, 2, older_than=10) == [8]
+    # a return newer than the window the budget covers does not count
+    assert revisit_rollout_lengths(first_visit, list(range(2, 11)), 1, 2, older_than=14) == []
+    # continuing a revisited view (frames 15-19) is not a return
+    assert revisit_rollout_lengths(first_visit, [9, 10], 1, 2, older_than=0) == []
+
+
+def test_revisit_targets_draw_rollouts_whose_targets_hold_a_return():
+    module = make(min_rollout_chunks=2, max_rollout_chunks=10, revisit_targets=1.0)
+    module.trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", devices=1)
+    module.setup("fit")
+    views = torch.tensor([[0] * 4 + [1] * 10 + [0] * 6])
+    drawn = {module.draw(1, first_visit_from_views(views)).num_chunks for _ in range(20)}
+    assert drawn == {8}
+    module.setup("fit")
+    assert len({module.draw(1).num_chunks for _ in range(20)}) > 1, "without first visits: uniform lengths"
 
 
 def test_budget_that_cannot_fit_fails_at_construction():

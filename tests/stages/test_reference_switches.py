@@ -9,10 +9,10 @@ import torch
 from cf_lightning.data.prompts import save_negative_prompt
 from cf_lightning.diffusion import guidance_weight, guided
 from cf_lightning.models.context import build_context_sequence
-from cf_lightning.modules import TeacherModule
+from cf_lightning.stages import TeacherModule
 from cf_lightning.text import HashTextEncoder
-from tests.modules.conftest import CHANNELS, TEXT_DIM
-from tests.modules.test_distill import fit, make
+from tests.stages.conftest import CHANNELS, TEXT_DIM
+from tests.stages.test_distill import fit, make
 
 
 def test_reference_guidance_form_is_wan_scale_plus_one():
