@@ -46,16 +46,12 @@ class TestDeepForcingAbsolute(PolicyContract):
         return DeepForcing(sink=2, compressed=3, recent=6, position_mode="absolute")
 
 
-class TestDeepForcingTokens(PolicyContract):
-    recent = 3
-
+class TestDeepForcingTokens(TestDeepForcing):
     def make_policy(self):
         return DeepForcing(sink=2, compressed=3, recent=6, token_share=0.5, rope_length=14)
 
 
-class TestDeepForcingTokensAbsolute(PolicyContract):
-    recent = 3
-
+class TestDeepForcingTokensAbsolute(TestDeepForcing):
     def make_policy(self):
         return DeepForcing(sink=1, compressed=2, recent=6, token_share=0.34, position_mode="absolute")
 
@@ -74,16 +70,12 @@ class TestPackForcing(PolicyContract):
         return PackForcing(sink=1, selected=2, recent=4, mid=5, pack=2, rope_length=10)
 
 
-class TestPackForcingPooled(PolicyContract):
-    recent = 1
-
+class TestPackForcingPooled(TestPackForcing):
     def make_policy(self):
         return PackForcing(sink=1, selected=2, recent=4, mid=5, pack=2, pool=2, rope_length=10)
 
 
-class TestPackForcingPooledUnpacked(PolicyContract):
-    recent = 1
-
+class TestPackForcingPooledUnpacked(TestPackForcing):
     def make_policy(self):
         return PackForcing(sink=0, selected=3, recent=4, mid=6, pack=1, pool=2, rope_length=10)
 
@@ -311,9 +303,7 @@ class TestInfinityRoPE(PolicyContract):
         return InfinityRoPE(sink=2, recent=6, rope_length=9)
 
 
-class TestRollingSink(PolicyContract):
-    recent = 3
-
+class TestRollingSink(TestInfinityRoPE):
     def make_policy(self):
         return RollingSink(sink=2, recent=6, pool=6, roll_every=2, rope_length=9)
 
