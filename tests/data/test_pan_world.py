@@ -1,0 +1,54 @@
+"""The pan world overlay (recipes/pan/world.yaml): camera motion within segments that stays exact in latents.
+
+Its claims are what docs/results.md relies on: every frame is whole colour blocks (the pooled codec
+round-trips it), each pan step moves the content by exactly one latent cell, and a revisit repeats its
+first visit's latent frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cf_lightning.codecs import PooledPixelCodec, uint8_to_unit
+from cf_lightning.data.revisit_world import RevisitWorldConfig, generate_video
+from cf_lightning.recipe import load_recipe
+
+OVERLAY = Path(__file__).parents[2] / "recipes" / "pan" / "world.yaml"
+
+
+@pytest.fixture(scope="module")
+def world() -> RevisitWorldConfig:
+    return RevisitWorldConfig(**load_recipe(OVERLAY)["data"]["init_args"]["world"])
+
+
+def _shifted_equal(before: torch.Tensor, after: torch.Tensor, dy: int, dx: int) -> bool:
+    """Whether ``after`` is ``before`` moved by ``(dy, dx)`` cells where the two overlap (``[C, h, w]``)."""
+    h, w = before.shape[-2:]
+    y0, y1, x0, x1 = max(dy, 0), max(-dy, 0), max(dx, 0), max(-dx, 0)
+    return torch.equal(before[:, y0:h - y1, x0:w - x1], after[:, y1:h - y0, x1:w - x0])
+
+
+def test_pans_move_whole_cells_and_latents_are_exact(world: RevisitWorldConfig) -> None:
+    assert world.pan_step == world.block_size and world.pan_positions > 1
+    codec = PooledPixelCodec(patch=world.block_size)
+    steps = 0
+    for seed in range(10**9, 10**9 + 4):
+        video = generate_video(world, seed)
+        pixels = uint8_to_unit(video.frames).permute(1, 0, 2, 3).unsqueeze(0)
+        latents = codec.encode(pixels)
+        torch.testing.assert_close(codec.decode(latents), pixels, atol=1e-6, rtol=0)
+        cuts = set(video.segment_starts.tolist())
+        for t in range(1, video.frames.shape[0]):
+            if t in cuts:
+                continue
+            move = video.position[t] - video.position[t - 1]
+            assert (move.abs() == world.block_size).any() and (move % world.block_size == 0).all()
+            dy, dx = (move // world.block_size).tolist()
+            assert _shifted_equal(latents[0, :, t - 1], latents[0, :, t], dy, dx)
+            steps += 1
+        for t in (video.first_visit >= 0).nonzero().flatten().tolist():
+            assert torch.equal(latents[0, :, t], latents[0, :, int(video.first_visit[t])])
+    assert steps > 100
