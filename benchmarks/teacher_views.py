@@ -14,7 +14,11 @@ target's own view. Probes:
   camera still finds them, one that copies the frame a fixed number of positions back does not.
 
 It also prints the cosine similarity of each teacher's camera embedding (the per-frame condition that
-enters the tokens) between consecutive frames one pan step apart and across cuts.
+enters the tokens) between consecutive frames one pan step apart and across cuts, and, from the data
+alone, what the world's 4-frame targets ask for (every even start): the share of target frames whose
+view is in the last ``--recent`` frames, only further back, or new, and how often a frame of the first
+kind equals the frame one ping-pong period (2 (pan_positions - 1) frames) earlier, a rule a teacher can
+follow by position alone.
 
     python benchmarks/teacher_views.py pan=pan_teacher.safetensors --videos 64 --world \\
         '{"pan_positions": 3, "pan_step": 8, "num_objects": 0, "canvas_height": 192, "canvas_width": 192}'
@@ -23,6 +27,7 @@ enters the tokens) between consecutive frames one pan step apart and across cuts
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterator
 
 import torch
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from recipe_world import add_world_arguments, held_out
 from teacher_context import TARGET, find_revisit, sample_target
 
+from cf_lightning.data import RevisitWorldConfig
 from cf_lightning.models import WanModel
 from cf_lightning.models.checkpoint import load_wan
 
@@ -67,6 +73,23 @@ def right_views(sample: torch.Tensor, latents: torch.Tensor, view: torch.Tensor,
     return right
 
 
+def target_needs(view: torch.Tensor, recent: int, period: int) -> dict[str, int]:
+    """Counts of target frames (4-frame targets at every even start >= 2 of a ``[F]`` view-id video) whose
+    view is in the last ``recent`` frames, only further back, or new; and of the first kind, those equal
+    to the frame ``period`` earlier."""
+    counts = {"recent": 0, "far": 0, "new": 0, "period": 0}
+    for start in range(2, view.shape[0] - TARGET + 1, 2):
+        for t in range(start, start + TARGET):
+            if (view[max(start - recent, 0):start] == view[t]).any():
+                counts["recent"] += 1
+                counts["period"] += int(t >= period and bool(view[t - period] == view[t]))
+            elif (view[:max(start - recent, 0)] == view[t]).any():
+                counts["far"] += 1
+            else:
+                counts["new"] += 1
+    return counts
+
+
 @torch.no_grad()
 def camera_similarity(model: WanModel, camera: torch.Tensor, place: torch.Tensor) -> tuple[float, float]:
     """Median cosine similarity of the camera embedding for consecutive frames within a place (a pan
@@ -84,7 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("teachers", nargs="+", help="name=backbone file (Wan safetensors) or .ckpt export")
+    parser.add_argument("teachers", nargs="*", help="name=backbone file (Wan safetensors) or .ckpt export")
     parser.add_argument("--videos", type=int, default=64)
     parser.add_argument("--recent", type=int, default=8)
     parser.add_argument("--min_gap", type=int, default=16)
@@ -93,6 +116,14 @@ def main() -> None:
     add_world_arguments(parser)
     args = parser.parse_args()
     batches = list(held_out(args, args.videos).val_dataloader())
+    world = RevisitWorldConfig(**json.loads(args.world))
+    period = max(2 * (world.pan_positions - 1), 1)
+    counts = [target_needs(batch["view"][0], args.recent, period) for batch in batches]
+    needs = {key: sum(count[key] for count in counts) for key in counts[0]}
+    frames = needs["recent"] + needs["far"] + needs["new"]
+    print(f"target frames: {needs['recent'] / frames:.3f} in the last {args.recent} frames "
+          f"({needs['period'] / max(needs['recent'], 1):.3f} of them equal to the frame {period} earlier), "
+          f"{needs['far'] / frames:.3f} only further back, {needs['new'] / frames:.3f} new", flush=True)
     rows = []
     for spec in args.teachers:
         name, _, path = spec.partition("=")
