@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from cf_lightning.stages import ContextForcingModule
+from cf_lightning.stages import ContextForcingModule, OptimizationConfig, RolloutConfig, TeacherConfig
 from cf_lightning.stages.distill import StepDraws, curriculum_max_chunks
 from memory_policies import SlowFast
 from tests.stages.conftest import CHANNELS, TEXT_DIM
@@ -18,12 +18,14 @@ def sgd(lr: float):
     return functools.partial(torch.optim.SGD, lr=lr)
 
 
-def make(**overrides) -> ContextForcingModule:
+def make(guidance_scale: float = 3.0, **overrides) -> ContextForcingModule:
     torch.manual_seed(0)
     settings = {"latent_channels": CHANNELS, "text_dim": TEXT_DIM, "frame_cond_dim": 2,
-                    "memory": SlowFast(sink=1, slow=2, fast=4, rope_length=7), "min_rollout_chunks": 3,
-                    "max_rollout_chunks": 3, "target_chunks": 1, "generator_every": 1, "denoising_steps": 2,
-                    "generator_optimizer": sgd(1e-3), "critic_optimizer": sgd(1e-3)}
+                "memory": SlowFast(sink=1, slow=2, fast=4, rope_length=7), "denoising_steps": 2,
+                "rollout": RolloutConfig(min_chunks=3, max_chunks=3, target_chunks=1),
+                "teacher": TeacherConfig(guidance_scale=guidance_scale),
+                "optimization": OptimizationConfig(generator_optimizer=sgd(1e-3), critic_optimizer=sgd(1e-3),
+                                                   generator_every=1)}
     settings.update(overrides)
     return ContextForcingModule(**settings)
 
@@ -59,9 +61,11 @@ def test_generator_gradient_vanishes_when_critic_equals_teacher(loader):
 def test_generator_moves_its_samples_towards_the_teacher(loader):
     torch.manual_seed(0)
     module = FixedDraws(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2,
-                        memory=SlowFast(sink=1, slow=2, fast=4, rope_length=7), min_rollout_chunks=3,
-                        max_rollout_chunks=3, target_chunks=1, generator_every=1, denoising_steps=2,
-                        guidance_scale=1.0, generator_optimizer=sgd(5e-2), critic_optimizer=sgd(0.0))
+                        memory=SlowFast(sink=1, slow=2, fast=4, rope_length=7), denoising_steps=2,
+                        rollout=RolloutConfig(min_chunks=3, max_chunks=3, target_chunks=1),
+                        teacher=TeacherConfig(guidance_scale=1.0),
+                        optimization=OptimizationConfig(generator_optimizer=sgd(5e-2),
+                                                        critic_optimizer=sgd(0.0), generator_every=1))
     torch.manual_seed(1)
     for p in module.teacher.parameters():  # a teacher different from the critic
         p.data.add_(0.05 * torch.randn_like(p))
@@ -105,8 +109,8 @@ def test_generator_moves_its_samples_towards_the_teacher(loader):
 
 def test_accumulation_equals_one_big_batch(loader):
     data = loader(num=4, batch_size=4)
-    whole = FixedDraws(**{**base_settings(), "accumulate": 1})
-    split = FixedDraws(**{**base_settings(), "accumulate": 2})
+    whole = FixedDraws(**base_settings(accumulate=1))
+    split = FixedDraws(**base_settings(accumulate=2))
     split.load_state_dict(whole.state_dict())
     fit(whole, data, steps=2)
     fit(split, data, steps=2)
@@ -115,21 +119,18 @@ def test_accumulation_equals_one_big_batch(loader):
     assert not torch.equal(flat(whole.student), flat(FixedDraws(**base_settings()).student))
 
 
-def base_settings() -> dict:
+def base_settings(accumulate: int = 1) -> dict:
     torch.manual_seed(0)
     return {
         "latent_channels": CHANNELS,
         "text_dim": TEXT_DIM,
         "frame_cond_dim": 2,
         "memory": SlowFast(sink=1, slow=2, fast=4, rope_length=7),
-        "min_rollout_chunks": 3,
-        "max_rollout_chunks": 3,
-        "target_chunks": 1,
-        "generator_every": 1,
         "denoising_steps": 2,
-        "guidance_scale": 2.0,
-        "generator_optimizer": sgd(1e-2),
-        "critic_optimizer": sgd(1e-2),
+        "rollout": RolloutConfig(min_chunks=3, max_chunks=3, target_chunks=1),
+        "teacher": TeacherConfig(guidance_scale=2.0),
+        "optimization": OptimizationConfig(generator_optimizer=sgd(1e-2), critic_optimizer=sgd(1e-2),
+                                           generator_every=1, accumulate=accumulate),
     }
 
 

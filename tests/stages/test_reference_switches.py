@@ -92,7 +92,7 @@ def test_dmd_step_with_every_reference_switch(loader, tmp_path):
 def test_teacher_draws_contexts_from_at_least_min_history_frames(loader):
     torch.manual_seed(0)
     module = TeacherModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, target_frames=4,
-                           context_modes=["last_n"], context_frames=4, context_positions="packed",
+                           contexts=["last_n"], context_frames=4, context_positions="packed",
                            min_history_frames=8)
     latents = next(iter(loader(num=2, frames=16, batch_size=2)))["latents"]
     generator = torch.Generator().manual_seed(0)
