@@ -82,6 +82,30 @@ def curriculum_max_chunks(step: int, min_chunks: int, max_chunks: int, ramp_step
     return min_chunks + round((max_chunks - min_chunks) * min(1.0, step / ramp_steps))
 
 
+def revisit_rollout_lengths(first_visit: torch.Tensor, lengths: list[int], target_chunks: int,
+                            chunk_frames: int, older_than: int) -> list[int]:
+    """The rollout lengths (in chunks) whose DMD target window holds a *return* for the most videos.
+
+    A return is a frame whose view differs from the frame before and was first seen more than
+    ``older_than`` frames before the target window begins: only memory beyond a recent window of that
+    size can supply it, so those are the frames where the context teacher's recall becomes the
+    student's gradient. Returns an empty list when no length puts a return in any video's targets.
+    ``first_visit``: ``[B, F]``, the earliest frame showing the same view, -1 on a first view.
+    """
+    frames = first_visit.shape[1]
+    views = torch.where(first_visit >= 0, first_visit, torch.arange(frames))
+    changed = torch.ones_like(first_visit, dtype=torch.bool)
+    changed[:, 1:] = views[:, 1:] != views[:, :-1]
+    scores = []
+    for length in lengths:
+        start, end = (length - target_chunks) * chunk_frames, min(length * chunk_frames, frames)
+        window = first_visit[:, start:end]
+        returns = changed[:, start:end] & (window >= 0) & (window < start - older_than)
+        scores.append(int(returns.any(dim=1).sum()))
+    best = max(scores, default=0)
+    return [n for n, score in zip(lengths, scores) if best > 0 and score == best]
+
+
 class ContextForcingModule(L.LightningModule):
     """Contextual DMD distillation of a causal student (see module docstring).
 
@@ -189,15 +213,25 @@ class ContextForcingModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         self._draw_generator.manual_seed(torch.initial_seed())
 
-    def draw(self, batch_size: int) -> StepDraws:
-        """Rollout length, exit step and per-video seeds: drawn on rank 0, broadcast to all ranks."""
-        plan = self.rollout_config
+    def draw(self, batch_size: int, first_visit: torch.Tensor | None = None) -> StepDraws:
+        """Rollout length, exit step and per-video seeds: drawn on rank 0 (from rank 0's ``first_visit``
+        with ``rollout.revisit_targets``), broadcast to all ranks."""
+        h, plan = self.hparams, self.rollout_config
         longest = curriculum_max_chunks(self.schedule_step(), plan.min_chunks, plan.max_chunks,
                                         plan.curriculum_steps)
         g = self._draw_generator
+        num_chunks = int(torch.randint(plan.min_chunks, longest + 1, (1,), generator=g))
+        if plan.revisit_targets > 0 and first_visit is not None \
+                and float(torch.rand((), generator=g)) < plan.revisit_targets:
+            allowed = list(range(plan.min_chunks, longest + 1))
+            older_than = self.memory.budget(h.chunk_frames) or 0
+            lengths = revisit_rollout_lengths(first_visit.cpu(), allowed, plan.target_chunks, h.chunk_frames,
+                                              older_than)
+            if lengths:
+                num_chunks = lengths[int(torch.randint(len(lengths), (1,), generator=g))]
         draws = StepDraws(
-            num_chunks=int(torch.randint(plan.min_chunks, longest + 1, (1,), generator=g)),
-            exit_step=int(torch.randint(0, self.hparams.denoising_steps, (1,), generator=g)),
+            num_chunks=num_chunks,
+            exit_step=int(torch.randint(0, h.denoising_steps, (1,), generator=g)),
             seeds=torch.randint(0, 2**62, (batch_size * self.trainer.world_size,), generator=g).tolist(),
         )
         return self.trainer.strategy.broadcast(draws, src=0)
@@ -316,7 +350,7 @@ class ContextForcingModule(L.LightningModule):
         batch_size = batch["latents"].shape[0]
         if batch_size % h.accumulate:
             raise ValueError(f"batch size {batch_size} is not divisible by accumulate={h.accumulate}")
-        draws = self.draw(batch_size)
+        draws = self.draw(batch_size, batch.get("first_visit"))
         generator_step = int(self.critic_steps) % h.generator_every == 0
         opt_g.zero_grad(set_to_none=True)
         opt_c.zero_grad(set_to_none=True)

@@ -48,12 +48,17 @@ class RolloutConfig:
             rollout grows linearly from ``min_chunks`` to ``max_chunks``; 0 starts at ``max_chunks``.
         target_chunks: chunks at the end of the rollout that keep the graph of one randomly chosen
             denoising step and receive the DMD gradient; the chunks before them are history.
+        revisit_targets: fraction of steps whose rollout length is chosen (within the curriculum's
+            range) so that the DMD targets hold a return to a view older than the memory budget, where
+            the batch carries ``first_visit`` (the revisit world does). Drawn uniformly, returns land
+            in the targets rarely, and the student is seldom taught to recall what only memory holds.
     """
 
     min_chunks: int = 4
     max_chunks: int = 8
     curriculum_steps: int = 0
     target_chunks: int = 2
+    revisit_targets: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,7 @@ MOVED_SETTINGS: dict[str, str] = {
     "max_rollout_chunks": "rollout.max_chunks",
     "curriculum_steps": "rollout.curriculum_steps",
     "target_chunks": "rollout.target_chunks",
+    "revisit_targets": "rollout.revisit_targets",
     "generator_optimizer": "optimization.generator_optimizer",
     "critic_optimizer": "optimization.critic_optimizer",
     "generator_lr_scheduler": "optimization.generator_lr_scheduler",

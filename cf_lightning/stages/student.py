@@ -13,7 +13,12 @@ differ in where the (noisy, clean) pairs come from:
   ``teacher`` at ``2 * ode_steps`` teacher forwards per training step.
 
 One masked full-sequence forward over ``[clean | noisy]`` covers every chunk at once and sees exactly
-what streaming will (``teacher_forcing_mask``). Short-window DMD (Self-Forcing) is the
+what streaming will (``teacher_forcing_mask``). A policy that admits frames by surprisal (slow memory
+of scene changes) decides here from the clean latents themselves, one mask per video: the model's keys,
+which streaming uses, do not exist before the forward, and a summary-free stand-in (uniform admission)
+would never show the student a frame from before its recent past, so it would not learn to recall one.
+
+Short-window DMD (Self-Forcing) is the
 :class:`ContextForcingModule` with short rollouts and ``short_teacher: true``.
 """
 
@@ -100,12 +105,6 @@ class StudentModule(EMAAfterStep):
         if clip_frames % chunk_frames:
             raise ValueError(f"clip_frames={clip_frames} must be a multiple of chunk_frames={chunk_frames}")
         self.memory: MemoryPolicy = memory if memory is not None else SlowFast()
-        if self.memory.needs_summaries():
-            raise ValueError(
-                f"{type(self.memory).__name__} decides from key summaries, which a masked full-sequence "
-                "forward cannot provide before it runs; train stage 1 with a summary-free policy of "
-                "the same budget (e.g. slow_fast with admission: uniform)"
-            )
         self.memory.new_state(chunk_frames)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -231,13 +230,23 @@ class StudentModule(EMAAfterStep):
                   cond: Condition) -> torch.Tensor:
         """x0 of every noisy chunk given the clean history the memory keeps (one masked forward)."""
         frames = clean.shape[2]
-        mask = teacher_forcing_mask(self.memory, frames, self.hparams.chunk_frames).to(clean.device)
+        mask = self.memory_mask(clean).to(clean.device)
         steps = torch.cat([torch.zeros_like(sigma), timestep_from_sigma(sigma)], dim=1)
         positions = torch.cat([torch.arange(frames)] * 2).to(clean.device)
         frame_cond = None if cond.frame_cond is None else torch.cat([cond.frame_cond] * 2, dim=1)
         out = model(torch.cat([clean, noisy], dim=2), steps, cond.context, context_mask=cond.context_mask,
                     frame_cond=frame_cond, positions=positions, frame_mask=mask)
         return x0_from_velocity(noisy, out[:, :, frames:], sigma)
+
+    def memory_mask(self, clean: torch.Tensor) -> torch.Tensor:
+        """The teacher-forcing mask, ``[2F, 2F]`` for a summary-free policy (the same for every video), or
+        ``[B, 2F, 2F]`` from each video's clean latents (one flattened frame per summary) for a policy
+        that needs summaries."""
+        frames, chunk = clean.shape[2], self.hparams.chunk_frames
+        if not self.memory.needs_summaries():
+            return teacher_forcing_mask(self.memory, frames, chunk)
+        summaries = clean.detach().float().cpu().transpose(1, 2).flatten(2)  # [B, F, C * h * w]
+        return torch.stack([teacher_forcing_mask(self.memory, frames, chunk, video) for video in summaries])
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """``cf-fit predict``: stream one video from the EMA student (cf_lightning.inference.predict)."""

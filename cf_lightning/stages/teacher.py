@@ -4,8 +4,8 @@ A short teacher learns clips on their own. A context teacher learns to continue 
 is ``[clean context | noisy target]``, the loss covers the target only, and the context is named in
 the same words distillation uses (:data:`~cf_lightning.models.context.TeacherContext`): ``memory``
 (what a memory policy over the clip's history keeps, as the student's memory will), ``last_n`` (the
-last N frames) or ``none``. ERFT banks the model's own prediction errors and re-injects them into the target and
-the recent context, so the teacher stays reliable when the history it is shown has drifted.
+last N frames) or ``none``. ERFT banks the model's own prediction errors and re-injects them into the
+target and the recent context, so the teacher stays reliable when the history it is shown has drifted.
 """
 
 from __future__ import annotations

@@ -154,10 +154,22 @@ def test_ode_objective_without_teacher_or_trajectories_is_refused(loader):
         student.training_step(batch, 0)
 
 
-def test_surprisal_policy_is_rejected_for_teacher_forcing():
-    with pytest.raises(ValueError, match="admission: uniform"):
-        StudentModule(
-            latent_channels=CHANNELS,
-            text_dim=TEXT_DIM,
-            memory=SlowFast(sink=1, slow=2, fast=4, rope_length=7),
-        )
+def test_surprisal_policy_keeps_each_videos_scene_changes_from_its_latents(loader):
+    policy = SlowFast(sink=1, slow=2, fast=2, threshold=0.99, interval=1, compare_to="last_admitted",
+                      rope_length=5)
+    module = StudentModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, clip_frames=12,
+                           memory=policy)
+    scene = torch.randn(2, CHANNELS, 1, 4, 4)
+    cut = torch.cat([scene[:1].expand(-1, -1, 6, -1, -1), scene[1:].expand(-1, -1, 6, -1, -1)], dim=2)
+    still = scene[:1].expand(-1, -1, 12, -1, -1)
+    mask = module.memory_mask(torch.cat([cut, still]))
+    assert mask.shape == (2, 24, 24)
+    # the last chunk's noisy frames (rows 22, 23) read the clean history: sink 0, the first slow entry
+    # (frame 2, admitted with nothing to compare it to) and, only in the video whose scene changes at
+    # frame 6, that frame: the recent window (2 frames) is the query chunk itself
+    last = mask[:, 22, :12]
+    assert last[0].nonzero().flatten().tolist() == [0, 2, 6]
+    assert last[1].nonzero().flatten().tolist() == [0, 2]
+    assert not torch.equal(mask[0], mask[1])
+    trainer = fit(module, loader(num=2, batch_size=2, frames=12), steps=1)
+    assert trainer.global_step == 1
