@@ -13,8 +13,9 @@ from cf_lightning.recipe import register_resolvers
 from cf_lightning.resume import AUTO, LAST_ALIAS, check_resume, find_run_checkpoint, qualified_name
 from memory_policies import available_policies, load_plugins
 
-#: Module arguments naming weight files to start from; a checkpoint being evaluated replaces them all.
-INIT_FILES = ("student_init", "teacher", "critic_init", "init_from")
+#: Module settings naming weight files to start from (one name, ``init_from``, in every stage and group);
+#: a checkpoint being evaluated replaces them all.
+INIT_FILES = ("init_from", "teacher.init_from", "critic.init_from")
 
 #: Shapes every module takes from the data, so no recipe states them twice.
 LINKED_SHAPES = ("latent_channels", "text_dim", "frame_cond_dim")
@@ -47,9 +48,12 @@ class CFLightningCLI(LightningCLI):
         stage-2 recipe into a run of the checkpoint's stage."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
-        if path not in (None, AUTO, LAST_ALIAS) and Path(path).exists():
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path in (None, AUTO, LAST_ALIAS) or not Path(path).exists():
+            return
+        if subcommand == "fit":
             check_resume(path, self.config[subcommand]["model"]["class_path"])
+        check_settings_layout(path)
 
     def before_instantiate_classes(self) -> None:
         """Outside ``fit``, a ``--ckpt_path`` checkpoint supplies every weight: the init files its
@@ -60,7 +64,7 @@ class CFLightningCLI(LightningCLI):
             return
         init_args = self.config[subcommand]["model"].get("init_args")
         for name in INIT_FILES:
-            if init_args is not None and init_args.get(name) is not None:
+            if init_args is not None and name in init_args and init_args[name] is not None:
                 init_args[name] = None
 
     def before_fit(self) -> None:
@@ -84,6 +88,18 @@ class CFLightningCLI(LightningCLI):
             return
         rank_zero_info(f"--ckpt_path auto: resuming from {found}")
         check_resume(found, qualified_name(type(self.model)))
+
+
+def check_settings_layout(path: str) -> None:
+    """Refuse a stage-2 checkpoint that records its settings under the flat names from before they were
+    grouped, naming each moved setting; LightningCLI would otherwise stop at the first unknown key."""
+    from cf_lightning.stages import ContextForcingModule
+    from cf_lightning.stages.common import read_lightning_checkpoint
+    from cf_lightning.stages.distill_config import check_grouped_hparams
+
+    hparams = read_lightning_checkpoint(path).get("hyper_parameters") or {}
+    if str(hparams.get("_class_path", "")).rpartition(".")[2] == ContextForcingModule.__name__:
+        check_grouped_hparams(hparams, path)
 
 
 def _attribute(name: str):

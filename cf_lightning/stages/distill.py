@@ -46,12 +46,14 @@ from cf_lightning.models.context import (
 from cf_lightning.rollout import RolloutResult, randn, rollout
 from cf_lightning.stages.common import (
     Condition,
+    as_group,
     batch_condition,
     build_backbone,
     check_finite,
     load_backbone_weights,
     optimizer_config,
     read_lightning_checkpoint,
+    record_groups,
 )
 from cf_lightning.stages.distill_config import (
     SCHEDULE_UNITS,
@@ -59,9 +61,7 @@ from cf_lightning.stages.distill_config import (
     OptimizationConfig,
     RolloutConfig,
     TeacherConfig,
-    as_group,
     check_grouped_hparams,
-    group_record,
 )
 from memory_policies import MemoryPolicy, SlowFast
 
@@ -150,9 +150,7 @@ class ContextForcingModule(L.LightningModule):
         self.teacher_config = teacher = as_group(TeacherConfig, teacher, "teacher")
         self.critic_config = critic = as_group(CriticConfig, critic, "critic")
         self.optimization = optim = as_group(OptimizationConfig, optimization, "optimization")
-        for name, group in (("rollout", rollout), ("teacher", teacher), ("critic", critic),
-                            ("optimization", optim)):
-            self.hparams[name] = group_record(group)  # one recorded form, however the module was built
+        record_groups(self, rollout=rollout, teacher=teacher, critic=critic, optimization=optim)
         self.automatic_optimization = False
         if not 1 <= rollout.target_chunks <= rollout.min_chunks <= rollout.max_chunks:
             raise ValueError(
@@ -175,12 +173,9 @@ class ContextForcingModule(L.LightningModule):
         shapes = (latent_channels, text_dim, frame_cond_dim)
         self.student = build_backbone(backbone, *shapes, backbone_overrides, attention_backend,
                                       gradient_checkpointing)
-        teacher_name = teacher.backbone or backbone
-        teacher_cfg = teacher.backbone_overrides if teacher.backbone else backbone_overrides
-        self.teacher = build_backbone(teacher_name, *shapes, teacher_cfg, attention_backend, False)
-        self.critic = build_backbone(
-            teacher_name, *shapes, teacher_cfg, attention_backend, gradient_checkpointing
-        )
+        self.teacher = teacher.build(backbone, backbone_overrides, *shapes, attention_backend)
+        self.critic = teacher.build(backbone, backbone_overrides, *shapes, attention_backend,
+                                    gradient_checkpointing)
         if init_from:
             load_backbone_weights(self.student, init_from)
         if teacher.init_from:

@@ -21,16 +21,16 @@ Checkpoints written before the grouping recorded flat names (``student_init``, `
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from cf_lightning.diffusion import GuidanceForm
 from cf_lightning.models.context import ContextPositions, ContextTimestep, TeacherContext
+from cf_lightning.stages.common import TeacherWeights
 
 ScheduleUnit = Literal["generator", "trainer"]
 SCHEDULE_UNITS: tuple[str, ...] = ("generator", "trainer")
@@ -62,7 +62,7 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
+class TeacherConfig(TeacherWeights):
     """The real score: a frozen teacher scoring ``[clean context | noisy target]``.
 
     Args:
@@ -87,9 +87,6 @@ class TeacherConfig:
             as the unconditional text instead of the all-zero null text.
     """
 
-    init_from: str | None = None
-    backbone: str | None = None
-    backbone_overrides: dict[str, Any] | None = None
     context: TeacherContext = "memory"
     context_frames: int = 8
     context_positions: ContextPositions = "student"
@@ -141,30 +138,6 @@ class OptimizationConfig:
     schedule_unit: ScheduleUnit = "generator"
     ema_decay: float = 0.99
     ema_start: int = 0
-
-
-Group = TypeVar("Group", RolloutConfig, TeacherConfig, CriticConfig, OptimizationConfig)
-
-
-def as_group(kind: type[Group], value: Group | Mapping[str, Any] | None, name: str) -> Group:
-    """``value`` as a ``kind``: the object itself, its defaults for ``None``, or built from a mapping (a
-    checkpoint's hyper-parameters, or Python callers), refusing keys the group does not define."""
-    if value is None:
-        return kind()
-    if isinstance(value, kind):
-        return value
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{name} must be a {kind.__name__} or a mapping of its fields, got {value!r}")
-    fields = [field.name for field in dataclasses.fields(kind)]
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        raise ValueError(f"{name} has no setting(s) {unknown}; allowed: {', '.join(fields)}")
-    return kind(**value)
-
-
-def group_record(group: RolloutConfig | TeacherConfig | CriticConfig | OptimizationConfig) -> dict[str, Any]:
-    """A group as the plain mapping a checkpoint records (the form LightningCLI saves it in)."""
-    return {field.name: getattr(group, field.name) for field in dataclasses.fields(group)}
 
 
 #: Flat stage-2 names of checkpoints from before the grouping, and where each setting lives now.

@@ -1,0 +1,110 @@
+"""Stage 2's grouped settings: the teacher-context words, strict groups, and checkpoints from before the
+grouping refused with the moved names (their weights still generate)."""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from cf_lightning.cli.evaluate import checkpoint_hparams
+from cf_lightning.cli.fit import main
+from cf_lightning.inference.loading import load_generator
+from cf_lightning.models.context import choose_context, last_frames
+from cf_lightning.stages import ContextForcingModule, RolloutConfig, TeacherConfig
+from cf_lightning.stages.common import as_group
+from cf_lightning.stages.distill_config import MOVED_SETTINGS
+from tests.cli_helpers import RECIPES, TINY_DISTILL
+from tests.stages.test_distill import make
+
+MEMORY = [[0, 1, 5], [2, 3, 6]]  # what two videos' memories kept of a 10-frame history
+
+
+@pytest.mark.parametrize(("context", "expected"), [
+    ("memory", MEMORY),
+    ("last_n", last_frames(10, 4, 2)),  # what `short_teacher: true` showed: the last N, whatever memory kept
+    ("none", [[], []]),
+])
+def test_teacher_context_words_choose_the_frames(context, expected):
+    module = make(teacher={"context": context, "context_frames": 4})
+    assert module.context_frames(10, MEMORY) == expected
+    assert module.context_frames(0, [[], []]) == [[], []]  # no history, no context
+    assert module.ablation_hparams()["teacher/context"] == context
+
+
+def test_unknown_teacher_context_is_named():
+    with pytest.raises(ValueError, match="unknown teacher context 'short'; allowed: memory, last_n, none"):
+        choose_context("short", 4, 2, list)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown teacher.context 'policy'"):
+        make(teacher={"context": "policy"})
+
+
+def test_groups_built_from_mappings_refuse_unknown_keys():
+    assert as_group(RolloutConfig, {"max_chunks": 9}, "rollout") == RolloutConfig(max_chunks=9)
+    assert as_group(TeacherConfig, None, "teacher") == TeacherConfig()
+    with pytest.raises(ValueError, match=r"rollout has no setting\(s\) \['max_rollout_chunks'\]; allowed: "):
+        as_group(RolloutConfig, {"max_rollout_chunks": 9}, "rollout")
+
+
+def test_python_built_module_records_groups_as_mappings_and_reloads(tmp_path):
+    module = make(rollout={"curriculum_steps": 7}, teacher={"context": "last_n", "context_frames": 6})
+    recorded = module.hparams
+    assert recorded["rollout"]["curriculum_steps"] == 7 and recorded["teacher"]["context"] == "last_n"
+    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", default_root_dir=tmp_path)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = ContextForcingModule.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=False)
+    assert loaded.rollout_config == module.rollout_config and loaded.teacher_config == module.teacher_config
+    assert all(torch.equal(a, b) for a, b in zip(loaded.student.parameters(), module.student.parameters()))
+    # cf-eval's HParams columns read what the teacher saw from the teacher group
+    columns = checkpoint_hparams(tmp_path / "m.ckpt")
+    assert (columns["teacher/context"], columns["teacher/positions"]) == ("last_n", "student")
+
+
+def flat_checkpoint(tmp_path):
+    """A stage-2 checkpoint as cf-fit wrote it before the settings were grouped."""
+    module = make()
+    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", default_root_dir=tmp_path)
+    trainer.strategy.connect(module)
+    path = tmp_path / "flat.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)
+    shared = {k: v for k, v in saved["hyper_parameters"].items()
+              if k not in ("rollout", "teacher", "critic", "optimization", "memory")}
+    saved["hyper_parameters"] = {
+        "_class_path": "cf_lightning.stages.ContextForcingModule", **shared,
+        "memory": {"class_path": "slow_fast",
+                   "init_args": {"sink": 1, "slow": 2, "fast": 4, "rope_length": 7}},
+        "student_init": None, "teacher": None, "min_rollout_chunks": 3, "max_rollout_chunks": 3,
+        "target_chunks": 1, "teacher_context": "memory", "short_teacher": True, "guidance_scale": 3.0,
+    }
+    torch.save(saved, path)
+    return path
+
+
+def test_flat_checkpoint_is_refused_naming_the_moved_settings_but_still_generates(tmp_path, monkeypatch):
+    path = flat_checkpoint(tmp_path)
+    moved = (r"student_init -> init_from, teacher -> teacher.init_from, "
+             r".*short_teacher -> teacher.context: last_n")
+    with pytest.raises(ValueError, match=moved):
+        ContextForcingModule.load_from_checkpoint(path)
+    monkeypatch.setattr(sys, "argv", ["cf-fit"])
+    with pytest.raises(ValueError, match="max_rollout_chunks -> rollout.max_chunks"):
+        main(["validate", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL,
+              "--ckpt_path", str(path)])
+    loaded = load_generator(path)  # the backbone settings kept their names: cf-gen / cf-eval still read it
+    assert loaded.preset is not None and loaded.preset.chunk_frames == 2
+
+
+def test_every_moved_name_points_at_a_field_that_exists():
+    fields = {"init_from"} | {f"{group}.{name}" for group, kind in (
+        ("rollout", RolloutConfig), ("teacher", TeacherConfig))
+        for name in kind.__dataclass_fields__}
+    fields |= {"critic.init_from"} | {f"optimization.{name}" for name in
+                                      ContextForcingModule(backbone="tiny").optimization.__dataclass_fields__}
+    for old, new in MOVED_SETTINGS.items():
+        assert new.split(":")[0] in fields, f"{old} -> {new}"
