@@ -9,7 +9,11 @@ effective context
 time and the share of it spent in memory bookkeeping (policy decisions, ``KVMemory`` read / commit /
 gather, attention statistics), and the distance of the AUC to the ``oracle`` row, which knows which
 views return (Belady's rule) and is the ceiling of any policy at that budget. ``full`` (unbounded) is
-the reference row, not a budget-matched one.
+the reference row, not a budget-matched one. Budgets count tokens: a policy whose entries hold fewer
+tokens than a frame (``deep_forcing_tokens``) attends as many tokens as ``budget`` whole frames, spread
+over more frames, except ``pack_forcing_pooled``, which attends ``budget`` entries (column "attended
+tokens", in frames): as many tokens would take four times the pooled entries, hence four times the
+positions, far outside the range the student was trained on.
 
     python benchmarks/policies.py runs/slowfast/zoo/checkpoints/last.ckpt --videos 16 --frames 192 \\
         --out docs/policies
@@ -38,11 +42,13 @@ from memory_policies import (
     DeepForcing,
     FadeMem,
     Full,
+    InfinityRoPE,
     Keyframe,
     LongLiveRAG,
     MemoryPolicy,
     Oracle,
     PackForcing,
+    RollingSink,
     SlidingWindow,
     SlowFast,
     canonical_name,
@@ -50,6 +56,8 @@ from memory_policies import (
 
 EDGES = [0, 8, 16, 32, 64, 96, 192]
 SINK, RECENT = 2, 4  # shared by every budget-matched policy (the recipe's sink and fast window)
+#: rows that attend ``budget`` entries of fewer tokens rather than ``budget`` frames' worth of tokens
+EQUAL_ENTRIES = {"pack_forcing_pooled"}
 
 
 def zoo(budget: int, chunk: int, trained: SlowFast) -> dict[str, MemoryPolicy]:
@@ -59,6 +67,8 @@ def zoo(budget: int, chunk: int, trained: SlowFast) -> dict[str, MemoryPolicy]:
     mid = budget - SINK - (RECENT - chunk)
     rope = budget + chunk  # positions 0..span-1, as the recipe (rope_length = budget + chunk)
     deep_sink = budget // 2
+    compressed = budget - deep_sink - (RECENT - chunk)
+    recent = budget - SINK + chunk
     policies = {
         "slow_fast": SlowFast(
             sink=SINK,
@@ -74,21 +84,32 @@ def zoo(budget: int, chunk: int, trained: SlowFast) -> dict[str, MemoryPolicy]:
         ),
         "sliding_window": SlidingWindow(sink=SINK, window=budget - SINK + chunk, rope_length=rope),
         "keyframe": Keyframe(sink=SINK, keyframes=mid, window=RECENT, rope_length=rope),
-        "deep_forcing": DeepForcing(
-            sink=deep_sink, compressed=budget - deep_sink - (RECENT - chunk), recent=RECENT, rope_length=rope
+        "deep_forcing": DeepForcing(sink=deep_sink, compressed=compressed, recent=RECENT, rope_length=rope),
+        # top-C tokens: the compressed frames' tokens over twice the frames, so positions reach past rope
+        "deep_forcing_tokens": DeepForcing(
+            sink=deep_sink, compressed=2 * compressed, recent=RECENT, token_share=0.5,
+            rope_length=rope + compressed,
         ),
         "fade_mem": FadeMem(sink=SINK, entries=mid, recent=RECENT, rope_length=rope),
         "pack_forcing": PackForcing(
             sink=SINK, selected=mid, recent=RECENT, mid=4 * mid, pack=2, rope_length=rope
         ),
+        "pack_forcing_pooled": PackForcing(
+            sink=SINK, selected=mid, recent=RECENT, mid=4 * mid, pack=2, pool=2, rope_length=rope
+        ),
+        "infinity_rope": InfinityRoPE(sink=SINK, recent=recent, rope_length=rope),
+        # the sink rolls through the frames generated inside the trained range, by a sink every 4 chunks
+        "rolling_sink": RollingSink(sink=SINK, recent=recent, pool=rope, roll_every=4, rope_length=rope),
         "longlive_rag": LongLiveRAG(
             sink=SINK, retrieved=mid, recent=RECENT, archive=8 * mid, rope_length=rope
         ),
         "oracle": Oracle(sink=SINK, slots=mid, recent=RECENT, rope_length=rope),
     }
+    grid = (4, 4)  # any grid the pooling divides: budgets are checked in frames' worth of tokens
     for name, policy in policies.items():
-        if policy.budget(chunk) != budget:
-            raise ValueError(f"{name} attends {policy.budget(chunk)} frames, not the budget {budget}")
+        attended = policy.budget(chunk) if name in EQUAL_ENTRIES else policy.token_budget(chunk, grid) / 16
+        if attended != budget:
+            raise ValueError(f"{name} attends {attended} frames' worth, not the budget {budget}")
     return policies
 
 
@@ -139,6 +160,9 @@ def evaluate(
         gens = [torch.Generator().manual_seed(1000 * index + b) for b in range(latents.shape[0])]
         noise = randn((latents.shape[0], latents.shape[1], frames, *latents.shape[3:]), gens)
         memory = model.new_memory(policy, latents.shape[0], chunk, tuple(latents.shape[-2:]))
+        assert memory.grid is not None  # new_memory always knows the grid
+        budget = policy.token_budget(chunk, memory.grid)
+        tokens = None if budget is None else budget / memory.tokens_per_frame
         if isinstance(policy, Oracle):
             for state, future in zip(memory.states, batch["first_visit"][:, :frames]):
                 Oracle.inform(state, future)
@@ -177,6 +201,7 @@ def evaluate(
         "chunk_ms": 1000 * total / chunks,
         "bookkeeping": (bookkeeping.seconds + clock_model.seconds) / total,
         "storage": policy.storage(chunk),
+        "tokens": tokens,
         "memory_recall": held[0] / max(held[1], 1),
     }
 
@@ -189,19 +214,21 @@ def table(results: dict[int, dict[str, dict[str, object]]], edges: list[int]) ->
         lines += [
             f"\n### budget {budget} attended memory frames\n",
             "| policy | revisits held | effective context (midpoint) | at 0.9 | AUC | AUC / oracle "
-            "| ms per chunk | bookkeeping | stored entries | "
+            "| ms per chunk | bookkeeping | stored entries | attended tokens (frames) | "
             + " | ".join(f"error/ctl gap {b}" for b in buckets) + " |",
-            "|---|---|---|---|---|---|---|---|---|" + "---|" * len(buckets),
+            "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(buckets),
         ]
         for name, r in sorted(rows.items(), key=lambda item: -float(item[1]["auc"])):  # type: ignore[arg-type]
             ratios = " | ".join("n/a" if c == 0 or math.isnan(c) else f"{e / c:.2f}"
                                 for e, c in zip(r["error"], r["control"]))  # type: ignore[arg-type]
             share = "" if not ceiling else f"{float(r['auc']) / float(ceiling):.2f}"
             storage = "unbounded" if r["storage"] is None else r["storage"]
+            tokens = "unbounded" if r["tokens"] is None else f"{float(r['tokens']):g}"  # type: ignore[arg-type]
             lines.append(
                 f"| {name} | {100 * float(r['memory_recall']):.0f} % | {r['effective_context']} | "
                 f"{r['effective_context_0.9']} | {r['auc']:.3f} | "
                 f"{share} | {r['chunk_ms']:.1f} | {100 * float(r['bookkeeping']):.1f} % | {storage} | "
+                f"{tokens} | "
                 f"{ratios} |"
             )
     return "\n".join(lines) + "\n"

@@ -22,6 +22,9 @@ One *chunk* is what :func:`cf_lightning.rollout.rollout` does per chunk: ``--ste
 - ``bookkeeping``: share of chunk time spent in memory bookkeeping (policy decisions +
   ``KVMemory.read/commit/gather``; extended: + rotating and staging the memory keys/values, RoPE tables,
   frame summaries).
+- ``subframe`` (not in the default run): what entries smaller than a frame cost, Deep Forcing keeping
+  whole frames vs half of their tokens in the same slots (chunk time, interleaved; policy and
+  ``KVMemory`` time; attention statistics, per token in the second case).
 - ``train`` (``--train``): one Context Forcing generator micro-step (rollout with one graph step,
   teacher/critic scores, DMD and critic losses, backward) vs the same step without backward.
 - ``profile``: where the time of a cached chunk and of a recompute chunk goes, by kind of op
@@ -49,7 +52,7 @@ import torch
 from cf_lightning.diffusion import add_noise, denoising_sigmas, timestep_from_sigma, x0_from_velocity
 from cf_lightning.models import KVMemory, WanModel, build_wan
 from cf_lightning.rollout import rollout
-from memory_policies import Full, Keyframe, MemoryPolicy, MemoryState, SlidingWindow, SlowFast
+from memory_policies import DeepForcing, Full, Keyframe, MemoryPolicy, MemoryState, SlidingWindow, SlowFast
 
 CHUNK = 3  # latent frames per chunk, as in the paper
 
@@ -483,6 +486,42 @@ def bench_bookkeeping(bench: Bench) -> None:
         )
 
 
+def bench_subframe(bench: Bench) -> None:
+    """What entries smaller than a frame cost: Deep Forcing keeping whole frames vs half of their tokens in
+    the same slots (padded slots, one key-padding mask per read, per-token attention statistics)."""
+    args = bench.args
+    variants = {
+        "whole frames": DeepForcing(sink=9, compressed=6, recent=6, rope_length=21),
+        "half of the tokens": DeepForcing(sink=9, compressed=6, recent=6, token_share=0.5, rope_length=21),
+    }
+    targets = [(KVMemory, "read", "read"), (KVMemory, "commit", "commit"), (KVMemory, "gather", "gather"),
+               (WanModel, "_frame_attention", "statistics")]
+    print(f"\n## entries smaller than a frame, deep_forcing (18 slots), chunks {args.warmup}.."
+          f"{args.warmup + args.timed}, interleaved, per chunk")
+    print("| compressed entries hold | chunk time (median) | policy decisions | KVMemory read+commit+gather "
+          "| attention statistics | attended tokens |")
+    print("|---|---|---|---|---|---|")
+    memories = {v: bench.new_memory(policy) for v, policy in variants.items()}
+    gens = {v: torch.Generator().manual_seed(5) for v in variants}
+    timers = {v: Timers() for v in variants}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for chunk in range(args.warmup + args.timed):
+        for v, policy in variants.items():
+            if chunk < args.warmup:
+                bench.manual_chunk(memories[v], gens[v], reuse_text=True)
+                continue
+            with timers[v].patch(targets), _patch_policy(policy, timers[v]):
+                _, elapsed = bench.manual_chunk(memories[v], gens[v], reuse_text=True)
+            times[v].append(elapsed)
+    for v, timer in timers.items():
+        t = {k: 1000 * value / args.timed for k, value in timer.total.items()}
+        state = memories[v].states[0]
+        attended = sum(state.entry_tokens(f) for f in state.kept_frames())
+        print(f"| {v} | {1000 * statistics.median(times[v]):.1f} ms | {t.get('policy', 0):.2f} ms | "
+              f"{t.get('read', 0) + t.get('commit', 0) + t.get('gather', 0):.2f} ms | "
+              f"{t.get('statistics', 0):.2f} ms | {attended} |")
+
+
 @contextmanager
 def _patch_policy(policy: MemoryPolicy, timer: Timers) -> Iterator[None]:
     """Time the policy's own read/commit (they run inside KVMemory.read/commit)."""
@@ -663,8 +702,8 @@ def bench_profile(bench: Bench) -> None:
 
 
 SECTIONS = {"latency": bench_latency, "fastpaths": bench_fastpaths, "throughput": bench_throughput,
-            "bookkeeping": bench_bookkeeping, "train": bench_train, "compile": bench_compile,
-            "profile": bench_profile}
+            "bookkeeping": bench_bookkeeping, "subframe": bench_subframe, "train": bench_train,
+            "compile": bench_compile, "profile": bench_profile}
 
 
 def main(argv: list[str] | None = None) -> None:

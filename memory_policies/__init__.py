@@ -16,6 +16,7 @@ from memory_policies.deep_forcing import DeepForcing
 from memory_policies.fade_mem import FadeMem
 from memory_policies.full import Full
 from memory_policies.keyframe import Keyframe
+from memory_policies.long_rollout import InfinityRoPE, RollingSink
 from memory_policies.oracle import Oracle
 from memory_policies.pack_forcing import PackForcing
 from memory_policies.registry import (
@@ -40,6 +41,7 @@ __all__ = [
     "DeepForcing",
     "FadeMem",
     "Full",
+    "InfinityRoPE",
     "Keyframe",
     "LongLiveRAG",
     "MemoryPolicy",
@@ -49,6 +51,7 @@ __all__ = [
     "Oracle",
     "PackForcing",
     "PositionMode",
+    "RollingSink",
     "SlidingWindow",
     "SlowFast",
     "SummarySpec",

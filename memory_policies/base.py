@@ -60,12 +60,18 @@ class Merge:
     entry: int
     sources: tuple[int, ...]
     weights: tuple[float, ...]
+    #: then average each ``pool x pool`` window of the token grid into one token (1: keep every token);
+    #: the pooled token takes the row, hence the spatial RoPE position, of its window's
+    #: :func:`pooled_rows` cell, and the other rows of the entry are no longer attended
+    pool: int = 1
 
     def __post_init__(self) -> None:
-        if len(self.sources) != len(self.weights) or len(self.sources) < 2:
-            raise ValueError(
-                f"a merge needs >= 2 sources with one weight each, got {self.sources}, {self.weights}"
-            )
+        if self.pool < 1:
+            raise ValueError(f"merge pool must be >= 1, got {self.pool}")
+        least = 1 if self.pool > 1 else 2
+        if len(self.sources) != len(self.weights) or len(self.sources) < least:
+            raise ValueError(f"a merge needs >= {least} sources with one weight each (pool={self.pool}), "
+                             f"got {self.sources}, {self.weights}")
         if abs(sum(self.weights) - 1.0) > 1e-6 or min(self.weights) < 0:
             raise ValueError(f"merge weights must be >= 0 and sum to 1, got {self.weights}")
 
@@ -74,9 +80,12 @@ class Merge:
 class AttentionSpec:
     """Ask the model for per-frame attention statistics at every commit: the softmax attention mass
     that the committed chunk's queries (clean refresh pass, heads and query tokens averaged) put on
-    each attended memory frame, measured in one ``layer`` (negative counts from the last)."""
+    each attended memory frame, measured in one ``layer`` (negative counts from the last).
+    ``per_token``: the mass on each token row of each frame instead (``[frames, tokens_per_frame]``),
+    for policies that keep a subset of a frame's tokens (see :attr:`MemoryState.tokens`)."""
 
     layer: int = 0
+    per_token: bool = False
 
 
 @dataclass
@@ -100,6 +109,25 @@ class MemoryState:
     members: dict[int, list[int]] = field(default_factory=dict)
     #: attention mass each attended frame received from the last committed chunk, when the policy asks
     attention: dict[int, float] = field(default_factory=dict)
+    #: the same per token row ``[tokens_per_frame]``, when the policy asks ``per_token`` statistics
+    token_attention: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: entry -> the token rows it still holds, for entries that keep fewer than a frame's tokens (all
+    #: others hold every row). Rows are grid cells, so a kept token keeps its spatial RoPE position, and
+    #: its entry's temporal position; a policy may only shrink a set (storage cannot restore a dropped row)
+    tokens: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    #: entry -> the spatial pooling factor its merge applied (see :class:`Merge`); absent means 1
+    pooled: dict[int, int] = field(default_factory=dict)
+    #: the token grid ``(h, w)`` of one frame, when storage knows it (:class:`KVMemory` sets it): policies
+    #: that keep entries smaller than a frame count their tokens with it
+    grid: tuple[int, int] | None = None
+
+    def entry_tokens(self, entry: int) -> int:
+        """Tokens entry ``entry`` holds (a frame's ``h * w`` unless pruned or pooled); needs :attr:`grid`."""
+        if self.grid is None:
+            raise ValueError("counting an entry's tokens needs the frame's token grid (MemoryState.grid)")
+        if entry in self.tokens:
+            return len(self.tokens[entry])
+        return len(pooled_rows(self.grid, self.pooled.get(entry, 1)))
 
     def kept_frames(self) -> list[int]:
         """Distinct frames attended, in temporal order (sink first, as it holds the first frames)."""
@@ -169,6 +197,16 @@ class MemoryPolicy(ABC):
     def merges_entries(self) -> bool:
         """Whether :meth:`commit` may ask storage to merge entries (see :class:`Merge`)."""
         return False
+
+    def keeps_sub_frames(self) -> bool:
+        """Whether entries may hold fewer tokens than a frame (:attr:`MemoryState.tokens`, pooled merges)."""
+        return False
+
+    def token_budget(self, chunk_frames: int, grid: tuple[int, int]) -> int | None:
+        """Most memory tokens one chunk attends to (query chunk excluded), for frames of ``grid`` tokens.
+        Equals ``budget * h * w`` unless entries hold fewer tokens than a frame."""
+        budget = self.budget(chunk_frames)
+        return None if budget is None else budget * grid[0] * grid[1]
 
     def storage(self, chunk_frames: int) -> int | None:
         """Most entries storage holds (attended + ``archive``); equals :meth:`budget` unless archiving."""
@@ -247,6 +285,11 @@ class MemoryPolicy(ABC):
             if len(sink) < self.sink:
                 sink.append(frame)
         self._update_regions(state, new_frames, summaries)
+        if state.tokens or state.pooled:  # forget the token sets of entries no longer stored
+            stored = set(state.stored_frames())
+            for reduced in (state.tokens, state.pooled):
+                for entry in [e for e in reduced if e not in stored]:
+                    del reduced[entry]
         state.frames_committed += chunk
         state.chunks_committed += 1
 
@@ -258,9 +301,14 @@ class MemoryPolicy(ABC):
             raise ValueError(
                 f"{type(self).__name__} needs per-frame attention statistics in commit(); got None"
             )
-        if attention.shape != (len(frames),):
-            raise ValueError(f"attention must have shape [{len(frames)}] (one value per attended frame), "
-                             f"got {tuple(attention.shape)}")
+        per_token = self.attention_spec().per_token  # type: ignore[union-attr]
+        if attention.ndim != 1 + per_token or attention.shape[0] != len(frames):
+            wanted = f"[{len(frames)}, tokens_per_frame]" if per_token else f"[{len(frames)}]"
+            raise ValueError(f"attention must have shape {wanted} (one value per attended frame"
+                             f"{' and token row' if per_token else ''}), got {tuple(attention.shape)}")
+        if per_token:
+            state.token_attention = dict(zip(frames, attention.float().unbind(0)))
+            attention = attention.sum(-1)
         return dict(zip(frames, attention.float().tolist()))
 
     def read(self, state: MemoryState) -> MemoryView:
@@ -310,9 +358,9 @@ class MemoryPolicy(ABC):
         informed :class:`~memory_policies.Oracle`). ``num_frames`` must be a multiple of ``chunk_frames``. A
         policy that merges entries cannot be rendered: a boolean mask cannot attend to a weighted combination.
         """
-        if self.merges_entries():
-            raise ValueError(f"{type(self).__name__} merges entries, which a frame mask cannot express; "
-                             "stream it chunk by chunk")
+        if self.merges_entries() or self.keeps_sub_frames():
+            raise ValueError(f"{type(self).__name__} merges entries or keeps entries smaller than a frame, "
+                             "which a frame mask cannot express; stream it chunk by chunk")
         if num_frames % chunk_frames:
             raise ValueError(f"num_frames={num_frames} is not a multiple of chunk_frames={chunk_frames}")
         if summaries is not None and summaries.shape[0] != num_frames:
@@ -360,6 +408,20 @@ def memory_positions(frames: list[int], query: list[int], sink_frames: list[int]
             ceiling = max(packed[f], min(anchor - (query[-1] - f), ceiling - 1))
             packed[f] = ceiling
     return [f if f in sink_set else packed[f] for f in everything]
+
+
+def pooled_rows(grid: tuple[int, int], pool: int) -> list[int]:
+    """The token row each ``pool x pool`` window of a ``grid`` keeps after pooling (row-major windows,
+    edge windows cut by the grid): the window's cell nearest its centre, the upper-left one on a tie, so
+    a pooled token is read at a spatial RoPE position inside the area it averages."""
+    h, w = grid
+    rows = []
+    for top in range(0, h, pool):
+        for left in range(0, w, pool):
+            centre_h = top + (min(pool, h - top) - 1) // 2
+            centre_w = left + (min(pool, w - left) - 1) // 2
+            rows.append(centre_h * w + centre_w)
+    return rows
 
 
 def check_recent_window(name: str, size: int, chunk_frames: int) -> None:

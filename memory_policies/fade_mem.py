@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import torch
 
-from memory_policies.base import MemoryPolicy, MemoryState, recent_frames
+from memory_policies.base import MemoryState
 from memory_policies.merging import members, merge
 from memory_policies.registry import register_policy
+from memory_policies.windowed import WindowedPolicy
 
 
 @register_policy("fade_mem")
-class FadeMem(MemoryPolicy):
+class FadeMem(WindowedPolicy):
     """Sink + ``entries`` consolidated entries (power-law spans) + fine-grained ``recent`` window.
 
     Args:
@@ -40,18 +41,17 @@ class FadeMem(MemoryPolicy):
 
     def __init__(self, sink: int = 2, entries: int = 4, recent: int = 4, alpha: float = 1.0,
                  rope_length: int = 21) -> None:
-        super().__init__(sink=sink, position_mode="bounded", rope_length=rope_length)
+        super().__init__(sink=sink, recent=recent, rope_length=rope_length)
         if entries < 1 or recent < 1 or alpha < 0:
             raise ValueError(
                 f"need entries >= 1, recent >= 1, alpha >= 0; got entries={entries}, recent={recent}, "
                 f"alpha={alpha}"
             )
         self.entries = entries
-        self.recent = recent
         self.alpha = alpha
 
-    def budget(self, chunk_frames: int) -> int:
-        return self.sink + self.entries + max(self.recent - chunk_frames, 0)
+    def region_size(self) -> int:
+        return self.entries
 
     def merges_entries(self) -> bool:
         return True
@@ -69,15 +69,14 @@ class FadeMem(MemoryPolicy):
         super().validate(chunk_frames)
 
     def ablation_hparams(self) -> dict[str, object]:
-        return {**super().ablation_hparams(), "memory/entries": self.entries, "memory/recent": self.recent,
-                "memory/alpha": self.alpha}
+        return {**super().ablation_hparams(), "memory/entries": self.entries, "memory/alpha": self.alpha}
 
     def _update_regions(
         self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
     ) -> None:
         sink = set(state.regions["sink"])
         leaving = [f for f in state.regions["fast"] if f not in sink]
-        state.regions["fast"] = recent_frames(new_frames, self.recent - state.chunk_frames)
+        self._slide_window(state, new_frames)
         fast = set(state.regions["fast"])
         slow = state.regions["slow"]
         slow.extend(f for f in leaving if f not in fast and f not in slow)

@@ -17,14 +17,15 @@ from collections.abc import Sequence
 
 import torch
 
-from memory_policies.base import MemoryPolicy, MemoryState, PositionMode, check_recent_window, recent_frames
+from memory_policies.base import MemoryState, PositionMode
 from memory_policies.registry import register_policy
+from memory_policies.windowed import WindowedPolicy
 
 NEVER = float("inf")
 
 
 @register_policy("oracle")
-class Oracle(MemoryPolicy):
+class Oracle(WindowedPolicy):
     """Sink + ``slots`` frames chosen by Belady's rule over the true future + ``recent`` window.
 
     Call :meth:`inform` on each video's state before streaming (the benchmark and ``cf-gen`` do it
@@ -39,11 +40,10 @@ class Oracle(MemoryPolicy):
         position_mode: PositionMode = "bounded",
         rope_length: int = 21,
     ) -> None:
-        super().__init__(sink=sink, position_mode=position_mode, rope_length=rope_length)
+        super().__init__(sink=sink, recent=recent, position_mode=position_mode, rope_length=rope_length)
         if slots < 0 or recent < 1:
             raise ValueError(f"need slots >= 0 and recent >= 1, got slots={slots}, recent={recent}")
         self.slots = slots
-        self.recent = recent
 
     @staticmethod
     def inform(state: MemoryState, first_visit: Sequence[int] | torch.Tensor) -> None:
@@ -57,15 +57,11 @@ class Oracle(MemoryPolicy):
         state.extra["oracle_views"] = views
         state.extra["oracle_needs"] = next_need
 
-    def budget(self, chunk_frames: int) -> int:
-        return self.sink + self.slots + max(self.recent - chunk_frames, 0)
-
-    def validate(self, chunk_frames: int) -> None:
-        check_recent_window("recent", self.recent, chunk_frames)
-        super().validate(chunk_frames)
+    def region_size(self) -> int:
+        return self.slots
 
     def ablation_hparams(self) -> dict[str, object]:
-        return {**super().ablation_hparams(), "memory/slots": self.slots, "memory/recent": self.recent}
+        return {**super().ablation_hparams(), "memory/slots": self.slots}
 
     def _update_regions(
         self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
@@ -83,7 +79,7 @@ class Oracle(MemoryPolicy):
         needs: dict[int, list[int]] = state.extra["oracle_needs"]  # type: ignore[assignment]
         sink = set(state.regions["sink"])
         held = set(state.regions["slow"]) | set(state.regions["fast"]) | set(new_frames)
-        state.regions["fast"] = recent_frames(new_frames, self.recent - state.chunk_frames)
+        self._slide_window(state, new_frames)
         fast = set(state.regions["fast"])
         now = new_frames[-1] + 1
         # A view the sink or the recent window already shows needs no slot; its frames compete again

@@ -11,6 +11,12 @@ Our reading, with no learned compressor:
 - compression packs ``pack`` adjacent frames into one mid entry holding their mean keys and values
   (a ``pack``-fold temporal reduction; tokens per entry stay those of one frame), done once all its
   frames have left the recent window and sit in storage;
+- with ``pool > 1`` a mid entry is also compressed in tokens, parameter-free: each ``pool x pool``
+  window of the token grid is averaged into one token (``pool=2``: 4x fewer tokens; with ``pack=2``,
+  8x in all against the paper's learned 32x), which keeps the row, hence the spatial RoPE position,
+  of the window's centre cell (``pooled_rows``); the entry keeps its frame's temporal position.
+  Averaging keys and values needs no training and preserves what a mean of tokens preserves (the
+  coarse layout), which a tiny learned compressor would have to be trained for (not done here);
 - the mid store is bounded (``mid`` entries; the oldest entry is dropped when full) and is held in
   the ``archive`` region, stored but not attended;
 - query-key affinity is the cosine similarity between an entry's summary (the mean of its frames'
@@ -25,21 +31,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memory_policies.base import (
-    ARCHIVE,
-    MemoryPolicy,
-    MemoryState,
-    SummaryReduce,
-    SummarySpec,
-    check_recent_window,
-    recent_frames,
-)
+from memory_policies.base import ARCHIVE, MemoryState, SummaryReduce, SummarySpec, pooled_rows
 from memory_policies.merging import merge
 from memory_policies.registry import register_policy
+from memory_policies.windowed import WindowedPolicy
 
 
 @register_policy("pack_forcing")
-class PackForcing(MemoryPolicy):
+class PackForcing(WindowedPolicy):
     """Sink + top-``selected`` of ``mid`` packed entries (``pack`` frames each) + ``recent`` window.
 
     Args:
@@ -48,6 +47,7 @@ class PackForcing(MemoryPolicy):
         recent: recent frames visible, the query chunk included.
         mid: packed entries held in storage.
         pack: adjacent frames merged into one mid entry (1: no packing).
+        pool: spatial pooling factor of a mid entry's tokens (1: a frame's tokens; 2: a quarter of them).
         summary / summary_layer: what affinity compares (see :class:`SummarySpec`).
     """
 
@@ -61,22 +61,23 @@ class PackForcing(MemoryPolicy):
         summary: SummaryReduce = "mean_key",
         summary_layer: int | None = 0,
         rope_length: int = 21,
+        pool: int = 1,
     ) -> None:
-        super().__init__(sink=sink, position_mode="bounded", rope_length=rope_length)
-        if selected < 0 or recent < 1 or mid < selected or pack < 1:
+        super().__init__(sink=sink, recent=recent, rope_length=rope_length)
+        if selected < 0 or recent < 1 or mid < selected or pack < 1 or pool < 1:
             raise ValueError(
-                f"need selected >= 0, recent >= 1, mid >= selected, pack >= 1; got selected={selected}, "
-                f"recent={recent}, mid={mid}, pack={pack}"
+                f"need selected >= 0, recent >= 1, mid >= selected, pack >= 1, pool >= 1; got "
+                f"selected={selected}, recent={recent}, mid={mid}, pack={pack}, pool={pool}"
             )
         self.selected = selected
-        self.recent = recent
         self.mid = mid
         self.pack = pack
+        self.pool = pool
         self.summary: SummaryReduce = summary
         self.summary_layer = summary_layer
 
-    def budget(self, chunk_frames: int) -> int:
-        return self.sink + self.selected + max(self.recent - chunk_frames, 0)
+    def region_size(self) -> int:
+        return self.selected
 
     def storage(self, chunk_frames: int) -> int:
         # packed entries, plus up to pack - 1 + chunk_frames frames waiting to be packed
@@ -89,19 +90,22 @@ class PackForcing(MemoryPolicy):
         return SummarySpec(self.summary, self.summary_layer)
 
     def merges_entries(self) -> bool:
-        return self.pack > 1
+        return self.pack > 1 or self.pool > 1
+
+    def keeps_sub_frames(self) -> bool:
+        return self.pool > 1
+
+    def token_budget(self, chunk_frames: int, grid: tuple[int, int]) -> int:
+        whole = self.sink + max(self.recent - chunk_frames, 0)
+        return whole * grid[0] * grid[1] + self.selected * len(pooled_rows(grid, self.pool))
 
     @property
     def fixed_positions(self) -> bool:
         return False  # bounded positions move with the memory's contents
 
-    def validate(self, chunk_frames: int) -> None:
-        check_recent_window("recent", self.recent, chunk_frames)
-        super().validate(chunk_frames)
-
     def ablation_hparams(self) -> dict[str, object]:
-        return {**super().ablation_hparams(), "memory/selected": self.selected, "memory/recent": self.recent,
-                "memory/mid": self.mid, "memory/pack": self.pack}
+        return {**super().ablation_hparams(), "memory/selected": self.selected, "memory/mid": self.mid,
+                "memory/pack": self.pack, "memory/pool": self.pool}
 
     def _update_regions(
         self, state: MemoryState, new_frames: list[int], summaries: torch.Tensor | None
@@ -112,7 +116,7 @@ class PackForcing(MemoryPolicy):
         sink = set(state.regions["sink"])
         bank.update({f: s.detach().float().flatten() for f, s in zip(new_frames, summaries) if f not in sink})
         previous_fast = [f for f in state.regions["fast"] if f not in sink]
-        state.regions["fast"] = recent_frames(new_frames, self.recent - state.chunk_frames)
+        self._slide_window(state, new_frames)
         fast = set(state.regions["fast"])
         archive = state.regions[ARCHIVE]
         # Frames out of the recent window wait in storage until `pack` adjacent ones were all stored
@@ -125,9 +129,9 @@ class PackForcing(MemoryPolicy):
         while len(waiting) >= self.pack and not set(waiting[: self.pack]) & set(new_frames):
             group = waiting[: self.pack]
             del waiting[: self.pack]
-            if self.pack > 1:
+            if self.merges_entries():
                 summary = torch.stack([bank.pop(f) for f in group]).mean(0)
-                bank[merge(state, group)] = summary
+                bank[merge(state, group, pool=self.pool)] = summary
         packed = [f for f in sorted(archive) if f not in waiting]
         while len(packed) > self.mid:
             oldest = packed.pop(0)

@@ -22,21 +22,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from memory_policies.base import (
-    ARCHIVE,
-    MemoryPolicy,
-    MemoryState,
-    PositionMode,
-    SummaryReduce,
-    SummarySpec,
-    check_recent_window,
-    recent_frames,
-)
+from memory_policies.base import ARCHIVE, MemoryState, PositionMode, SummaryReduce, SummarySpec
 from memory_policies.registry import register_policy
+from memory_policies.windowed import WindowedPolicy
 
 
 @register_policy("longlive_rag")
-class LongLiveRAG(MemoryPolicy):
+class LongLiveRAG(WindowedPolicy):
     """Sink + ``retrieved`` frames from an ``archive`` by similarity to the latest chunk + ``recent`` window.
 
     Args:
@@ -51,7 +43,7 @@ class LongLiveRAG(MemoryPolicy):
     def __init__(self, sink: int = 2, retrieved: int = 4, recent: int = 4, archive: int = 48,
                  redundancy: float = 0.99, summary: SummaryReduce = "mean_key", summary_layer: int | None = 0,
                  position_mode: PositionMode = "bounded", rope_length: int = 21) -> None:
-        super().__init__(sink=sink, position_mode=position_mode, rope_length=rope_length)
+        super().__init__(sink=sink, recent=recent, position_mode=position_mode, rope_length=rope_length)
         if retrieved < 0 or recent < 1 or archive < retrieved:
             raise ValueError(
                 f"need retrieved >= 0, recent >= 1, archive >= retrieved; got retrieved={retrieved}, "
@@ -60,14 +52,13 @@ class LongLiveRAG(MemoryPolicy):
         if not -1.0 <= redundancy <= 1.0:
             raise ValueError(f"redundancy is a cosine similarity in [-1, 1], got {redundancy}")
         self.retrieved = retrieved
-        self.recent = recent
         self.archive = archive
         self.redundancy = redundancy
         self.summary: SummaryReduce = summary
         self.summary_layer = summary_layer
 
-    def budget(self, chunk_frames: int) -> int:
-        return self.sink + self.retrieved + max(self.recent - chunk_frames, 0)
+    def region_size(self) -> int:
+        return self.retrieved
 
     def storage(self, chunk_frames: int) -> int:
         return self.sink + self.archive + max(self.recent - chunk_frames, 0)
@@ -78,15 +69,10 @@ class LongLiveRAG(MemoryPolicy):
     def summary_spec(self) -> SummarySpec:
         return SummarySpec(self.summary, self.summary_layer)
 
-    def validate(self, chunk_frames: int) -> None:
-        check_recent_window("recent", self.recent, chunk_frames)
-        super().validate(chunk_frames)
-
     def ablation_hparams(self) -> dict[str, object]:
         return {
             **super().ablation_hparams(),
             "memory/retrieved": self.retrieved,
-            "memory/recent": self.recent,
             "memory/archive": self.archive,
             "memory/redundancy": self.redundancy,
         }
@@ -98,7 +84,7 @@ class LongLiveRAG(MemoryPolicy):
         bank: dict[int, torch.Tensor] = state.extra.setdefault("summaries", {})  # type: ignore[assignment]
         sink = set(state.regions["sink"])
         bank.update({f: s.detach().float().flatten() for f, s in zip(new_frames, summaries) if f not in sink})
-        state.regions["fast"] = recent_frames(new_frames, self.recent - state.chunk_frames)
+        self._slide_window(state, new_frames)
         fast = set(state.regions["fast"])
         archive = state.regions[ARCHIVE]
         archive.extend(f for f in new_frames if f not in fast and f not in sink)

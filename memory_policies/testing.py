@@ -10,7 +10,8 @@ The checks replay random streams of chunks and assert the invariants the rest of
 relies on: the budget is never exceeded, sink frames stay, positions stay in range, the query
 chunk sees the most recent history, a teacher sees the memory where the student read it, a policy
 that declares fixed positions keeps them, decisions are deterministic, and the rendered mask agrees
-with streaming frame by frame.
+with streaming frame by frame. Entries smaller than a frame are counted in tokens, on a :data:`GRID`
+of token rows per frame.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from memory_policies.base import MemoryPolicy, MemoryState, MemoryView
 CHUNK_SIZES = (1, 2, 3)
 NUM_CHUNKS = 24
 SUMMARY_DIM = 8
+#: the token grid of a frame in these streams (for policies that count or prune tokens)
+GRID = (2, 3)
 
 
 class PolicyContract:
@@ -59,16 +62,38 @@ class PolicyContract:
         query = summaries[view.query_frames].mean(0)
         return (summaries[view.frames] @ query).softmax(0)
 
+    @classmethod
+    def token_attention(cls, view: MemoryView, summaries: torch.Tensor) -> torch.Tensor:
+        """Per token row ``[frames, h * w]``: each frame's stand-in mass shared over its rows with
+        weights that depend on the frame and the query (deterministic)."""
+        tokens = GRID[0] * GRID[1]
+        frames = cls.attention(view, summaries)
+        if not view.frames:
+            return torch.zeros(0, tokens)
+        phase = torch.tensor(view.frames, dtype=torch.float32)[:, None] * 1.7 + view.query_frames[0]
+        rows = torch.sin(phase + torch.arange(tokens)).softmax(-1)
+        return frames[:, None] * rows
+
+    def statistics(
+        self, policy: MemoryPolicy, view: MemoryView, summaries: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The attention statistics ``policy`` asks for at a commit, or None."""
+        spec = policy.attention_spec()
+        if spec is None:
+            return None
+        return (self.token_attention if spec.per_token else self.attention)(view, summaries)
+
     def stream(self, policy: MemoryPolicy, chunk: int, seed: int = 0):
         """Yield (state, view) for every chunk of a random stream."""
         state = policy.new_state(chunk)
+        state.grid = GRID
         self.prepare(state)
         summaries = self.summaries(chunk * NUM_CHUNKS, seed)
         for c in range(NUM_CHUNKS):
             view = policy.read(state)
             yield state, view
-            attention = self.attention(view, summaries) if policy.attention_spec() else None
-            policy.commit(state, summaries[c * chunk:(c + 1) * chunk], attention)
+            statistics = self.statistics(policy, view, summaries)
+            policy.commit(state, summaries[c * chunk:(c + 1) * chunk], statistics)
 
     def test_budget_never_exceeded(self) -> None:
         policy = self.make_policy()
@@ -81,6 +106,24 @@ class PolicyContract:
                 if storage is not None:
                     assert len(state.stored_frames()) <= storage, (chunk, state.stored_frames(), storage)
                 assert set(view.frames) <= set(state.stored_frames()), "an attended frame is not stored"
+
+    def test_token_budget_never_exceeded(self) -> None:
+        """Counted in tokens: entries smaller than a frame count what they hold; kept rows only shrink."""
+        policy = self.make_policy()
+        tokens = GRID[0] * GRID[1]
+        for chunk in CHUNK_SIZES:
+            budget = policy.token_budget(chunk, GRID)
+            held: dict[int, set[int]] = {}
+            for state, view in self.stream(policy, chunk):
+                attended = sum(state.entry_tokens(f) for f in view.frames)
+                if budget is not None:
+                    assert attended <= budget, (chunk, attended, budget)
+                for entry, rows in state.tokens.items():
+                    assert rows and set(rows) <= held.get(entry, set(range(tokens))), (entry, rows)
+                    assert len(rows) < tokens, "a whole frame is not listed in state.tokens"
+                held = {entry: set(rows) for entry, rows in state.tokens.items()}
+                if not policy.keeps_sub_frames():
+                    assert not state.tokens and not state.pooled
 
     def test_merged_entries_partition_history(self) -> None:
         """Entries stand for disjoint sets of past frames, each named by one of its own members."""
@@ -150,7 +193,7 @@ class PolicyContract:
         import pytest  # only the checks need it, not importing this module
 
         policy = self.make_policy()
-        if policy.merges_entries():  # a boolean mask cannot attend to a weighted combination
+        if policy.merges_entries() or policy.keeps_sub_frames():  # a boolean frame mask cannot express them
             with pytest.raises(ValueError, match="merges entries"):
                 policy.frame_mask(NUM_CHUNKS, 1)
             return
@@ -159,7 +202,9 @@ class PolicyContract:
             summaries = self.summaries(num_frames)
             fresh = policy.new_state(chunk)
             self.prepare(fresh)
-            attention = partial(self.attention, summaries=summaries) if policy.attention_spec() else None
+            attention = (
+                partial(self.statistics, policy, summaries=summaries) if policy.attention_spec() else None
+            )
             mask = policy.frame_mask(num_frames, chunk, summaries, attention, fresh)
             for c, (_, view) in enumerate(self.stream(policy, chunk)):
                 for i in range(c * chunk, (c + 1) * chunk):

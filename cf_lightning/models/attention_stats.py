@@ -40,19 +40,23 @@ def capture_attention_input(
 
 
 def frame_attention(queries: torch.Tensor, memory_keys: torch.Tensor, chunk_keys: torch.Tensor,
-                    memory_valid: torch.Tensor | None, tokens_per_frame: int) -> torch.Tensor:
-    """Mean softmax attention mass ``[B, n]`` the chunk's queries put on each of ``n`` memory frames.
+                    memory_valid: torch.Tensor | None, tokens_per_frame: int, per_token: bool = False
+                    ) -> torch.Tensor:
+    """Mean softmax attention mass ``[B, n]`` the chunk's queries put on each of ``n`` memory frames
+    (``[B, n, tokens_per_frame]``, per token row, with ``per_token``).
 
     ``queries`` ``[B, Lq, H, D]`` and ``chunk_keys`` ``[B, Lq, H, D]`` rotated to the chunk's positions,
     ``memory_keys`` ``[B, n * tokens_per_frame, H, D]`` rotated to their read positions; ``memory_valid``
-    ``[B, n]`` marks padded frames (None: all valid). The softmax runs over memory and chunk keys, as the
-    model's attention does, so the masses of a video's frames sum to at most 1.
+    ``[B, n * tokens_per_frame]`` marks padded or pruned token rows (None: all valid). The softmax runs
+    over memory and chunk keys, as the model's attention does, so the masses of a video's frames sum
+    to at most 1.
     """
     keys = torch.cat([memory_keys, chunk_keys.to(memory_keys.dtype)], dim=1).float()
     logits = torch.einsum("bqhd,bkhd->bhqk", queries.float(), keys) * queries.shape[-1] ** -0.5
     if memory_valid is not None:
-        valid = torch.cat([memory_valid.repeat_interleave(tokens_per_frame, dim=1),
-                           memory_valid.new_ones(chunk_keys.shape[0], chunk_keys.shape[1])], dim=1)
+        chunk_valid = memory_valid.new_ones(chunk_keys.shape[0], chunk_keys.shape[1])
+        valid = torch.cat([memory_valid, chunk_valid], dim=1)
         logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
     mass = logits.softmax(-1).mean(dim=(1, 2))  # [B, memory + chunk tokens]
-    return mass[:, :memory_keys.shape[1]].unflatten(1, (-1, tokens_per_frame)).sum(-1)
+    per_row = mass[:, :memory_keys.shape[1]].unflatten(1, (-1, tokens_per_frame))
+    return per_row if per_token else per_row.sum(-1)

@@ -15,6 +15,13 @@ memory keys) in :attr:`MemoryRead.cache`; they are dropped at the next commit, s
 copy of the attended frames exists besides the slot pool. ``cache_reads=False`` turns all of this
 off (every forward re-reads and re-gathers), which is the plain path the tests compare against.
 
+Entries smaller than a frame (a policy's :attr:`~memory_policies.MemoryState.tokens` subsets, pooled
+merges) keep their slot and their surviving tokens keep their rows, so a token's row stays its grid
+cell and the RoPE tables of a slot serve it unchanged (temporal position of its entry, spatial position
+of its cell). The rows an entry no longer holds are masked out of attention by a key-padding mask built
+once per read (:attr:`MemoryRead.valid`); memories whose entries are all whole frames build none, so
+their attention path is the one without a mask.
+
 Host syncs: index tensors are built from the policy's Python lists and sent to the device in one
 transfer per read and one per commit (pinned and non-blocking on CUDA), and no tensor is read back to
 the host. The one sync left is the policy's: surprisal admission (``SlowFast``) reads a cosine
@@ -28,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from memory_policies import MemoryPolicy, MemoryState, MemoryView
+from memory_policies.base import pooled_rows
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,9 @@ class MemoryRead:
 
     views: list[MemoryView]
     slots: torch.Tensor  # [B, n] storage slot of each attended memory frame
-    valid: torch.Tensor | None  # [B, n] False where a shorter memory is padded; None when all valid
+    #: [B, n * tokens_per_frame] False where a shorter memory is padded or an entry no longer holds a
+    #: token row; None when every attended row is valid
+    valid: torch.Tensor | None
     positions: torch.Tensor  # [B, n] temporal RoPE positions of the memory frames
     query_positions: torch.Tensor  # [B, chunk_frames]
     shared: bool = False
@@ -62,12 +72,19 @@ class KVMemory:
     ``store_rotated``: whether :meth:`commit` receives keys already rotated to their positions, so
     reads use them as they are. Defaults to the policy's ``fixed_positions``; it cannot be set for
     a policy whose positions move, whose keys must be rotated again at every read.
+
+    ``grid``: the ``(h, w)`` token grid of a frame (``h * w = tokens_per_frame``), handed to the policy's
+    states; needed by policies that pool entries (:class:`~memory_policies.Merge` ``pool``) or count tokens.
     """
 
     def __init__(self, policy: MemoryPolicy, batch_size: int, chunk_frames: int, tokens_per_frame: int,
                  num_layers: int, num_heads: int, head_dim: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, cache_reads: bool = True,
-                 store_rotated: bool | None = None) -> None:
+                 store_rotated: bool | None = None, grid: tuple[int, int] | None = None) -> None:
+        if grid is not None and grid[0] * grid[1] != tokens_per_frame:
+            raise ValueError(
+                f"grid {grid} holds {grid[0] * grid[1]} tokens, not tokens_per_frame={tokens_per_frame}"
+            )
         if store_rotated and not policy.fixed_positions:
             raise ValueError(f"store_rotated=True needs fixed positions, but {type(policy).__name__} uses "
                              f"position_mode={policy.position_mode!r}; allowed with position_mode='absolute'")
@@ -81,7 +98,10 @@ class KVMemory:
         self.chunk_frames = chunk_frames
         self.tokens_per_frame = tokens_per_frame
         self.cache_reads = cache_reads
+        self.grid = grid
         self.states: list[MemoryState] = [policy.new_state(chunk_frames) for _ in range(batch_size)]
+        for state in self.states:
+            state.grid = grid
         storage = policy.storage(chunk_frames)
         capacity = storage if storage is not None else 4 * chunk_frames
         shape = (num_layers, batch_size, max(capacity, 1), tokens_per_frame, num_heads, head_dim)
@@ -89,6 +109,8 @@ class KVMemory:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self._slot_of: list[dict[int, int]] = [{} for _ in range(batch_size)]
         self._free: list[list[int]] = [list(range(shape[2] - 1, -1, -1)) for _ in range(batch_size)]
+        #: per video, the token rows still held by entries smaller than a frame (absent: all rows)
+        self._rows: list[dict[int, tuple[int, ...]]] = [{} for _ in range(batch_size)]
         self._read: MemoryRead | None = None
 
     @property
@@ -137,9 +159,12 @@ class KVMemory:
         ).reshape(len(rows), 2 * longest + chunk)
         packed = _to_device(packed, self.keys.device).expand(self.batch_size, -1)
         valid = None
-        if any(len(s) != longest for s in slots):
+        if any(rows.keys() & view.frames for rows, view in zip(self._rows, views)):
+            valid = _to_device(self._token_mask(views, longest), self.keys.device)
+        elif any(len(s) != longest for s in slots):
             lengths = torch.tensor([len(s) for s in slots])
-            valid = _to_device(torch.arange(longest)[None] < lengths[:, None], self.keys.device)
+            frames_valid = _to_device(torch.arange(longest)[None] < lengths[:, None], self.keys.device)
+            valid = frames_valid.repeat_interleave(self.tokens_per_frame, dim=1)
         read = MemoryRead(
             views=views,
             slots=packed[:, :longest],
@@ -151,6 +176,18 @@ class KVMemory:
         if self.cache_reads:
             self._read = read
         return read
+
+    def _token_mask(self, views: list[MemoryView], longest: int) -> torch.Tensor:
+        """Host ``[B, longest * tokens_per_frame]``: the token rows each video's attended entries hold."""
+        mask = torch.zeros(self.batch_size, longest, self.tokens_per_frame, dtype=torch.bool)
+        for b, view in enumerate(views):
+            mask[b, :len(view.frames)] = True
+            for j, frame in enumerate(view.frames):
+                rows = self._rows[b].get(frame)
+                if rows is not None:
+                    mask[b, j] = False
+                    mask[b, j, list(rows)] = True
+        return mask.flatten(1)
 
     def gather(self, layer: int, read: MemoryRead) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys (rotated if :attr:`store_rotated`) and values ``[B, n * tokens_per_frame, H, D]`` of the
@@ -186,6 +223,7 @@ class KVMemory:
             else:
                 self.policy.commit(state, own, attention[b, :len(state.kept_frames())])
             self._merge(b, state)
+            self._track_rows(b, state)
             kept = set(state.stored_frames())
             slots = self._slot_of[b]
             for frame in [f for f in slots if f not in kept]:
@@ -209,6 +247,30 @@ class KVMemory:
         self.keys[:, b_idx, s_idx] = stacked_k[:, b_idx, f_idx].to(self.keys.dtype)
         self.values[:, b_idx, s_idx] = stacked_v[:, b_idx, f_idx].to(self.values.dtype)
 
+    def _track_rows(self, b: int, state: MemoryState) -> None:
+        """Record which token rows video ``b``'s entries hold after a commit (pruned or pooled entries)."""
+        if not (state.tokens or state.pooled or self._rows[b]):
+            return
+        rows = {entry: tuple(sorted(kept)) for entry, kept in state.tokens.items()}
+        for entry, pool in state.pooled.items():
+            rows[entry] = tuple(pooled_rows(self._grid_for(pool), pool))
+        for entry, kept in state.tokens.items():
+            before = self._rows[b].get(entry)
+            if before is not None and not set(kept) <= set(before):
+                raise ValueError(f"{type(self.policy).__name__} gave entry {entry} token rows "
+                                 f"{sorted(set(kept) - set(before))} it no longer holds; a kept set can only "
+                                 "shrink")
+            if not kept or min(kept) < 0 or max(kept) >= self.tokens_per_frame:
+                raise ValueError(f"entry {entry} must keep >= 1 token rows in [0, {self.tokens_per_frame}), "
+                                 f"got {list(kept)}")
+        self._rows[b] = rows
+
+    def _grid_for(self, pool: int) -> tuple[int, int]:
+        if self.grid is None:
+            raise ValueError(f"{type(self.policy).__name__} pools entries {pool}x{pool}, which needs the "
+                             "token grid: build the memory with grid=(h, w) (WanModel.new_memory does)")
+        return self.grid
+
     def _merge(self, b: int, state: MemoryState) -> None:
         """Perform the merges the policy asked for in video ``b``'s last commit (see :class:`Merge`)."""
         slots = self._slot_of[b]
@@ -223,6 +285,8 @@ class KVMemory:
                 (pool[:, b].index_select(1, index).float() * weights).sum(1)
                 for pool in (self.keys, self.values)
             ]
+            if merge.pool > 1:
+                combined = [self._pool(value, merge.pool) for value in combined]
             for source in merge.sources:
                 if source != merge.entry:
                     self._free[b].append(slots.pop(source))
@@ -230,6 +294,19 @@ class KVMemory:
             slots[merge.entry] = target
             for pool, value in zip((self.keys, self.values), combined):
                 pool[:, b, target] = value.to(pool.dtype)
+
+    def _pool(self, entry: torch.Tensor, pool: int) -> torch.Tensor:
+        """``entry [layers, tokens, H, D]`` with each ``pool x pool`` window averaged into its
+        :func:`~memory_policies.base.pooled_rows` row; the other rows are zeroed (no longer attended)."""
+        h, w = self._grid_for(pool)
+        cells = torch.arange(h * w).view(h, w)
+        out = torch.zeros_like(entry)
+        keep = pooled_rows((h, w), pool)
+        windows = [cells[top:top + pool, left:left + pool].flatten()
+                   for top in range(0, h, pool) for left in range(0, w, pool)]
+        for row, window in zip(keep, windows):
+            out[:, row] = entry[:, window.to(entry.device)].mean(1)
+        return out
 
     def _grow(self) -> None:
         """Double the slot pool; only unbounded policies (``Full``) ever get here."""

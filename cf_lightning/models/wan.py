@@ -346,14 +346,20 @@ class WanModel(nn.Module):
             dtype,
             cache_reads=cache_reads,
             store_rotated=store_rotated,
+            grid=self._latent_grid(latent_hw),
         )
 
     def tokens_per_frame(self, latent_hw: tuple[int, int] | torch.Size) -> int:
+        h, w = self._latent_grid(latent_hw)
+        return h * w
+
+    def _latent_grid(self, latent_hw: tuple[int, int] | torch.Size) -> tuple[int, int]:
+        """Token grid ``(h, w)`` of latents of size ``latent_hw`` (checks that the patch size divides it)."""
         _, ph, pw = self.config.patch_size
         h, w = latent_hw
         if h % ph or w % pw:
             raise ValueError(f"latent size {h}x{w} is not divisible by the patch size {ph}x{pw}")
-        return (h // ph) * (w // pw)
+        return h // ph, w // pw
 
     @staticmethod
     def frame_summaries(
@@ -411,13 +417,13 @@ class WanModel(nn.Module):
         return out
 
     def _streaming_mask(self, read: MemoryRead, x: torch.Tensor) -> BlockMask | None:
-        """Key padding of ``[memory | chunk]`` frames when some videos' memories hold fewer frames;
-        ``None`` when every query sees every key."""
+        """Key padding of ``[memory | chunk]`` tokens when a read's memory has padded or pruned token rows
+        (else None: every query sees every key)."""
         if read.valid is None:
             return None
-        tokens = self.tokens_per_frame(x.shape[-2:])
-        frames = torch.cat([read.valid, read.valid.new_ones(x.shape[0], x.shape[2])], dim=1)
-        return BlockMask.keys(frames, queries=x.shape[2] * tokens, key_block=tokens)
+        query_tokens = x.shape[2] * self.tokens_per_frame(x.shape[-2:])
+        keys = torch.cat([read.valid, read.valid.new_ones(x.shape[0], query_tokens)], dim=1)
+        return BlockMask.keys(keys, queries=query_tokens)
 
     def _frame_condition(
         self, frame_cond: torch.Tensor | None, batch: int, frames: int
@@ -508,14 +514,16 @@ class WanModel(nn.Module):
         spec = memory.policy.attention_spec()
         assert spec is not None  # attention_input is only captured for such policies
         if read.num_frames == 0:
-            return x.new_zeros(x.shape[0], 0)
+            rows = (self.tokens_per_frame(x.shape[-2:]),) if spec.per_token else ()
+            return x.new_zeros(x.shape[0], 0, *rows)
         grid = self._grid(x)
         attn = self.blocks[spec.layer].self_attn
         queries = attn.norm_q(attn.q(attention_input[-1])).unflatten(-1, (attn.num_heads, -1))
         memory_rope, query_rope = self._streaming_rope(memory, read, grid)
         staged = self._memory_kv(memory, read, spec.layer % len(self.blocks), memory_rope, grid)
         return frame_attention(apply_rope(queries, *query_rope), staged.keys[:, :staged.memory_tokens],
-                               apply_rope(kvs[spec.layer][0], *query_rope), read.valid, grid[0] * grid[1])
+                               apply_rope(kvs[spec.layer][0], *query_rope), read.valid, grid[0] * grid[1],
+                               per_token=spec.per_token)
 
     def _per_read(self, memory: KVMemory, read: MemoryRead, key: object, compute: Callable[[], T]) -> T:
         """``compute()`` once per memory read (i.e. once per chunk) when the memory caches reads.

@@ -9,10 +9,12 @@ from memory_policies import (
     ARCHIVE,
     DeepForcing,
     FadeMem,
+    InfinityRoPE,
     LongLiveRAG,
     MemoryState,
     Oracle,
     PackForcing,
+    RollingSink,
     SlidingWindow,
     build_policy,
 )
@@ -44,6 +46,16 @@ class TestDeepForcingAbsolute(PolicyContract):
         return DeepForcing(sink=2, compressed=3, recent=6, position_mode="absolute")
 
 
+class TestDeepForcingTokens(TestDeepForcing):
+    def make_policy(self):
+        return DeepForcing(sink=2, compressed=3, recent=6, token_share=0.5, rope_length=14)
+
+
+class TestDeepForcingTokensAbsolute(TestDeepForcing):
+    def make_policy(self):
+        return DeepForcing(sink=1, compressed=2, recent=6, token_share=0.34, position_mode="absolute")
+
+
 class TestFadeMem(PolicyContract):
     recent = 3
 
@@ -56,6 +68,16 @@ class TestPackForcing(PolicyContract):
 
     def make_policy(self):
         return PackForcing(sink=1, selected=2, recent=4, mid=5, pack=2, rope_length=10)
+
+
+class TestPackForcingPooled(TestPackForcing):
+    def make_policy(self):
+        return PackForcing(sink=1, selected=2, recent=4, mid=5, pack=2, pool=2, rope_length=10)
+
+
+class TestPackForcingPooledUnpacked(TestPackForcing):
+    def make_policy(self):
+        return PackForcing(sink=0, selected=3, recent=4, mid=6, pack=1, pool=2, rope_length=10)
 
 
 class TestLongLiveRAG(PolicyContract):
@@ -80,7 +102,10 @@ class TestOracle(PolicyContract):
         Oracle.inform(state, revisit_pattern(3 * NUM_CHUNKS))
 
 
-@pytest.mark.parametrize("name", ["deep_forcing", "fade_mem", "pack_forcing", "longlive_rag", "oracle"])
+@pytest.mark.parametrize(
+    "name",
+    ["deep_forcing", "fade_mem", "pack_forcing", "longlive_rag", "oracle", "infinity_rope", "rolling_sink"],
+)
 def test_zoo_policies_are_registered(name):
     assert build_policy(name).budget(2) is not None
 
@@ -219,3 +244,113 @@ def test_oracle_without_the_future_is_refused():
     policy = Oracle()
     with pytest.raises(ValueError, match="Oracle.inform"):
         policy.commit(policy.new_state(2))
+
+
+def test_token_level_compression_keeps_the_top_tokens_over_at_most_compressed_frames():
+    tokens = 6
+    favourite = {(3, 1), (3, 4), (5, 0), (6, 2), (7, 5)}  # (frame, row) the queries keep attending to
+
+    def attention(view):
+        mass = torch.ones(len(view.frames), tokens)
+        for j, frame in enumerate(view.frames):
+            for row in range(tokens):
+                if (frame, row) in favourite:
+                    mass[j, row] = 50.0 + frame  # newer favourites rank first
+        return mass / mass.sum()
+
+    policy = DeepForcing(sink=2, compressed=3, recent=4, token_share=0.25, position_mode="absolute")
+    state = stream(policy, 2, 6, attention=attention)
+    # C = round(0.25 * 3 * 6) = 4 tokens: the favourites of frames 7, 6, 5 fill the 3 frames allowed, so
+    # frame 3's favourites lose to the frame cap; the 4th token is the best left among those frames (a
+    # tie at 1.0, broken to the newest frame's lowest row)
+    assert state.regions["slow"] == [5, 6, 7]
+    assert state.tokens == {5: (0,), 6: (2,), 7: (0, 5)}
+
+
+def test_token_level_compression_never_brings_back_a_dropped_token():
+    policy = DeepForcing(sink=1, compressed=2, recent=4, token_share=0.5, position_mode="absolute")
+    state = policy.new_state(2)
+    held: dict[int, set[int]] = {}
+    for c in range(12):
+        view = policy.read(state)
+        # random attention, so a frame's favourite rows change from chunk to chunk
+        mass = torch.rand(len(view.frames), 4, generator=torch.Generator().manual_seed(c))
+        policy.commit(state, None, mass / mass.sum().clamp_min(1e-6))
+        for entry, rows in state.tokens.items():
+            assert set(rows) <= held.get(entry, set(range(4))), (c, entry, rows)
+        held = {entry: set(rows) for entry, rows in state.tokens.items()}
+
+
+def test_pooled_rows_are_the_centre_cells_of_the_windows():
+    from memory_policies.base import pooled_rows
+
+    assert pooled_rows((4, 4), 2) == [0, 2, 8, 10]
+    assert pooled_rows((4, 4), 3) == [5, 7, 13, 15]  # edge windows are cut by the grid
+    assert pooled_rows((3, 3), 1) == list(range(9))
+    assert pooled_rows((3, 3), 3) == [4]
+
+
+def test_pooled_pack_forcing_counts_a_quarter_frame_per_mid_entry():
+    policy = PackForcing(sink=2, selected=4, recent=4, mid=8, pack=2, pool=2)
+    assert policy.token_budget(2, (4, 4)) == (2 + 2) * 16 + 4 * 4
+    assert PackForcing(sink=2, selected=4, recent=4).token_budget(2, (4, 4)) == 8 * 16
+
+
+class TestInfinityRoPE(PolicyContract):
+    recent = 3
+
+    def make_policy(self):
+        return InfinityRoPE(sink=2, recent=6, rope_length=9)
+
+
+class TestRollingSink(TestInfinityRoPE):
+    def make_policy(self):
+        return RollingSink(sink=2, recent=6, pool=6, roll_every=2, rope_length=9)
+
+    def test_sink_frames_never_evicted(self) -> None:
+        """Its sink rolls: always ``sink`` consecutive frames of the pool, the first ones until it is full."""
+        policy = self.make_policy()
+        for chunk in (1, 2, 3):
+            for state, view in self.stream(policy, chunk):
+                sink = state.regions["sink"]
+                assert sink == list(range(sink[0], sink[0] + len(sink))) if sink else True
+                assert all(f < policy.pool for f in sink) and sink == view.frames[: len(sink)]
+                if state.frames_committed < policy.pool:
+                    assert sink == list(range(min(policy.sink, state.frames_committed)))
+
+
+def test_infinity_rope_reads_the_query_at_the_top_of_the_range_from_the_first_chunk():
+    policy = InfinityRoPE(sink=1, recent=4, rope_length=8)
+    state = policy.new_state(2)
+    view = policy.read(state)
+    assert view.query_positions == [6, 7]  # relative from the start, unlike bounded (0, 1)
+    state = stream(policy, 2, 2)
+    view = policy.read(state)
+    assert view.frames == [0, 2, 3] and view.positions == [2, 4, 5]  # true distances: the gap at 1 stays
+    state = stream(policy, 2, 10)
+    view = policy.read(state)
+    # the sink is beyond the horizon: pinned at the bottom; the window keeps its true distances
+    assert view.frames == [0, 18, 19] and view.positions + view.query_positions == [0, 4, 5, 6, 7]
+
+
+def test_rolling_sink_rolls_through_its_pool_at_sliding_indices():
+    policy = RollingSink(sink=2, recent=4, pool=6, roll_every=2, rope_length=8)
+    sinks = []
+    state = policy.new_state(2)
+    for _ in range(14):
+        view = policy.read(state)
+        positions = view.positions + view.query_positions
+        anchor = min(view.query_frames[-1], 7)
+        assert positions == list(range(anchor + 1 - len(positions), anchor + 1))  # one contiguous run
+        sinks.append(tuple(state.regions["sink"]))
+        policy.commit(state)
+    assert sinks[:3] == [(), (0, 1), (0, 1)]
+    assert {(0, 1), (2, 3), (4, 5)} <= set(sinks[3:])  # cyclic through the first 6 frames
+    assert state.regions[ARCHIVE] == list(range(6))
+    still = RollingSink(sink=2, recent=4, pool=6, roll_every=0, rope_length=8)
+    assert stream(still, 2, 14).regions["sink"] == [0, 1]
+
+
+def test_rolling_sink_refuses_a_pool_that_does_not_hold_whole_sinks():
+    with pytest.raises(ValueError, match="multiple of sink"):
+        RollingSink(sink=2, pool=5)

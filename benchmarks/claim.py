@@ -1,0 +1,139 @@
+"""The Context Forcing claim over training seeds and worlds: one table per world, seeds pooled.
+
+For every world (the recipe world and variants no recipe trains on) and every student variant, each
+training seed's checkpoint streams the same held-out videos with its own memory policy; the revisit
+error per gap bucket is set against that checkpoint's memoryless control (see benchmarks/revisit.py).
+Reported per bucket: the error / control ratio (mean over seeds, and the worst seed), the number of
+revisit segments (returns to an earlier view) and of revisit frames; per variant the effective
+context (midpoint criterion) of every seed and the AUC. The last column of each table is each
+variant's effective context relative to the Slow-Fast student's, seed by seed.
+
+    python benchmarks/claim.py --runs runs/claim --seeds 0 1 2 --videos 256 --out docs/results/claim
+
+Checkpoints are read from ``<runs>/seed<S>/results/<variant>/checkpoints/last.ckpt``, the layout
+``scripts/reproduce_results.py --runs <runs>/seed<S> --seed <S>`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from recipe_world import RECIPE, held_out
+from revisit import evaluate
+
+from cf_lightning.recipe import load_recipe
+from cf_lightning.stages import ContextForcingModule
+
+VARIANTS = ("slow_fast", "sliding_window", "short_teacher")
+
+
+@dataclass(frozen=True)
+class World:
+    """A held-out world: overrides of the recipe world, video length and gap buckets."""
+
+    overrides: dict[str, object]
+    frames: int
+    edges: list[int]
+    about: str
+
+
+WORLDS = {
+    "recipe": World({}, 96, [0, 8, 16, 32, 64, 96], "the recipe world (96 frames)"),
+    "long": World({"num_frames": 192, "gap_min": 48, "gap_max": 160, "num_places": 14, "segment_min": 4,
+                   "segment_max": 12, "palette_size": 6}, 192, [0, 8, 16, 32, 64, 128, 192],
+                  "192 frames, 14 places, segments of 4-12 frames, gaps 48-160, 6 colours"),
+    "sparse": World({"num_frames": 192, "gap_min": 64, "gap_max": 180, "num_places": 6, "segment_min": 10,
+                     "segment_max": 24, "palette_size": 10}, 192, [0, 8, 16, 32, 64, 128, 192],
+                    "192 frames, 6 places, segments of 10-24 frames, gaps 64-180, 10 colours"),
+    "pan": World({"pan_positions": 4}, 96, [0, 8, 16, 32, 64, 96],
+                 "the recipe world with the camera panning 4 positions and back within each segment"),
+}
+
+
+def world_arguments(world: World) -> argparse.Namespace:
+    data = load_recipe(RECIPE)["data"]["init_args"]
+    config = {**data.get("world", {}), **world.overrides}
+    return argparse.Namespace(world=json.dumps(config), codec=data["codec"])
+
+
+def segment_counts(loader, frames: int, edges: list[int]) -> list[int]:
+    """Returns to an earlier view (a frame whose view differs from the frame before) per gap bucket."""
+    counts = [0] * (len(edges) - 1)
+    for batch in loader:
+        first_visit = batch["first_visit"][:, :frames]
+        views = torch.where(first_visit >= 0, first_visit, torch.arange(first_visit.shape[1]))
+        returns = (first_visit[:, 1:] >= 0) & (views[:, 1:] != views[:, :-1])
+        gaps = (torch.arange(1, first_visit.shape[1]) - first_visit[:, 1:])[returns]
+        for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+            counts[i] += int(((gaps > lo) & (gaps <= hi)).sum())
+    return counts
+
+
+def world_table(name: str, world: World, results: dict[str, list[dict]], segments: list[int],
+                videos: int) -> str:
+    buckets = [f"{lo + 1}-{hi}" for lo, hi in zip(world.edges[:-1], world.edges[1:])]
+    frames = results[next(iter(results))][0]["count"]
+    lines = [f"**{name}**: {world.about}; {videos} held-out videos per seed.", "",
+             "| student | seeds | effective context per seed | AUC (mean) | "
+             + " | ".join(f"error/ctl {b}" for b in buckets) + " | effective context / slow_fast |",
+             "|---|---|---|---|" + "---|" * (len(buckets) + 1)]
+    reference = [r["effective_context"] for r in results.get("slow_fast", [])]
+    for variant, runs in results.items():
+        ratios = [[e / c for e, c in zip(r["error"], r["control"])] for r in runs]
+        cells = [f"{statistics.mean(col):.2f} (max {max(col):.2f})" for col in zip(*ratios)]
+        contexts = [r["effective_context"] for r in runs]
+        relative = ", ".join(f"{c / ref:.2f}" if ref else "-" for c, ref in zip(contexts, reference))
+        lines.append(f"| {variant} | {len(runs)} | {', '.join(map(str, contexts))} | "
+                     f"{statistics.mean(r['auc'] for r in runs):.3f} | {' | '.join(cells)} | {relative} |")
+    lines.append("| revisit segments (frames) | | | | "
+                 + " | ".join(f"{s} ({int(f)})" for s, f in zip(segments, frames)) + " | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--worlds", nargs="+", choices=list(WORLDS), default=list(WORLDS))
+    parser.add_argument("--videos", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    missing = [str(p) for p in (args.runs / f"seed{s}" / "results" / v / "checkpoints" / "last.ckpt"
+                                for s in args.seeds for v in args.variants) if not p.exists()]
+    if missing:
+        raise SystemExit("missing checkpoints (train them with scripts/reproduce_results.py):\n  "
+                         + "\n  ".join(missing))
+    tables, raw = [], {}
+    for name in args.worlds:
+        world = WORLDS[name]
+        torch.manual_seed(0)
+        data = held_out(world_arguments(world), args.videos, world.frames, args.batch)
+        segments = segment_counts(data.val_dataloader(), world.frames, world.edges)
+        results: dict[str, list[dict]] = {}
+        for variant in args.variants:
+            for seed in args.seeds:
+                path = args.runs / f"seed{seed}" / "results" / variant / "checkpoints" / "last.ckpt"
+                module = ContextForcingModule.load_from_checkpoint(path, map_location="cpu",
+                                                                   weights_only=False)
+                result = evaluate(module.eval(), data, world.edges)
+                results.setdefault(variant, []).append(result)
+                print(name, variant, seed, json.dumps(result), flush=True)
+        raw[name] = {"segments": segments, "results": results}
+        tables.append(world_table(name, world, results, segments, args.videos))
+        print(tables[-1], flush=True)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "claim_table.md").write_text("\n".join(tables))
+        (args.out / "claim.json").write_text(json.dumps(raw, indent=1))
+
+
+if __name__ == "__main__":
+    main()
