@@ -134,10 +134,15 @@ def test_slowfast_recipe_leaves_checkpoint_logs_and_video(tmp_path):
     assert loaded.teacher_config == TeacherConfig(context="memory", context_positions="packed")
     assert loaded.optimization.generator_every == 2 and loaded.optimization.ema_start == 20
 
-    # `cf-fit test` scores the trained checkpoint alone, with the validation measure under test/
+    # `cf-fit test` scores the trained checkpoint alone, with the validation measure under test/, also
+    # when the init files its settings name (student, teacher) are gone, as on another machine
+    state["hyper_parameters"]["init_from"] = str(tmp_path / "gone" / "student.safetensors")
+    state["hyper_parameters"]["teacher"]["init_from"] = str(tmp_path / "gone" / "teacher.safetensors")
+    copied = tmp_path / "copied.ckpt"
+    torch.save(state, copied)
     main(["test", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf"),
           "--trainer.logger.init_args.version", "test",
-          "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+          "--ckpt_path", str(copied)])
     events = EventAccumulator(str(tmp_path / "cf" / "test"))
     events.Reload()
     assert {"test/effective_context", "test/revisit_auc"} <= set(events.Tags()["scalars"])
