@@ -18,7 +18,7 @@ import copy
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import lightning as L
 import torch
@@ -190,14 +190,17 @@ class ContextForcingModule(L.LightningModule):
         self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("sigmas", denoising_sigmas(denoising_steps, shift), persistent=False)
-        negative = teacher.negative_prompt and load_negative_prompt(teacher.negative_prompt, text_dim)
+        negative = None
+        if teacher.negative_prompt:
+            negative = load_negative_prompt(teacher.negative_prompt, text_dim)
         self.register_buffer("negative_prompt", negative, persistent=False)
         self._draw_generator = torch.Generator()
         edges = eval_bucket_edges or [0, 8, 16, 32, 96]
         self.revisit = RevisitError(max_gap=edges[-1], bucket_edges=edges)
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Self:
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any,
+                             **kwargs: Any) -> ContextForcingModule:
         """Lightning's loader, after refusing a checkpoint whose settings predate the grouping (the
         error names each moved setting and its new place)."""
         hparams = read_lightning_checkpoint(checkpoint_path).get("hyper_parameters") or {}
