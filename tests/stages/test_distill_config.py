@@ -12,10 +12,12 @@ import torch
 from cf_lightning.cli.evaluate import checkpoint_hparams
 from cf_lightning.cli.fit import main
 from cf_lightning.inference.loading import load_generator
+from cf_lightning.models.checkpoint import load_wan
 from cf_lightning.models.context import choose_context, last_frames
 from cf_lightning.stages import ContextForcingModule, RolloutConfig, TeacherConfig
 from cf_lightning.stages.common import as_group
 from cf_lightning.stages.distill_config import MOVED_SETTINGS
+from memory_policies import SlowFast
 from tests.cli_helpers import RECIPES, TINY_DISTILL
 from tests.stages.test_distill import make
 
@@ -108,3 +110,18 @@ def test_every_moved_name_points_at_a_field_that_exists():
                                       ContextForcingModule(backbone="tiny").optimization.__dataclass_fields__}
     for old, new in MOVED_SETTINGS.items():
         assert new.split(":")[0] in fields, f"{old} -> {new}"
+
+
+def test_shipped_assets_load_through_the_grouped_init_files():
+    """recipes/assets hold backbone weights only; the recipe's init_from and teacher.init_from read them."""
+    student_file, teacher_file = (str(RECIPES / "assets" / f"{name}.safetensors")
+                                  for name in ("student_init", "context_teacher"))
+    student, teacher = load_wan(student_file), load_wan(teacher_file)
+    config = student.config
+    module = ContextForcingModule(backbone="small", latent_channels=config.in_dim, text_dim=config.text_dim,
+                                  frame_cond_dim=config.frame_cond_dim, init_from=student_file,
+                                  memory=SlowFast(sink=2, slow=4, fast=4, rope_length=10),
+                                  teacher=TeacherConfig(init_from=teacher_file))
+    for built, shipped in ((module.student, student), (module.teacher, teacher), (module.critic, teacher)):
+        pairs = zip(built.state_dict().values(), shipped.state_dict().values(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
