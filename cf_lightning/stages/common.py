@@ -225,7 +225,11 @@ def backbone_from_run(
 def _existing(path: str) -> Path:
     file = Path(path)
     if not file.exists():
-        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist")
+        hint = ""
+        if path == "None":  # what jsonargparse makes of a dotted `--model.<group>.init_from null`
+            hint = ("; to unset a group's init_from on the command line, give the group as a mapping: "
+                    "--model.teacher '{init_from: null}'")
+        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist{hint}")
     return file
 
 

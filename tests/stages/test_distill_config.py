@@ -125,3 +125,12 @@ def test_shipped_assets_load_through_the_grouped_init_files():
     for built, shipped in ((module.student, student), (module.teacher, teacher), (module.critic, teacher)):
         pairs = zip(built.state_dict().values(), shipped.state_dict().values(), strict=True)
         assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_a_dotted_null_init_file_is_answered_with_the_mapping_form(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cf-fit"])
+    base = [arg for arg in TINY_DISTILL if arg not in ("--model.teacher", "{init_from: null}")]
+    hint = r"'None' does not exist; .*--model.teacher '\{init_from: null\}'"
+    with pytest.raises((FileNotFoundError, ValueError), match=hint):  # jsonargparse wraps it in a ValueError
+        main(["fit", "--config", str(RECIPES / "slowfast.yaml"), *base, "--model.teacher.init_from", "null",
+              "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.callbacks", "[]"])
