@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from cf_lightning.recipe import register_resolvers
 from cf_lightning.resume import AUTO, LAST_ALIAS, check_resume, find_run_checkpoint, qualified_name
+from cf_lightning.stages.moved_settings import check_checkpoint_settings
 from memory_policies import available_policies, load_plugins
 
 #: Module settings naming weight files to start from (one name, ``init_from``, in every stage and group);
@@ -45,7 +46,9 @@ class CFLightningCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Refuse a ``fit --ckpt_path`` checkpoint of another module class before LightningCLI replaces
         the model config with the checkpoint's hyper-parameters (class included), which would turn a
-        stage-2 recipe into a run of the checkpoint's stage."""
+        stage-2 recipe into a run of the checkpoint's stage; and any ``--ckpt_path`` checkpoint that
+        records settings under names they no longer have, naming each moved setting (LightningCLI would
+        stop at the first unknown key)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -53,7 +56,7 @@ class CFLightningCLI(LightningCLI):
             return
         if subcommand == "fit":
             check_resume(path, self.config[subcommand]["model"]["class_path"])
-        check_settings_layout(path)
+        check_checkpoint_settings(path)
 
     def before_instantiate_classes(self) -> None:
         """Outside ``fit``, a ``--ckpt_path`` checkpoint supplies every weight: the init files its
@@ -88,18 +91,6 @@ class CFLightningCLI(LightningCLI):
             return
         rank_zero_info(f"--ckpt_path auto: resuming from {found}")
         check_resume(found, qualified_name(type(self.model)))
-
-
-def check_settings_layout(path: str) -> None:
-    """Refuse a stage-2 checkpoint that records its settings under the flat names from before they were
-    grouped, naming each moved setting; LightningCLI would otherwise stop at the first unknown key."""
-    from cf_lightning.stages import ContextForcingModule
-    from cf_lightning.stages.common import read_lightning_checkpoint
-    from cf_lightning.stages.distill_config import check_grouped_hparams
-
-    hparams = read_lightning_checkpoint(path).get("hyper_parameters") or {}
-    if str(hparams.get("_class_path", "")).rpartition(".")[2] == ContextForcingModule.__name__:
-        check_grouped_hparams(hparams, path)
 
 
 def _attribute(name: str):

@@ -24,6 +24,7 @@ from cf_lightning.ema import EMA
 from cf_lightning.lora import fold_lora_state_dict
 from cf_lightning.models import WanConfig, WanModel
 from cf_lightning.models.attention import Backend
+from cf_lightning.stages.moved_settings import RefusesMovedSettings
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def record_groups(module: L.LightningModule, **groups: object) -> None:
                                     for field in dataclasses.fields(group)}  # type: ignore[arg-type]
 
 
-class EMAAfterStep(L.LightningModule):
+class EMAAfterStep(RefusesMovedSettings):
     """A stage trained by automatic optimization whose ``ema`` backbone follows ``model`` by ``ema_rule``.
 
     The EMA is updated right after each optimizer step, not in ``on_train_batch_end``: Lightning runs

@@ -17,10 +17,8 @@ import contextlib
 import copy
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 from cf_lightning.data.prompts import load_negative_prompt
@@ -52,7 +50,6 @@ from cf_lightning.stages.common import (
     check_finite,
     load_backbone_weights,
     optimizer_config,
-    read_lightning_checkpoint,
     record_groups,
 )
 from cf_lightning.stages.distill_config import (
@@ -61,8 +58,8 @@ from cf_lightning.stages.distill_config import (
     OptimizationConfig,
     RolloutConfig,
     TeacherConfig,
-    check_grouped_hparams,
 )
+from cf_lightning.stages.moved_settings import RefusesMovedSettings
 from memory_policies import MemoryPolicy, SlowFast
 
 
@@ -106,7 +103,7 @@ def revisit_rollout_lengths(first_visit: torch.Tensor, lengths: list[int], targe
     return [n for n, score in zip(lengths, scores) if best > 0 and score == best]
 
 
-class ContextForcingModule(L.LightningModule):
+class ContextForcingModule(RefusesMovedSettings):
     """Contextual DMD distillation of a causal student (see module docstring).
 
     The plain arguments are the ones every stage shares; the four groups are documented field by field
@@ -197,15 +194,6 @@ class ContextForcingModule(L.LightningModule):
         self._draw_generator = torch.Generator()
         edges = eval_bucket_edges or [0, 8, 16, 32, 96]
         self.revisit = RevisitError(max_gap=edges[-1], bucket_edges=edges)
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any,
-                             **kwargs: Any) -> ContextForcingModule:
-        """Lightning's loader, after refusing a checkpoint whose settings predate the grouping (the
-        error names each moved setting and its new place)."""
-        hparams = read_lightning_checkpoint(checkpoint_path).get("hyper_parameters") or {}
-        check_grouped_hparams(hparams, str(checkpoint_path))
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # ------------------------------------------------------------------ randomness
     def setup(self, stage: str) -> None:

@@ -16,14 +16,13 @@ them).
 
 Checkpoints written before the grouping recorded flat names (``student_init``, ``max_rollout_chunks``,
 ``teacher_context`` ...). Loading one is refused with the list of moved names and their new place
-(:func:`check_grouped_hparams`) instead of failing on the first unknown key.
+(:mod:`cf_lightning.stages.moved_settings`) instead of failing on the first unknown key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -138,52 +137,3 @@ class OptimizationConfig:
     schedule_unit: ScheduleUnit = "generator"
     ema_decay: float = 0.99
     ema_start: int = 0
-
-
-#: Flat stage-2 names of checkpoints from before the grouping, and where each setting lives now.
-MOVED_SETTINGS: dict[str, str] = {
-    "student_init": "init_from",
-    "teacher": "teacher.init_from",
-    "teacher_backbone": "teacher.backbone",
-    "teacher_overrides": "teacher.backbone_overrides",
-    "teacher_context": "teacher.context",
-    "teacher_context_frames": "teacher.context_frames",
-    "short_teacher": "teacher.context: last_n",
-    "context_positions": "teacher.context_positions",
-    "context_timestep": "teacher.context_timestep",
-    "guidance_scale": "teacher.guidance_scale",
-    "guidance_form": "teacher.guidance_form",
-    "negative_prompt": "teacher.negative_prompt",
-    "critic_init": "critic.init_from",
-    "min_rollout_chunks": "rollout.min_chunks",
-    "max_rollout_chunks": "rollout.max_chunks",
-    "curriculum_steps": "rollout.curriculum_steps",
-    "target_chunks": "rollout.target_chunks",
-    "revisit_targets": "rollout.revisit_targets",
-    "generator_optimizer": "optimization.generator_optimizer",
-    "critic_optimizer": "optimization.critic_optimizer",
-    "generator_lr_scheduler": "optimization.generator_lr_scheduler",
-    "critic_lr_scheduler": "optimization.critic_lr_scheduler",
-    "generator_every": "optimization.generator_every",
-    "accumulate": "optimization.accumulate",
-    "grad_clip": "optimization.grad_clip",
-    "schedule_unit": "optimization.schedule_unit",
-    "ema_decay": "optimization.ema_decay",
-    "ema_start": "optimization.ema_start",
-}
-
-
-def check_grouped_hparams(hparams: Mapping[str, Any], source: str) -> None:
-    """Refuse stage-2 hyper-parameters recorded in the flat form from before the grouping, naming every
-    moved setting and its new place (a string ``teacher`` is the old teacher checkpoint path)."""
-    grouped_teacher = isinstance(hparams.get("teacher"), (Mapping, TeacherConfig))
-    moved = [name for name in MOVED_SETTINGS
-             if name in hparams and not (name == "teacher" and grouped_teacher)]
-    if moved:
-        renames = ", ".join(f"{name} -> {MOVED_SETTINGS[name]}" for name in moved)
-        raise ValueError(
-            f"{source} records stage-2 settings under their old flat names, which the grouped "
-            f"ContextForcingModule no longer reads: {renames}. Its weights still generate (cf-gen, "
-            "cf-eval, cf-export read only the backbone settings); to train or score it as a module, "
-            "start a new run from its weights with model.init_args.init_from"
-        )

@@ -16,7 +16,7 @@ from cf_lightning.models.checkpoint import load_wan
 from cf_lightning.models.context import choose_context, last_frames
 from cf_lightning.stages import ContextForcingModule, RolloutConfig, TeacherConfig
 from cf_lightning.stages.common import as_group
-from cf_lightning.stages.distill_config import MOVED_SETTINGS
+from cf_lightning.stages.moved_settings import MOVED_SETTINGS
 from memory_policies import SlowFast
 from tests.cli_helpers import RECIPES, TINY_DISTILL
 from tests.stages.test_distill import make
@@ -108,7 +108,7 @@ def test_every_moved_name_points_at_a_field_that_exists():
         for name in kind.__dataclass_fields__}
     fields |= {"critic.init_from"} | {f"optimization.{name}" for name in
                                       ContextForcingModule(backbone="tiny").optimization.__dataclass_fields__}
-    for old, new in MOVED_SETTINGS.items():
+    for old, new in MOVED_SETTINGS["ContextForcingModule"].items():
         assert new.split(":")[0] in fields, f"{old} -> {new}"
 
 
