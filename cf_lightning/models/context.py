@@ -113,6 +113,13 @@ def last_frames(history_frames: int, count: int, batch: int) -> list[list[int]]:
     return [list(range(max(0, history_frames - count), history_frames))] * batch
 
 
+def check_teacher_contexts(values: list[str], name: str = "teacher context") -> None:
+    """Refuse a value that is not a :data:`TeacherContext`, naming ``name``, the value and the words."""
+    for value in values:
+        if value not in TEACHER_CONTEXTS:
+            raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(TEACHER_CONTEXTS)}")
+
+
 def choose_context(source: TeacherContext, history_frames: int, last_n: int,
                    memory_frames: Callable[[], list[int]]) -> list[int]:
     """One video's context frames before a target that follows ``history_frames`` frames of history.
@@ -120,8 +127,7 @@ def choose_context(source: TeacherContext, history_frames: int, last_n: int,
     ``source`` names them (:data:`TeacherContext`); ``memory_frames`` is called only for ``memory``,
     since working out what a policy holds may cost a pass over the history. No history, no context.
     """
-    if source not in TEACHER_CONTEXTS:
-        raise ValueError(f"unknown teacher context {source!r}; allowed: {', '.join(TEACHER_CONTEXTS)}")
+    check_teacher_contexts([source])
     if source == "none" or history_frames == 0:
         return []
     if source == "last_n":

@@ -36,8 +36,8 @@ from cf_lightning.ema import EMA
 from cf_lightning.metrics import RevisitError
 from cf_lightning.models.attention import Backend
 from cf_lightning.models.context import (
-    TEACHER_CONTEXTS,
     build_context_sequence,
+    check_teacher_contexts,
     choose_context,
     context_layout,
 )
@@ -160,10 +160,7 @@ class ContextForcingModule(RefusesMovedSettings):
         if optim.schedule_unit not in SCHEDULE_UNITS:
             raise ValueError(f"unknown optimization.schedule_unit {optim.schedule_unit!r}; allowed: "
                              f"{', '.join(SCHEDULE_UNITS)}")
-        if teacher.context not in TEACHER_CONTEXTS:
-            raise ValueError(
-                f"unknown teacher.context {teacher.context!r}; allowed: {', '.join(TEACHER_CONTEXTS)}"
-            )
+        check_teacher_contexts([teacher.context], "teacher.context")
         self.memory: MemoryPolicy = memory if memory is not None else SlowFast()
         self.memory.new_state(chunk_frames)  # fail now, with the policy's message, if the budget cannot work
         self.context_layout = context_layout(teacher.context_positions, self.memory, chunk_frames)

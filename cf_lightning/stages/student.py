@@ -18,8 +18,8 @@ of scene changes) decides here from the clean latents themselves, one mask per v
 which streaming uses, do not exist before the forward, and a summary-free stand-in (uniform admission)
 would never show the student a frame from before its recent past, so it would not learn to recall one.
 
-Short-window DMD (Self-Forcing) is the
-:class:`ContextForcingModule` with short rollouts and ``teacher.context: last_n``.
+Short-window DMD (Self-Forcing) is the :class:`ContextForcingModule` with short rollouts and
+``teacher.context: last_n``.
 """
 
 from __future__ import annotations

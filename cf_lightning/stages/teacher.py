@@ -32,12 +32,12 @@ from cf_lightning.lora import inject_lora, lora_parameters, merge_lora
 from cf_lightning.models import WanModel
 from cf_lightning.models.attention import Backend
 from cf_lightning.models.context import (
-    TEACHER_CONTEXTS,
     ContextPositions,
     ContextSequence,
     ContextTimestep,
     TeacherContext,
     build_context_sequence,
+    check_teacher_contexts,
     choose_context,
     context_layout,
 )
@@ -132,9 +132,7 @@ class TeacherModule(EMAAfterStep):
         super().__init__()
         self.save_hyperparameters()
         modes = contexts or ["none"]
-        for mode in modes:
-            if mode not in TEACHER_CONTEXTS:
-                raise ValueError(f"unknown teacher context {mode!r}; allowed: {', '.join(TEACHER_CONTEXTS)}")
+        check_teacher_contexts(modes)
         if "memory" in modes and memory is None:
             raise ValueError("teacher context 'memory' needs a memory policy (model.memory)")
         if target_frames % chunk_frames:
