@@ -1,10 +1,11 @@
-"""Rebuild the checkpoints that recipes/slowfast.yaml ships with (about 25 min on 2 idle CPU cores).
+"""Rebuild the checkpoints that recipes/slowfast.yaml ships with (about 35 min on 2 idle CPU cores).
 
 1. the context teacher (recipes/context_teacher.yaml) -> recipes/assets/context_teacher.safetensors
 2. the stage-1 student (recipes/student_init.yaml)    -> recipes/assets/student_init.safetensors
+3. its recall part (recipes/student_recall.yaml, continues 2) -> recipes/assets/student_recall.safetensors
 
 Each stage writes its run under runs/ and exports its EMA backbone. Usage:
-    python scripts/rebuild_assets.py [--runs runs] [--only context_teacher|student_init]
+    python scripts/rebuild_assets.py [--runs runs] [--only context_teacher|student_init|student_recall]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cf_lightning.cli.export import export_backbone
 from cf_lightning.cli.fit import main as cf_fit
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("context_teacher", "student_init")
+STAGES = ("context_teacher", "student_init", "student_recall")
 
 
 def rebuild(stage: str, runs: Path) -> Path:
