@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="folder keeping each checkpoint's scores (world, variant, seed), reused when "
+                             "present, so seeds can be scored as they finish training")
     args = parser.parse_args()
     missing = [str(p) for p in (args.runs / f"seed{s}" / "results" / v / "checkpoints" / "last.ckpt"
                                 for s in args.seeds for v in args.variants) if not p.exists()]
@@ -121,9 +124,17 @@ def main() -> None:
         for variant in args.variants:
             for seed in args.seeds:
                 path = args.runs / f"seed{seed}" / "results" / variant / "checkpoints" / "last.ckpt"
-                module = ContextForcingModule.load_from_checkpoint(path, map_location="cpu",
-                                                                   weights_only=False)
-                result = evaluate(module.eval(), data, world.edges)
+                key = f"{name}_{variant}_seed{seed}_{args.videos}.json"
+                cached = args.cache / key if args.cache else None
+                if cached is not None and cached.exists():
+                    result = json.loads(cached.read_text())
+                else:
+                    module = ContextForcingModule.load_from_checkpoint(path, map_location="cpu",
+                                                                       weights_only=False)
+                    result = evaluate(module.eval(), data, world.edges)
+                    if cached is not None:
+                        cached.parent.mkdir(parents=True, exist_ok=True)
+                        cached.write_text(json.dumps(result))
                 results.setdefault(variant, []).append(result)
                 print(name, variant, seed, json.dumps(result), flush=True)
         raw[name] = {"segments": segments, "results": results}

@@ -130,18 +130,20 @@ def _states(backbones: list[Backbone], gpus: int) -> list[tuple[str, float]]:
 def stage2_plan(recipe: dict, gpus: int, tokens_per_frame: int, tflops: float, mfu: float) -> Plan:
     """Context Forcing stage 2: student, critic (trained), teacher (frozen), EMA of the student."""
     a = _args(recipe)
+    rollout_cfg, teacher_cfg = a.get("rollout") or {}, a.get("teacher") or {}
+    optim = a.get("optimization") or {}
     act, kv = _bytes(recipe)
     student = Backbone.build(a["backbone"], a.get("backbone_overrides"))
-    teacher = Backbone.build(a.get("teacher_backbone") or a["backbone"], a.get("teacher_overrides"))
+    teacher = (Backbone.build(teacher_cfg["backbone"], teacher_cfg.get("backbone_overrides"))
+               if teacher_cfg.get("backbone") else Backbone.build(a["backbone"], a.get("backbone_overrides")))
     frozen_teacher = Backbone(teacher.config, teacher.total, 0, teacher.per_block)
     ema = Backbone(student.config, student.total, 0, student.per_block)
     chunk, budget = a.get("chunk_frames", 2), _policy_budget(a)
-    micro = recipe["data"]["init_args"].get("batch_size", 1) // a.get("accumulate", 1)
+    micro = recipe["data"]["init_args"].get("batch_size", 1) // optim.get("accumulate", 1)
     query, keys = chunk * tokens_per_frame, (budget + chunk) * tokens_per_frame
-    target_chunks = a.get("target_chunks", 2)
-    context_frames = (
-        budget if a.get("teacher_context", "memory") == "memory" else a.get("teacher_context_frames", 8)
-    )
+    target_chunks = rollout_cfg.get("target_chunks", 2)
+    context_frames = {"memory": budget, "last_n": teacher_cfg.get("context_frames", 8), "none": 0}[
+        teacher_cfg.get("context", "memory")]
     scored = (context_frames + target_chunks * chunk) * tokens_per_frame
     pool = student.config.num_layers * budget * tokens_per_frame * 2 * student.config.dim * kv * micro
     student_graph = (
@@ -154,13 +156,13 @@ def stage2_plan(recipe: dict, gpus: int, tokens_per_frame: int, tflops: float, m
     rows += [(f"K/V memory pool ({budget} frames)", pool),
              ((f"activations: max(generator phase {generator_phase / GIB:.1f} GiB, critic phase "
               f"{critic_phase / GIB:.1f} GiB)"), max(generator_phase, critic_phase))]
-    chunks = a.get("max_rollout_chunks", 8)
+    chunks = rollout_cfg.get("max_chunks", 8)
     steps = a.get("denoising_steps", 4)
     per_chunk = student.forward_flops(query, keys)
     rollout = ((chunks - target_chunks) * (steps + 1) + target_chunks * ((steps + 1) / 2 + 1)) * per_chunk
     generator_extra = 3 * target_chunks * per_chunk + 3 * teacher.forward_flops(scored, scored)
     critic = 4 * teacher.forward_flops(scored, scored)
-    per_video = rollout + critic + generator_extra / a.get("generator_every", 5)
+    per_video = rollout + critic + generator_extra / optim.get("generator_every", 5)
     videos = recipe["data"]["init_args"].get("batch_size", 1)  # per GPU per critic step
     return Plan(rows, videos * per_video / (tflops * 1e12 * mfu))
 
@@ -174,7 +176,7 @@ def teacher_plan(recipe: dict, gpus: int, tokens_per_frame: int, tflops: float, 
         a["backbone"], a.get("backbone_overrides"), a.get("lora_rank", 0), a.get("lora_targets")
     )
     ema = Backbone(model.config, model.total, 0, model.per_block)
-    modes = a.get("context_modes") or ["none"]
+    modes = a.get("contexts") or ["none"]
     context = 0 if modes == ["none"] else max(_policy_budget(a), a.get("context_frames", 8))
     tokens = (context + a.get("target_frames", 8)) * tokens_per_frame
     micro = recipe["data"]["init_args"].get("batch_size", 1)

@@ -535,7 +535,7 @@ def _patch_policy(policy: MemoryPolicy, timer: Timers) -> Iterator[None]:
 
 # ------------------------------------------------------------------------------------------------ train
 def bench_train(bench: Bench) -> None:
-    from cf_lightning.stages import ContextForcingModule
+    from cf_lightning.stages import ContextForcingModule, RolloutConfig
     from cf_lightning.stages.distill import StepDraws
 
     args = bench.args
@@ -548,9 +548,7 @@ def bench_train(bench: Bench) -> None:
         memory=policies()["slow_fast"],
         chunk_frames=CHUNK,
         denoising_steps=args.steps,
-        min_rollout_chunks=8,
-        max_rollout_chunks=8,
-        target_chunks=2,
+        rollout=RolloutConfig(min_chunks=8, max_chunks=8, target_chunks=2),
     )
     gen = torch.Generator().manual_seed(0)
     frames = 8 * CHUNK

@@ -83,16 +83,16 @@ class TimelineRecorder:
 
 
 def chunk_revisits(snapshot: Snapshot, first_visit: torch.Tensor, start: int, chunk_frames: int
-                   ) -> list[tuple[int, bool]]:
+                   ) -> list[tuple[int, int, bool]]:
     """For each *return* in the chunk at ``start`` (a frame whose view differs from the frame before and
     was first seen before the chunk; frames that merely continue a view are served by the recent
-    window): that first visit, and whether the memory the chunk read (``snapshot``) held the view in
-    any attended frame (a merged entry counts for every frame it stands for)."""
+    window): the frame, its first visit, and whether the memory the chunk read (``snapshot``) held the
+    view in any attended frame (a merged entry counts for every frame it stands for)."""
     visits = first_visit.tolist()
     views = [f if v < 0 else v for f, v in enumerate(visits)]
     held = {views[m] for region in REGIONS for entry in snapshot.regions.get(region, [])
             for m in snapshot.members.get(entry, [entry]) if m < len(views)}
-    return [(visits[q], views[q] in held) for q in range(start, min(start + chunk_frames, len(views)))
+    return [(q, visits[q], views[q] in held) for q in range(start, min(start + chunk_frames, len(views)))
             if 0 <= visits[q] < start and views[q] != views[q - 1]]
 
 
@@ -102,7 +102,7 @@ def revisit_recall(
     """Returns whose view the memory held when they were generated, and all returns it could hold (see
     :func:`chunk_revisits`): what a policy *offers* the model, model-free."""
     outcomes = [hit for chunk, snapshot in enumerate(snapshots, start=1)
-                for _, hit in chunk_revisits(snapshot, first_visit, chunk * chunk_frames, chunk_frames)]
+                for _, _, hit in chunk_revisits(snapshot, first_visit, chunk * chunk_frames, chunk_frames)]
     return sum(outcomes), len(outcomes)
 
 
@@ -132,7 +132,7 @@ def render_timeline(snapshots: list[Snapshot], chunk_frames: int, first_visit: t
                          color=COLOURS[region], align="edge", alpha=0.55 if merged else 1.0,
                          edgecolor="white" if merged else "none", linewidth=0.3)
         if first_visit is not None:
-            for first, hit in chunk_revisits(snapshot, first_visit, start, chunk_frames):
+            for _, first, hit in chunk_revisits(snapshot, first_visit, start, chunk_frames):
                 axis.plot(chunk + 0.5, first + 0.5, marker="o" if hit else "x", markersize=3,
                           color="black" if hit else "#ff7f0e", linestyle="none")
     handles = [Patch(color=COLOURS[r], label=r) for r in ("sink", "slow", "fast", ARCHIVE)]

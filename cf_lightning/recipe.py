@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 #: Arithmetic for recipe interpolations, so a budget is written once: ``rope_length: ${cf.sum:2,4,4}``
-#: or ``clip_frames: ${cf.mul:${model.init_args.max_rollout_chunks},${model.init_args.chunk_frames}}``.
+#: or ``clip_frames: ${cf.mul:${model.init_args.rollout.max_chunks},${model.init_args.chunk_frames}}``.
 RESOLVERS = {"cf.sum": lambda *values: sum(values), "cf.mul": lambda *values: math.prod(values)}
 
 

@@ -88,7 +88,8 @@ def check_resume(path: str | os.PathLike, expected: str) -> None:
 
     A stage-2 ``ContextForcingModule`` resumed from a stage-1 ``StudentModule`` checkpoint must not
     happen by accident: LightningCLI would even swap the model config for the checkpoint's and train
-    stage 1 again. Earlier-stage weights belong in ``student_init`` / ``teacher`` / ``init_from``.
+    stage 1 again. Earlier-stage weights belong in ``init_from`` (``teacher.init_from`` and
+    ``critic.init_from`` in stage 2).
     """
     recorded = recorded_module(path)
     if recorded is None:
@@ -104,5 +105,5 @@ def check_resume(path: str | os.PathLike, expected: str) -> None:
         raise ValueError(
             f"checkpoint {str(path)!r} was written by {recorded}, but this run trains {expected}: "
             "resuming would mix stages. Resume from a checkpoint of this run, or start from those "
-            "weights with model.init_args.student_init / teacher / init_from instead of ckpt_path"
+            "weights with model.init_args.init_from (or teacher.init_from) instead of ckpt_path"
         )

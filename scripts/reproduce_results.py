@@ -9,7 +9,7 @@ videos with benchmarks/revisit.py:
 - ``short_teacher``: Slow-Fast memory, but the teacher only sees its short window (LongLive-style).
 
     python scripts/reproduce_results.py [--steps 1500] [--runs runs/results] [--videos 64] [--seed 0]
-        [--set --model.init_args.context_positions student ...]
+        [--set --model.init_args.teacher.context_positions student ...]
 
 ``--seed`` re-seeds training (rollout lengths, exit steps, noise) and the training videos (world seeds
 ``seed .. seed + num_videos - 1``, in a seed-dependent order); the assets, the held-out videos and the
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "slow_fast": ["--config", "recipes/slowfast.yaml"],
     "sliding_window": ["--config", "recipes/sliding_window.yaml"],
-    "short_teacher": ["--config", "recipes/slowfast.yaml", "--model.short_teacher", "true"],
+    "short_teacher": ["--config", "recipes/slowfast.yaml", "--model.teacher.context", "last_n"],
 }
 
 

@@ -102,8 +102,9 @@ TABLE3_CHANGES = {
     "context_forcing": {},
     "uniform_every_chunk": {"memory.init_args.admission": "uniform", "memory.init_args.interval": 1},
     "uniform_every_2_chunks": {"memory.init_args.admission": "uniform", "memory.init_args.interval": 2},
-    "no_contextual_dmd": {"teacher_context": "none"},
-    "no_bounded_positions": {"memory.init_args.position_mode": "absolute", "context_positions": "absolute"},
+    "no_contextual_dmd": {"teacher.context": "none"},
+    "no_bounded_positions": {"memory.init_args.position_mode": "absolute",
+                             "teacher.context_positions": "absolute"},
 }
 
 

@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cf_lightning.cli.fit import main
 from cf_lightning.codecs import build_codec
+from cf_lightning.stages import ContextForcingModule, TeacherConfig
 from tests.cli_helpers import RECIPES, TINY_DATA, TINY_DISTILL, logged
 
 
@@ -124,11 +125,24 @@ def test_slowfast_recipe_leaves_checkpoint_logs_and_video(tmp_path):
     events.Reload()
     assert {"train/dmd_loss", "train/critic_loss", "val/effective_context"} <= set(events.Tags()["scalars"])
     assert "samples/memory_timeline" in events.Tags()["images"]
+    # the grouped settings round-trip: hparams.yaml keeps each group as a block, and the checkpoint
+    # rebuilds a module with the same groups
+    recorded = yaml.safe_load((run / "hparams.yaml").read_text())
+    assert recorded["rollout"]["max_chunks"] == 6 and recorded["teacher"]["context_positions"] == "packed"
+    loaded = ContextForcingModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert (loaded.rollout_config.min_chunks, loaded.rollout_config.max_chunks) == (4, 6)
+    assert loaded.teacher_config == TeacherConfig(context="memory", context_positions="packed")
+    assert loaded.optimization.generator_every == 2 and loaded.optimization.ema_start == 20
 
-    # `cf-fit test` scores the trained checkpoint alone, with the validation measure under test/
+    # `cf-fit test` scores the trained checkpoint alone, with the validation measure under test/, also
+    # when the init files its settings name (student, teacher) are gone, as on another machine
+    state["hyper_parameters"]["init_from"] = str(tmp_path / "gone" / "student.safetensors")
+    state["hyper_parameters"]["teacher"]["init_from"] = str(tmp_path / "gone" / "teacher.safetensors")
+    copied = tmp_path / "copied.ckpt"
+    torch.save(state, copied)
     main(["test", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf"),
           "--trainer.logger.init_args.version", "test",
-          "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+          "--ckpt_path", str(copied)])
     events = EventAccumulator(str(tmp_path / "cf" / "test"))
     events.Reload()
     assert {"test/effective_context", "test/revisit_auc"} <= set(events.Tags()["scalars"])
@@ -152,6 +166,23 @@ def test_unknown_policy_and_unknown_key_fail_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*base, "--model.memory.init_args.sinkk", "3"])
     assert "sinkk" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_unknown_key_in_a_setting_group_fails_naming_group_and_key(tmp_path, capsys):
+    base = ["fit", "--config", str(RECIPES / "slowfast.yaml"), *TINY_DISTILL, *logged(tmp_path, "cf")]
+    with pytest.raises(SystemExit):
+        main([*base, "--model.rollout.longest", "20"])
+    assert "rollout.longest" in capsys.readouterr().err
+    typo = tmp_path / "typo.yaml"
+    typo.write_text((RECIPES / "slowfast.yaml").read_text().replace("guidance_scale: 3.0", "guidance: 3.0"))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(typo), "--print_config"])
+    err = capsys.readouterr().err
+    assert "teacher" in err and "guidance" in err
+    with pytest.raises(SystemExit):
+        main([*base, "--model.teacher.context", "short"])  # the words are memory, last_n, none
+    assert "short" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
@@ -193,13 +224,13 @@ def test_recipe_numbers_are_written_once_and_interpolated(tmp_path, capsys):
     the numbers they depend on, so changing one number changes them all."""
     config = print_config(RECIPES / "slowfast.yaml", capsys)
     model, data = config["model"]["init_args"], config["data"]["init_args"]
-    assert data["clip_frames"] == model["max_rollout_chunks"] * model["chunk_frames"] == 48
+    assert data["clip_frames"] == model["rollout"]["max_chunks"] * model["chunk_frames"] == 48
     assert model["eval_bucket_edges"][-1] == data["val_num_frames"] == 96
     memory = model["memory"]["init_args"]
     assert memory["rope_length"] == memory["sink"] + memory["slow"] + memory["fast"] == 10
     text = (RECIPES / "slowfast.yaml").read_text()
     changed = tmp_path / "slowfast.yaml"
-    changed.write_text(text.replace("max_rollout_chunks: 24", "max_rollout_chunks: 20")
+    changed.write_text(text.replace("max_chunks: 24", "max_chunks: 20")
                        .replace("val_num_frames: 96", "val_num_frames: 64").replace("slow: 4,", "slow: 6,"))
     config = print_config(changed, capsys)
     model, data = config["model"]["init_args"], config["data"]["init_args"]

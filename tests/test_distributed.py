@@ -25,16 +25,18 @@ BATCH = 4
 
 
 def build():
-    from cf_lightning.stages import ContextForcingModule
+    from cf_lightning.stages import ContextForcingModule, OptimizationConfig, RolloutConfig, TeacherConfig
     from tests.stages.conftest import CHANNELS, TEXT_DIM
 
     torch.manual_seed(0)
     return ContextForcingModule(
         latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2,
         memory=SlowFast(sink=1, slow=2, fast=4, threshold=0.9, interval=1, rope_length=7),
-        min_rollout_chunks=3, max_rollout_chunks=5, target_chunks=1, generator_every=1, denoising_steps=2,
-        guidance_scale=2.0, generator_optimizer=functools.partial(torch.optim.SGD, lr=1e-2),
-        critic_optimizer=functools.partial(torch.optim.SGD, lr=1e-2))
+        rollout=RolloutConfig(min_chunks=3, max_chunks=5, target_chunks=1), denoising_steps=2,
+        teacher=TeacherConfig(guidance_scale=2.0),
+        optimization=OptimizationConfig(generator_optimizer=functools.partial(torch.optim.SGD, lr=1e-2),
+                                        critic_optimizer=functools.partial(torch.optim.SGD, lr=1e-2),
+                                        generator_every=1))
 
 
 class RankRows(L.LightningDataModule):

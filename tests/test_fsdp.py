@@ -26,7 +26,13 @@ HALF_STEPS = {"distill": 2, "teacher": 1}
 
 
 def build(kind: str) -> L.LightningModule:
-    from cf_lightning.stages import ContextForcingModule, TeacherModule
+    from cf_lightning.stages import (
+        ContextForcingModule,
+        OptimizationConfig,
+        RolloutConfig,
+        TeacherConfig,
+        TeacherModule,
+    )
     from memory_policies import SlowFast
     from tests.stages.conftest import CHANNELS, TEXT_DIM
 
@@ -39,15 +45,11 @@ def build(kind: str) -> L.LightningModule:
             text_dim=TEXT_DIM,
             frame_cond_dim=2,
             memory=policy,
-            min_rollout_chunks=3,
-            max_rollout_chunks=4,
-            target_chunks=1,
-            generator_every=1,
+            rollout=RolloutConfig(min_chunks=3, max_chunks=4, target_chunks=1),
             denoising_steps=2,
-            guidance_scale=2.0,
-            accumulate=2,
-            generator_optimizer=sgd,
-            critic_optimizer=sgd,
+            teacher=TeacherConfig(guidance_scale=2.0),
+            optimization=OptimizationConfig(generator_optimizer=sgd, critic_optimizer=sgd, generator_every=1,
+                                            accumulate=2),
             gradient_checkpointing=True,
         )
     return TeacherModule(
@@ -55,7 +57,7 @@ def build(kind: str) -> L.LightningModule:
         text_dim=TEXT_DIM,
         frame_cond_dim=2,
         target_frames=4,
-        context_modes=["policy", "last_n"],
+        contexts=["memory", "last_n"],
         context_frames=4,
         memory=policy,
         cfg_dropout=0.5,

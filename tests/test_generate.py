@@ -22,7 +22,7 @@ from cf_lightning.inference import (
     stream_chunks,
 )
 from cf_lightning.models import build_wan
-from cf_lightning.stages import ContextForcingModule
+from cf_lightning.stages import ContextForcingModule, RolloutConfig
 from memory_policies import SlidingWindow, SlowFast
 
 POLICY = SlowFast(sink=1, slow=2, fast=4, threshold=0.9, interval=1, rope_length=7)
@@ -92,8 +92,8 @@ def tiny_checkpoint(tmp_path):
     """A ContextForcingModule checkpoint for 48-channel latents (pixel codec, patch 4), no data module."""
     torch.manual_seed(0)
     module = ContextForcingModule(backbone="tiny", latent_channels=48, text_dim=32, frame_cond_dim=2,
-                                  memory=POLICY, min_rollout_chunks=2, max_rollout_chunks=2, target_chunks=1,
-                                  denoising_steps=2)
+                                  memory=POLICY, denoising_steps=2,
+                                  rollout=RolloutConfig(min_chunks=2, max_chunks=2, target_chunks=1))
     trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         accelerator="cpu", default_root_dir=tmp_path)
     trainer.fit(module, DataLoader([{"latents": torch.zeros(48, 4, 4, 4)}]))

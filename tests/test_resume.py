@@ -23,7 +23,8 @@ EVERY = 3  # batches between checkpoints
 #: recipe, tiny overrides, batches to train (two epochs of 4 batches), optimizer steps they take
 STAGES = {
     # critic every batch, generator every 2nd; the rollout curriculum grows over the run
-    "context_forcing": (RECIPES / "slowfast.yaml", [*TINY_DISTILL, "--model.curriculum_steps", "4"], 12),
+    "context_forcing": (RECIPES / "slowfast.yaml",
+                        [*TINY_DISTILL, "--model.rollout.curriculum_steps", "4"], 12),
     # context modes drawn per sample, ERFT error banks filled and sampled
     "context_teacher_erft": (RECIPES / "context_teacher.yaml",
                              [*TINY_DATA, "--model.backbone", "tiny", "--data.clip_frames", "16",

@@ -12,7 +12,7 @@ Variants file (YAML)::
 
     slow_fast: []                                  # the recipe as it is
     sliding_window: [--model.memory, sliding_window, --model.memory.window, "8"]
-    short_teacher: [--model.short_teacher, "true"]
+    short_teacher: [--model.teacher.context, last_n]
 """
 
 from __future__ import annotations

@@ -285,9 +285,11 @@ def checkpoint_hparams(checkpoint: Path, memory_override: str | None = None) -> 
     else:
         memory = saved_policy(trained["memory"]) if "memory" in trained else None
     columns = dict(memory.ablation_hparams()) if memory is not None else {}
-    for key, column in (("teacher_context", "teacher/context"), ("context_positions", "teacher/positions")):
-        if key in trained:
-            columns[column] = str(trained[key])
+    teacher = trained.get("teacher")
+    if isinstance(teacher, dict):  # stage 2: what its teacher saw, and in which layout
+        for key, column in (("context", "teacher/context"), ("context_positions", "teacher/positions")):
+            if key in teacher:
+                columns[column] = str(teacher[key])
     return columns
 
 

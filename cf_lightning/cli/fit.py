@@ -11,10 +11,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from cf_lightning.recipe import register_resolvers
 from cf_lightning.resume import AUTO, LAST_ALIAS, check_resume, find_run_checkpoint, qualified_name
+from cf_lightning.stages.moved_settings import check_checkpoint_settings
 from memory_policies import available_policies, load_plugins
 
-#: Module arguments naming weight files to start from; a checkpoint being evaluated replaces them all.
-INIT_FILES = ("student_init", "teacher", "critic_init", "init_from")
+#: Module settings naming weight files to start from (one name, ``init_from``, in every stage and group);
+#: a checkpoint being evaluated replaces them all.
+INIT_FILES = ("init_from", "teacher.init_from", "critic.init_from")
 
 #: Shapes every module takes from the data, so no recipe states them twice.
 LINKED_SHAPES = ("latent_channels", "text_dim", "frame_cond_dim")
@@ -44,12 +46,17 @@ class CFLightningCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Refuse a ``fit --ckpt_path`` checkpoint of another module class before LightningCLI replaces
         the model config with the checkpoint's hyper-parameters (class included), which would turn a
-        stage-2 recipe into a run of the checkpoint's stage."""
+        stage-2 recipe into a run of the checkpoint's stage; and any ``--ckpt_path`` checkpoint that
+        records settings under names they no longer have, naming each moved setting (LightningCLI would
+        stop at the first unknown key)."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand == "fit" else None
-        if path not in (None, AUTO, LAST_ALIAS) and Path(path).exists():
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path in (None, AUTO, LAST_ALIAS) or not Path(path).exists():
+            return
+        if subcommand == "fit":
             check_resume(path, self.config[subcommand]["model"]["class_path"])
+        check_checkpoint_settings(path)
 
     def before_instantiate_classes(self) -> None:
         """Outside ``fit``, a ``--ckpt_path`` checkpoint supplies every weight: the init files its
@@ -60,7 +67,7 @@ class CFLightningCLI(LightningCLI):
             return
         init_args = self.config[subcommand]["model"].get("init_args")
         for name in INIT_FILES:
-            if init_args is not None and init_args.get(name) is not None:
+            if init_args is not None and name in init_args and init_args[name] is not None:
                 init_args[name] = None
 
     def before_fit(self) -> None:

@@ -1,9 +1,10 @@
 """Assemble ``[clean context | noisy target]`` sequences for the context teacher and the critic.
 
-The context is a per-video list of history frames (chosen by a memory policy, or the last N
-frames), so videos of one batch may carry different numbers of context frames. They are
-left-padded to a common length and the padding is masked out as keys, so the target always sits at
-the end of the sequence at the same index.
+What history a teacher sees has one vocabulary in every stage (:data:`TeacherContext`): ``memory`` (the
+frames a memory policy holds), ``last_n`` (the last N frames) or ``none``; :func:`choose_context` turns
+one of them into frame indices. The context is a per-video list of history frames, so videos of one
+batch may carry different numbers of context frames. They are left-padded to a common length and the
+padding is masked out as keys, so the target always sits at the end of the sequence at the same index.
 
 Temporal positions follow a layout (:func:`context_layout`). ``student`` (the default) places each
 context frame where the student read it from its memory (:meth:`MemoryPolicy.context_positions`, the
@@ -26,6 +27,8 @@ from torch import nn
 from cf_lightning.diffusion.flow import timestep_from_sigma
 from memory_policies import MemoryPolicy
 
+TeacherContext = Literal["memory", "last_n", "none"]
+TEACHER_CONTEXTS: tuple[str, ...] = ("memory", "last_n", "none")
 ContextPositions = Literal["student", "packed", "absolute"]
 ContextTimestep = Literal["zero", "shared"]
 CONTEXT_TIMESTEPS: tuple[str, ...] = ("zero", "shared")
@@ -108,6 +111,28 @@ class ContextSequence:
 def last_frames(history_frames: int, count: int, batch: int) -> list[list[int]]:
     """The reference context: the ``count`` frames right before the target, for every video."""
     return [list(range(max(0, history_frames - count), history_frames))] * batch
+
+
+def check_teacher_contexts(values: list[str], name: str = "teacher context") -> None:
+    """Refuse a value that is not a :data:`TeacherContext`, naming ``name``, the value and the words."""
+    for value in values:
+        if value not in TEACHER_CONTEXTS:
+            raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(TEACHER_CONTEXTS)}")
+
+
+def choose_context(source: TeacherContext, history_frames: int, last_n: int,
+                   memory_frames: Callable[[], list[int]]) -> list[int]:
+    """One video's context frames before a target that follows ``history_frames`` frames of history.
+
+    ``source`` names them (:data:`TeacherContext`); ``memory_frames`` is called only for ``memory``,
+    since working out what a policy holds may cost a pass over the history. No history, no context.
+    """
+    check_teacher_contexts([source])
+    if source == "none" or history_frames == 0:
+        return []
+    if source == "last_n":
+        return last_frames(history_frames, last_n, 1)[0]
+    return memory_frames()
 
 
 def build_context_sequence(history: torch.Tensor, frames: list[list[int]], target: torch.Tensor, *,

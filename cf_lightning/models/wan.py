@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from cf_lightning.models.attention import Backend, attention
+from cf_lightning.models.attention import Backend, BlockMask, Mask, attention
 from cf_lightning.models.attention_stats import capture_attention_input, frame_attention
 from cf_lightning.models.config import WanConfig
 from cf_lightning.models.kv_memory import KVMemory, MemoryRead
@@ -98,7 +98,7 @@ class SelfAttention(_Projections):
         heads = (self.num_heads, -1)
         return self.norm_k(self.k(x)).unflatten(-1, heads), self.v(x).unflatten(-1, heads)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: Mask,
                 memory: ChunkKV | None, backend: Backend
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """``rope``: the tables of the query tokens. ``memory``: the streaming path's memory for this layer,
@@ -126,18 +126,22 @@ class CrossAttention(_Projections):
         self,
         x: torch.Tensor,
         context: torch.Tensor | None,
-        context_mask: torch.Tensor | None,
+        context_mask: torch.Tensor | BlockMask | None,
         backend: Backend,
         context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``context_kv``: this layer's :meth:`project_context` output, reused instead of ``context``."""
+        """``context_kv``: this layer's :meth:`project_context` output, reused instead of ``context``.
+        ``context_mask``: the text's ``[B, L]`` padding, or that padding as a :class:`BlockMask` a
+        forward built once for all its layers."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
         if context_kv is None:
             if context is None:
                 raise ValueError("cross-attention needs the context or its projected keys/values")
             context_kv = self.project_context(context)
         k, v = context_kv
-        mask = None if context_mask is None else context_mask[:, None, :].expand(-1, q.shape[1], -1)
+        mask = context_mask
+        if isinstance(mask, torch.Tensor):
+            mask = BlockMask.keys(mask, q.shape[1])
         return self.o(attention(q, k, v, mask, backend).flatten(2))
 
 
@@ -177,8 +181,8 @@ class WanBlock(nn.Module):
         e: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
+        context_mask: torch.Tensor | BlockMask | None = None,
+        mask: Mask = None,
         memory: ChunkKV | None = None,
         backend: Backend = "sdpa",
         *,
@@ -304,15 +308,13 @@ class WanModel(nn.Module):
         frames = x.shape[2]
         if positions is None:
             positions = torch.arange(frames, device=x.device)
-        token_mask = None
+        token_mask: BlockMask | None = None
         if frame_mask is not None:
             tokens = self.tokens_per_frame(x.shape[-2:])
             if frame_mask.shape[-2:] != (frames, frames):
                 raise ValueError(f"frame_mask must be [{frames}, {frames}] or [B, {frames}, {frames}], "
                                  f"got {tuple(frame_mask.shape)}")
-            token_mask = frame_mask.repeat_interleave(tokens, -1).repeat_interleave(tokens, -2)
-            if token_mask.ndim == 2:
-                token_mask = token_mask[None].expand(x.shape[0], -1, -1)
+            token_mask = BlockMask.frames(frame_mask, tokens)  # built once, shared by every layer
         out, _ = self._run(
             x, t, context, context_mask, frame_cond, positions, token_mask, None, None, context_kv
         )
@@ -414,13 +416,14 @@ class WanModel(nn.Module):
             self._commit(memory, read, kvs, x, captured)
         return out
 
-    def _streaming_mask(self, read: MemoryRead, x: torch.Tensor) -> torch.Tensor | None:
-        """The key-padding mask of a read whose memory has padded or pruned token rows (else None)."""
+    def _streaming_mask(self, read: MemoryRead, x: torch.Tensor) -> BlockMask | None:
+        """Key padding of ``[memory | chunk]`` tokens when a read's memory has padded or pruned token rows
+        (else None: every query sees every key)."""
         if read.valid is None:
             return None
         query_tokens = x.shape[2] * self.tokens_per_frame(x.shape[-2:])
         keys = torch.cat([read.valid, read.valid.new_ones(x.shape[0], query_tokens)], dim=1)
-        return keys[:, None, :].expand(-1, query_tokens, -1)
+        return BlockMask.keys(keys, queries=query_tokens)
 
     def _frame_condition(
         self, frame_cond: torch.Tensor | None, batch: int, frames: int
@@ -467,7 +470,7 @@ class WanModel(nn.Module):
         )
 
     def _chunk_read(self, x: torch.Tensor, memory: KVMemory, context_kv: ContextKV | None
-                    ) -> tuple[MemoryRead, torch.Tensor | None]:
+                    ) -> tuple[MemoryRead, BlockMask | None]:
         """Checks a streamed chunk's inputs; returns the memory read and the attention mask it needs."""
         if x.shape[2] != memory.chunk_frames:
             raise ValueError(f"chunk has {x.shape[2]} frames but the memory expects {memory.chunk_frames}")
@@ -568,7 +571,7 @@ class WanModel(nn.Module):
         return self._per_read(memory, read, ("memory", layer, grid), compute)
 
     def _run(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
-             frame_cond: torch.Tensor | None, positions: torch.Tensor | None, token_mask: torch.Tensor | None,
+             frame_cond: torch.Tensor | None, positions: torch.Tensor | None, token_mask: BlockMask | None,
              memory: KVMemory | None, read: MemoryRead | None, context_kv: ContextKV | None = None
              ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """The model's output and every layer's un-rotated keys and values."""
@@ -585,7 +588,7 @@ class WanModel(nn.Module):
         context_mask: torch.Tensor | None,
         frame_cond: torch.Tensor | None,
         positions: torch.Tensor | None,
-        token_mask: torch.Tensor | None,
+        token_mask: BlockMask | None,
         memory: KVMemory | None,
         read: MemoryRead | None,
         context_kv: ContextKV | None = None,
@@ -608,6 +611,7 @@ class WanModel(nn.Module):
         e, e0 = self._time_embedding(t, batch, frames, frame_condition)
         tokens = self._add_to_tokens(tokens, frame_condition)
         text = self.text_embedding(context) if context_kv is None else None
+        text_mask = None if context_mask is None else BlockMask.keys(context_mask, tokens.shape[1])
         memory_rope = None
         streaming = memory is not None and read is not None
         if streaming:
@@ -623,7 +627,7 @@ class WanModel(nn.Module):
             layer_memory = None
             if streaming and read.num_frames:
                 layer_memory = self._memory_kv(memory, read, index, memory_rope, grid)
-            args = (tokens, e0, rope, text, context_mask, token_mask, layer_memory, self.attention_backend)
+            args = (tokens, e0, rope, text, text_mask, token_mask, layer_memory, self.attention_backend)
             kwargs = {"context_kv": None if context_kv is None else context_kv[index]}
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens, kv = checkpoint(block, *args, use_reentrant=False, **kwargs)

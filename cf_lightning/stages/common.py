@@ -1,15 +1,18 @@
 """Pieces every stage shares: building the backbone from the data's shapes, batch conditioning,
-loading backbone weights from an earlier stage, the EMA update of automatically optimized stages and
-the optimizer configuration with its learning-rate schedule."""
+loading backbone weights from an earlier stage, the EMA update of automatically optimized stages,
+the optimizer configuration with its learning-rate schedule, and typed setting groups (a frozen
+teacher's weights and backbone) with the one recorded form a checkpoint keeps of them."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
@@ -21,9 +24,67 @@ from cf_lightning.ema import EMA
 from cf_lightning.lora import fold_lora_state_dict
 from cf_lightning.models import WanConfig, WanModel
 from cf_lightning.models.attention import Backend
+from cf_lightning.stages.moved_settings import RefusesMovedSettings
 
 
-class EMAAfterStep(L.LightningModule):
+@dataclass(frozen=True)
+class TeacherWeights:
+    """A frozen teacher backbone: where its weights come from and, when it differs from the student's,
+    its config.
+
+    Args:
+        init_from: the teacher's weights (a ``.ckpt`` of an earlier stage or a Wan checkpoint).
+        backbone: the teacher's named backbone when it differs from the student's; unset, it is the
+            student's ``backbone`` with the student's ``backbone_overrides``.
+        backbone_overrides: config fields changed on ``backbone`` (only read when ``backbone`` is set).
+    """
+
+    init_from: str | None = None
+    backbone: str | None = None
+    backbone_overrides: dict[str, Any] | None = None
+
+    def build(self, student_backbone: str, student_overrides: dict[str, Any] | None, latent_channels: int,
+              text_dim: int, frame_cond_dim: int, attention_backend: Backend,
+              gradient_checkpointing: bool = False) -> WanModel:
+        """The teacher's backbone (its own config, or the student's when ``backbone`` is unset), without
+        weights."""
+        name, overrides = ((self.backbone, self.backbone_overrides) if self.backbone
+                           else (student_backbone, student_overrides))
+        return build_backbone(name, latent_channels, text_dim, frame_cond_dim, overrides, attention_backend,
+                              gradient_checkpointing)
+
+
+Group = TypeVar("Group")
+
+
+def as_group(kind: type[Group], value: Group | Mapping[str, Any] | None, name: str) -> Group:
+    """``value`` as the dataclass ``kind``: the object itself, its defaults for ``None``, or built from a
+    mapping (a checkpoint's hyper-parameters, or Python callers), refusing keys the group does not
+    define."""
+    if value is None:
+        return kind()
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a {kind.__name__} or a mapping of its fields, got {value!r}")
+    fields = [field.name for field in dataclasses.fields(kind)]  # type: ignore[arg-type]
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise ValueError(f"{name} has no setting(s) {unknown}; allowed: {', '.join(fields)}")
+    return kind(**value)
+
+
+def record_groups(module: L.LightningModule, **groups: object) -> None:
+    """Record each setting group given as a dataclass in ``module.hparams`` as a plain mapping of its
+    fields, the form LightningCLI records it in (as config, which is kept), so a checkpoint reads the
+    same however the module was built."""
+    for name, group in groups.items():
+        if dataclasses.is_dataclass(module.hparams.get(name)):
+            module.hparams[name] = {field.name: getattr(group, field.name)
+                                    for field in dataclasses.fields(group)}  # type: ignore[arg-type]
+
+
+class EMAAfterStep(RefusesMovedSettings):
     """A stage trained by automatic optimization whose ``ema`` backbone follows ``model`` by ``ema_rule``.
 
     The EMA is updated right after each optimizer step, not in ``on_train_batch_end``: Lightning runs
@@ -165,7 +226,11 @@ def backbone_from_run(
 def _existing(path: str) -> Path:
     file = Path(path)
     if not file.exists():
-        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist")
+        hint = ""
+        if path == "None":  # what jsonargparse makes of a dotted `--model.<group>.init_from null`
+            hint = ("; to unset a group's init_from on the command line, give the group as a mapping: "
+                    "--model.teacher '{init_from: null}'")
+        raise FileNotFoundError(f"backbone checkpoint {path!r} does not exist{hint}")
     return file
 
 

@@ -1,13 +1,13 @@
 """Stage 2 (and Self-Forcing stage 1): Contextual DMD on long student rollouts.
 
 Per step: the causal few-step student rolls out a video chunk by chunk through its memory policy
-(the rollout length follows a curriculum); only the last ``target_chunks`` keep the graph of one
-randomly chosen denoising step. The teacher (real score, with CFG) and the critic (fake score) see
+(the rollout length follows a curriculum); only the last ``rollout.target_chunks`` keep the graph of
+one randomly chosen denoising step. The teacher (real score, with CFG) and the critic (fake score) see
 ``[clean context | noisy target]``, where the context is what the student's memory held when the
-target began (``teacher_context: memory``), the last N frames (``last_n``), or nothing
-(``none``); ``short_teacher`` is the LongLive-style baseline whose teacher only sees its short
-window, the last ``teacher_context_frames`` frames. The critic learns the student's distribution by
-flow matching on the same samples. Manual optimization: two optimizers, accumulation by
+target began (``teacher.context: memory``), the last ``teacher.context_frames`` frames (``last_n``:
+the LongLive-style baseline whose teacher only sees its short window) or nothing (``none``). The
+settings are grouped (:mod:`cf_lightning.stages.distill_config`). The critic learns the student's
+distribution by flow matching on the same samples. Manual optimization: two optimizers, accumulation by
 micro-batches, every random draw that shapes the graph made on rank 0 and broadcast.
 """
 
@@ -17,15 +17,12 @@ import contextlib
 import copy
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from cf_lightning.data.prompts import load_negative_prompt
 from cf_lightning.diffusion import (
-    GuidanceForm,
     add_noise,
     denoising_sigmas,
     dmd_loss,
@@ -39,26 +36,31 @@ from cf_lightning.ema import EMA
 from cf_lightning.metrics import RevisitError
 from cf_lightning.models.attention import Backend
 from cf_lightning.models.context import (
-    ContextPositions,
-    ContextTimestep,
     build_context_sequence,
+    check_teacher_contexts,
+    choose_context,
     context_layout,
-    last_frames,
 )
 from cf_lightning.rollout import RolloutResult, randn, rollout
 from cf_lightning.stages.common import (
     Condition,
+    as_group,
     batch_condition,
     build_backbone,
     check_finite,
     load_backbone_weights,
     optimizer_config,
+    record_groups,
 )
+from cf_lightning.stages.distill_config import (
+    SCHEDULE_UNITS,
+    CriticConfig,
+    OptimizationConfig,
+    RolloutConfig,
+    TeacherConfig,
+)
+from cf_lightning.stages.moved_settings import RefusesMovedSettings
 from memory_policies import MemoryPolicy, SlowFast
-
-TeacherContext = Literal["memory", "last_n", "none"]
-ScheduleUnit = Literal["generator", "trainer"]
-SCHEDULE_UNITS: tuple[str, ...] = ("generator", "trainer")
 
 
 @dataclass(frozen=True)
@@ -101,124 +103,90 @@ def revisit_rollout_lengths(first_visit: torch.Tensor, lengths: list[int], targe
     return [n for n, score in zip(lengths, scores) if best > 0 and score == best]
 
 
-class ContextForcingModule(L.LightningModule):
+class ContextForcingModule(RefusesMovedSettings):
     """Contextual DMD distillation of a causal student (see module docstring).
 
+    The plain arguments are the ones every stage shares; the four groups are documented field by field
+    in :mod:`cf_lightning.stages.distill_config` (``rollout``, ``teacher``, ``critic``, ``optimization``).
+
     Args:
-        student_init / teacher / critic_init: backbone checkpoints (Lightning ``.ckpt`` of an earlier
-            stage or a Wan checkpoint). The critic starts from the teacher unless told otherwise.
-        memory: the student's memory policy (also what ``teacher_context: memory`` shows the teacher).
-        min_rollout_chunks / max_rollout_chunks / curriculum_steps: rollout-length curriculum in chunks.
-        target_chunks: chunks at the end of the rollout that receive the DMD gradient.
-        revisit_targets: fraction of steps whose rollout length is chosen (within the curriculum's
-            range) so that the DMD targets hold a return to a view older than the memory budget, where
-            the batch carries ``first_visit`` (the revisit world does). Drawn uniformly, returns land
-            in the targets rarely, and the student is seldom taught to recall what only memory holds.
-        context_positions: layout of the teacher's and critic's ``[context | target]``: ``student``
-            (each context frame where the student read it, :meth:`MemoryPolicy.context_positions`),
-            ``packed`` (context 0..n-1, the earlier teachers' layout) or ``absolute``.
-        generator_every: critic updates per generator update (paper: 5).
-        accumulate: micro-batches per optimizer step (the batch must divide evenly).
-        context_timestep: the teacher's and critic's timestep for the clean context: ``zero`` or
-            ``shared`` with the target (the reference code; its released teacher needs it).
-        guidance_scale / guidance_form: real-score CFG, read as ``uncond + w (cond - uncond)``
-            (``uncond``) or the reference code's ``cond + g (cond - uncond)`` (``cond``: g = w - 1).
-        negative_prompt: embedding file of the negative prompt (``cf-data prompts`` writes it) used
-            as the unconditional text instead of the all-zero null text.
-        schedule_unit: what ``curriculum_steps`` and ``ema_start`` count: ``generator`` steps, or
-            ``trainer`` steps (one per batch, critic-only steps included; the reference code).
-        generator_optimizer / critic_optimizer: one optimizer each for the student and the critic.
-        generator_lr_scheduler / critic_lr_scheduler: a learning-rate schedule per optimizer, counted
-            in that optimizer's own steps (the generator steps every ``generator_every``-th batch);
-            ``None`` keeps the rate constant, as the Context Forcing reference does.
+        backbone, backbone_overrides: the student's named Wan config and the fields changed on it.
+        latent_channels, text_dim, frame_cond_dim: shapes the data gives (``cf-fit`` links them).
+        init_from: the student's starting weights (``.ckpt`` of stage 1 or a Wan checkpoint).
+        memory: the student's memory policy (also what ``teacher.context: memory`` shows the teacher).
+        chunk_frames, denoising_steps, shift: the student's chunking and few-step schedule.
+        eval_bucket_edges: revisit-gap buckets of the validation measure (the last edge is the longest
+            gap counted).
+        attention_backend, gradient_checkpointing: how the backbones compute attention and whether the
+            student and critic recompute activations in the backward pass.
     """
 
     def __init__(
         self,
         backbone: str = "tiny",
         backbone_overrides: dict[str, Any] | None = None,
-        teacher_backbone: str | None = None,
-        teacher_overrides: dict[str, Any] | None = None,
         latent_channels: int = 16,
         text_dim: int = 32,
         frame_cond_dim: int = 0,
-        student_init: str | None = None,
-        teacher: str | None = None,
-        critic_init: str | None = None,
+        init_from: str | None = None,
         memory: MemoryPolicy | None = None,
         chunk_frames: int = 2,
         denoising_steps: int = 4,
         shift: float = 5.0,
-        min_rollout_chunks: int = 4,
-        max_rollout_chunks: int = 8,
-        curriculum_steps: int = 0,
-        target_chunks: int = 2,
-        revisit_targets: float = 0.0,
-        teacher_context: TeacherContext = "memory",
-        teacher_context_frames: int = 8,
-        short_teacher: bool = False,
-        context_positions: ContextPositions = "student",
-        context_timestep: ContextTimestep = "zero",
-        guidance_scale: float = 3.0,
-        guidance_form: GuidanceForm = "uncond",
-        negative_prompt: str | None = None,
-        schedule_unit: ScheduleUnit = "generator",
-        generator_every: int = 5,
-        accumulate: int = 1,
-        grad_clip: float = 2.0,
-        generator_optimizer: OptimizerCallable = torch.optim.AdamW,
-        critic_optimizer: OptimizerCallable = torch.optim.AdamW,
-        generator_lr_scheduler: LRSchedulerCallable | None = None,
-        critic_lr_scheduler: LRSchedulerCallable | None = None,
-        ema_decay: float = 0.99,
-        ema_start: int = 0,
+        rollout: RolloutConfig = RolloutConfig(),
+        teacher: TeacherConfig = TeacherConfig(),
+        critic: CriticConfig = CriticConfig(),
+        optimization: OptimizationConfig = OptimizationConfig(),
         eval_bucket_edges: list[int] | None = None,
         attention_backend: Backend = "sdpa",
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.rollout_config = rollout = as_group(RolloutConfig, rollout, "rollout")
+        self.teacher_config = teacher = as_group(TeacherConfig, teacher, "teacher")
+        self.critic_config = critic = as_group(CriticConfig, critic, "critic")
+        self.optimization = optim = as_group(OptimizationConfig, optimization, "optimization")
+        record_groups(self, rollout=rollout, teacher=teacher, critic=critic, optimization=optim)
         self.automatic_optimization = False
-        self.generator_optimizer = generator_optimizer
-        self.critic_optimizer = critic_optimizer
-        self.generator_lr_scheduler = generator_lr_scheduler
-        self.critic_lr_scheduler = critic_lr_scheduler
-        if not 1 <= target_chunks <= min_rollout_chunks <= max_rollout_chunks:
-            raise ValueError(f"need 1 <= target_chunks <= min_rollout_chunks <= max_rollout_chunks, got "
-                             f"{target_chunks}, {min_rollout_chunks}, {max_rollout_chunks}")
-        if generator_every < 1 or accumulate < 1:
+        if not 1 <= rollout.target_chunks <= rollout.min_chunks <= rollout.max_chunks:
             raise ValueError(
-                f"generator_every and accumulate must be >= 1, got {generator_every}, {accumulate}"
+                "need 1 <= rollout.target_chunks <= rollout.min_chunks <= rollout.max_chunks, got "
+                f"{rollout.target_chunks}, {rollout.min_chunks}, {rollout.max_chunks}"
             )
-        if schedule_unit not in SCHEDULE_UNITS:
-            raise ValueError(f"unknown schedule_unit {schedule_unit!r}; allowed: {', '.join(SCHEDULE_UNITS)}")
+        if optim.generator_every < 1 or optim.accumulate < 1:
+            raise ValueError("optimization.generator_every and optimization.accumulate must be >= 1, got "
+                             f"{optim.generator_every}, {optim.accumulate}")
+        if optim.schedule_unit not in SCHEDULE_UNITS:
+            raise ValueError(f"unknown optimization.schedule_unit {optim.schedule_unit!r}; allowed: "
+                             f"{', '.join(SCHEDULE_UNITS)}")
+        check_teacher_contexts([teacher.context], "teacher.context")
         self.memory: MemoryPolicy = memory if memory is not None else SlowFast()
         self.memory.new_state(chunk_frames)  # fail now, with the policy's message, if the budget cannot work
-        self.context_layout = context_layout(context_positions, self.memory, chunk_frames)
+        self.context_layout = context_layout(teacher.context_positions, self.memory, chunk_frames)
         shapes = (latent_channels, text_dim, frame_cond_dim)
         self.student = build_backbone(backbone, *shapes, backbone_overrides, attention_backend,
                                       gradient_checkpointing)
-        teacher_name = teacher_backbone or backbone
-        teacher_cfg = teacher_overrides if teacher_backbone else backbone_overrides
-        self.teacher = build_backbone(teacher_name, *shapes, teacher_cfg, attention_backend, False)
-        self.critic = build_backbone(
-            teacher_name, *shapes, teacher_cfg, attention_backend, gradient_checkpointing
-        )
-        if student_init:
-            load_backbone_weights(self.student, student_init)
-        if teacher:
-            load_backbone_weights(self.teacher, teacher)
-        if critic_init:
-            load_backbone_weights(self.critic, critic_init)
+        self.teacher = teacher.build(backbone, backbone_overrides, *shapes, attention_backend)
+        self.critic = teacher.build(backbone, backbone_overrides, *shapes, attention_backend,
+                                    gradient_checkpointing)
+        if init_from:
+            load_backbone_weights(self.student, init_from)
+        if teacher.init_from:
+            load_backbone_weights(self.teacher, teacher.init_from)
+        if critic.init_from:
+            load_backbone_weights(self.critic, critic.init_from)
         else:
             self.critic.load_state_dict(self.teacher.state_dict())
         self.teacher.requires_grad_(False).eval()
         self.ema = copy.deepcopy(self.student).requires_grad_(False).eval()
-        self.ema_rule = EMA(ema_decay, ema_start)
+        self.ema_rule = EMA(optim.ema_decay, optim.ema_start)
         self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("sigmas", denoising_sigmas(denoising_steps, shift), persistent=False)
-        negative = load_negative_prompt(negative_prompt, text_dim) if negative_prompt else None
+        negative = None
+        if teacher.negative_prompt:
+            negative = load_negative_prompt(teacher.negative_prompt, text_dim)
         self.register_buffer("negative_prompt", negative, persistent=False)
         self._draw_generator = torch.Generator()
         edges = eval_bucket_edges or [0, 8, 16, 32, 96]
@@ -230,17 +198,17 @@ class ContextForcingModule(L.LightningModule):
 
     def draw(self, batch_size: int, first_visit: torch.Tensor | None = None) -> StepDraws:
         """Rollout length, exit step and per-video seeds: drawn on rank 0 (from rank 0's ``first_visit``
-        with ``revisit_targets``), broadcast to all ranks."""
-        h = self.hparams
-        longest = curriculum_max_chunks(self.schedule_step(), h.min_rollout_chunks, h.max_rollout_chunks,
-                                        h.curriculum_steps)
+        with ``rollout.revisit_targets``), broadcast to all ranks."""
+        h, plan = self.hparams, self.rollout_config
+        longest = curriculum_max_chunks(self.schedule_step(), plan.min_chunks, plan.max_chunks,
+                                        plan.curriculum_steps)
         g = self._draw_generator
-        num_chunks = int(torch.randint(h.min_rollout_chunks, longest + 1, (1,), generator=g))
-        if h.revisit_targets > 0 and first_visit is not None \
-                and float(torch.rand((), generator=g)) < h.revisit_targets:
-            allowed = list(range(h.min_rollout_chunks, longest + 1))
+        num_chunks = int(torch.randint(plan.min_chunks, longest + 1, (1,), generator=g))
+        if plan.revisit_targets > 0 and first_visit is not None \
+                and float(torch.rand((), generator=g)) < plan.revisit_targets:
+            allowed = list(range(plan.min_chunks, longest + 1))
             older_than = self.memory.budget(h.chunk_frames) or 0
-            lengths = revisit_rollout_lengths(first_visit.cpu(), allowed, h.target_chunks, h.chunk_frames,
+            lengths = revisit_rollout_lengths(first_visit.cpu(), allowed, plan.target_chunks, h.chunk_frames,
                                               older_than)
             if lengths:
                 num_chunks = lengths[int(torch.randint(len(lengths), (1,), generator=g))]
@@ -252,18 +220,17 @@ class ContextForcingModule(L.LightningModule):
         return self.trainer.strategy.broadcast(draws, src=0)
 
     def schedule_step(self) -> int:
-        """Steps done so far in the unit the curriculum and the EMA start count (``schedule_unit``)."""
-        return int(self.generator_steps if self.hparams.schedule_unit == "generator" else self.critic_steps)
+        """Steps done so far in the unit the curriculum and the EMA start count
+        (``optimization.schedule_unit``)."""
+        by_generator = self.optimization.schedule_unit == "generator"
+        return int(self.generator_steps if by_generator else self.critic_steps)
 
     # ------------------------------------------------------------------ scores
-    def context_frames(self, history_len: int, memory_frames: list[list[int]], batch: int) -> list[list[int]]:
-        h = self.hparams
-        mode = "last_n" if h.short_teacher else h.teacher_context
-        if mode == "none" or history_len == 0:
-            return [[] for _ in range(batch)]
-        if mode == "last_n":
-            return last_frames(history_len, h.teacher_context_frames, batch)
-        return memory_frames
+    def context_frames(self, history_len: int, memory_frames: list[list[int]]) -> list[list[int]]:
+        """Each video's context for the teacher and the critic (``teacher.context``)."""
+        teacher = self.teacher_config
+        return [choose_context(teacher.context, history_len, teacher.context_frames, lambda kept=kept: kept)
+                for kept in memory_frames]
 
     # ------------------------------------------------------------------ one micro-batch
     def student_rollout(self, cond: Condition, shape: tuple[int, ...], draws: StepDraws, seeds: list[int],
@@ -275,7 +242,7 @@ class ContextForcingModule(L.LightningModule):
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         frames = draws.num_chunks * chunk
         noise = randn((shape[0], shape[1], frames, *shape[3:]), gens).to(self.device)
-        split = (draws.num_chunks - h.target_chunks) * chunk
+        split = (draws.num_chunks - self.rollout_config.target_chunks) * chunk
         history_run = (
             rollout(
                 self.student,
@@ -304,20 +271,19 @@ class ContextForcingModule(L.LightningModule):
     def micro_step(self, batch: dict[str, Any], draws: StepDraws, seeds: list[int], generator_step: bool,
                    scale: float) -> dict[str, torch.Tensor]:
         """Rollout, DMD loss (generator steps only) and critic loss for one micro-batch; backward both."""
-        h = self.hparams
+        h, teacher = self.hparams, self.teacher_config
         cond = batch_condition(batch)
         latents = batch["latents"]
         needed = draws.num_chunks * h.chunk_frames
         if cond.frame_cond is not None and cond.frame_cond.shape[1] < needed:
             raise ValueError(
                 f"rollout of {needed} frames needs a per-frame condition that long; the data gives "
-                f"{cond.frame_cond.shape[1]} (raise the clip length or lower max_rollout_chunks)"
+                f"{cond.frame_cond.shape[1]} (raise the clip length or lower rollout.max_chunks)"
             )
         with torch.enable_grad() if generator_step else torch.no_grad():
             history, target, memory_frames = self.student_rollout(cond, tuple(latents.shape), draws, seeds,
                                                                   generator_step)
-        batch_size = target.shape[0]
-        frames = self.context_frames(history.shape[2], memory_frames, batch_size)
+        frames = self.context_frames(history.shape[2], memory_frames)
         history_cond = cond.frames(slice(0, history.shape[2]))
         target_cond = cond.frames(slice(history.shape[2], history.shape[2] + target.shape[2]))
         sequence = build_context_sequence(
@@ -327,7 +293,7 @@ class ContextForcingModule(L.LightningModule):
             history_cond=history_cond,
             target_cond=target_cond,
             layout=self.context_layout,
-            context_timestep=h.context_timestep,
+            context_timestep=teacher.context_timestep,
         )
         gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
         logs: dict[str, torch.Tensor] = {}
@@ -338,9 +304,9 @@ class ContextForcingModule(L.LightningModule):
                 real_v = guided(
                     partial(sequence.velocity, self.teacher),
                     cond.context,
-                    h.guidance_scale,
+                    teacher.guidance_scale,
                     cond.context_mask,
-                    form=h.guidance_form,
+                    form=teacher.guidance_form,
                     negative=self.negative_prompt,
                 )(noisy, sigma)
                 fake_v = sequence.velocity(self.critic, noisy, sigma, cond.context, cond.context_mask)
@@ -362,7 +328,7 @@ class ContextForcingModule(L.LightningModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        h = self.hparams
+        h = self.optimization
         opt_g, opt_c = self.optimizers()
         batch_size = batch["latents"].shape[0]
         if batch_size % h.accumulate:
@@ -456,10 +422,11 @@ class ContextForcingModule(L.LightningModule):
         return predict_latents(self.ema, self.hparams, self.memory, batch)
 
     def configure_optimizers(self) -> list[dict[str, Any]]:
-        generator = self.generator_optimizer(self.student.parameters())
-        critic = self.critic_optimizer(self.critic.parameters())
-        return [optimizer_config(generator, self.generator_lr_scheduler),
-                optimizer_config(critic, self.critic_lr_scheduler)]
+        optim = self.optimization
+        generator = optim.generator_optimizer(self.student.parameters())
+        critic = optim.critic_optimizer(self.critic.parameters())
+        return [optimizer_config(generator, optim.generator_lr_scheduler),
+                optimizer_config(critic, optim.critic_lr_scheduler)]
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Bring each scheduler to its optimizer's step count before the batch steps it (manual
@@ -478,13 +445,12 @@ class ContextForcingModule(L.LightningModule):
             self._draw_generator.set_state(checkpoint["draw_generator"])
 
     def ablation_hparams(self) -> dict[str, object]:
-        h = self.hparams
         return {
             **self.memory.ablation_hparams(),
-            "teacher/context": "short" if h.short_teacher else h.teacher_context,
-            "rollout/max_chunks": h.max_rollout_chunks,
-            "rollout/target_chunks": h.target_chunks,
-            "dmd/guidance": h.guidance_scale,
+            "teacher/context": self.teacher_config.context,
+            "rollout/max_chunks": self.rollout_config.max_chunks,
+            "rollout/target_chunks": self.rollout_config.target_chunks,
+            "dmd/guidance": self.teacher_config.guidance_scale,
         }
 
     @torch.no_grad()

@@ -10,7 +10,7 @@ differ in where the (noisy, clean) pairs come from:
   student's denoising levels, so its few steps follow the teacher's deterministic map. The trajectories
   come from shards written once by ``cf-data trajectories`` (batch keys ``ode_trajectory`` and
   ``ode_sigmas``, no teacher needed here), or, as the alternative, are integrated on the fly from
-  ``teacher`` at ``2 * ode_steps`` teacher forwards per training step.
+  ``teacher.init_from`` at ``2 * ode_steps`` teacher forwards per training step.
 
 One masked full-sequence forward over ``[clean | noisy]`` covers every chunk at once and sees exactly
 what streaming will (``teacher_forcing_mask``). A policy that admits frames by surprisal (slow memory
@@ -18,8 +18,8 @@ of scene changes) decides here from the clean latents themselves, one mask per v
 which streaming uses, do not exist before the forward, and a summary-free stand-in (uniform admission)
 would never show the student a frame from before its recent past, so it would not learn to recall one.
 
-Short-window DMD (Self-Forcing) is the
-:class:`ContextForcingModule` with short rollouts and ``short_teacher: true``.
+Short-window DMD (Self-Forcing) is the :class:`ContextForcingModule` with short rollouts and
+``teacher.context: last_n``.
 """
 
 from __future__ import annotations
@@ -44,11 +44,14 @@ from cf_lightning.models.attention import Backend
 from cf_lightning.stages.common import (
     Condition,
     EMAAfterStep,
+    TeacherWeights,
+    as_group,
     batch_condition,
     build_backbone,
     check_finite,
     load_backbone_weights,
     optimizer_config,
+    record_groups,
 )
 from memory_policies import MemoryPolicy, SlowFast
 
@@ -58,10 +61,16 @@ Objective = Literal["teacher_forcing", "ode"]
 class StudentModule(EMAAfterStep):
     """Causal student init by teacher forcing or ODE regression (see module docstring).
 
+    Args:
+        clip_frames: latent frames of one training sequence, all of them scored: the masked forward
+            streams the whole clip chunk by chunk. (The teacher stage's ``target_frames`` differs: the
+            window its loss covers after some context, inside a longer clip.)
+        init_from: the student's starting weights (``.ckpt`` or Wan checkpoint).
+
     Args (ODE regression):
-        teacher: teacher checkpoint (``.ckpt`` or Wan) for on-the-fly trajectories; leave it unset to
-            train from ``cf-data trajectories`` shards.
-        teacher_backbone, teacher_overrides: the teacher's config when it differs from the student's.
+        teacher: the teacher that integrates trajectories on the fly: ``init_from`` (``.ckpt`` or Wan),
+            and ``backbone`` / ``backbone_overrides`` when its config differs from the student's; leave
+            ``teacher.init_from`` unset to train from ``cf-data trajectories`` shards.
         ode_steps, guidance_scale: the on-the-fly integration (shards record their own).
         denoising_steps, shift: the student's levels; stored trajectories must have been taken there.
 
@@ -75,13 +84,11 @@ class StudentModule(EMAAfterStep):
         self,
         backbone: str = "tiny",
         backbone_overrides: dict[str, Any] | None = None,
-        teacher_backbone: str | None = None,
-        teacher_overrides: dict[str, Any] | None = None,
         latent_channels: int = 16,
         text_dim: int = 32,
         frame_cond_dim: int = 0,
         objective: Objective = "teacher_forcing",
-        teacher: str | None = None,
+        teacher: TeacherWeights = TeacherWeights(),
         init_from: str | None = None,
         memory: MemoryPolicy | None = None,
         chunk_frames: int = 2,
@@ -100,6 +107,8 @@ class StudentModule(EMAAfterStep):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        teacher = as_group(TeacherWeights, teacher, "teacher")
+        record_groups(self, teacher=teacher)
         if objective not in ("teacher_forcing", "ode"):
             raise ValueError(f"unknown objective {objective!r}; allowed: teacher_forcing, ode")
         if clip_frames % chunk_frames:
@@ -115,11 +124,9 @@ class StudentModule(EMAAfterStep):
         if init_from:
             load_backbone_weights(self.model, init_from)
         self.teacher: WanModel | None = None
-        if objective == "ode" and teacher is not None:
-            self.teacher = build_backbone(teacher_backbone or backbone, *shapes,
-                                          teacher_overrides if teacher_backbone else backbone_overrides,
-                                          attention_backend, False)
-            load_backbone_weights(self.teacher, teacher)
+        if objective == "ode" and teacher.init_from is not None:
+            self.teacher = teacher.build(backbone, backbone_overrides, *shapes, attention_backend)
+            load_backbone_weights(self.teacher, teacher.init_from)
             self.teacher.requires_grad_(False).eval()
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.ema_rule = EMA(ema_decay, ema_start)
@@ -139,15 +146,16 @@ class StudentModule(EMAAfterStep):
             if self.teacher is not None:
                 raise ValueError(
                     f"the batch carries stored teacher trajectories ('ode_trajectory') and "
-                    f"model.teacher={h.teacher!r} is set too; unset model.teacher to train from the "
-                    "shards, or train on shards without trajectories to integrate the teacher here"
+                    f"model.teacher.init_from={h.teacher['init_from']!r} is set too; unset it to train from "
+                    "the shards, or train on shards without trajectories to integrate the teacher here"
                 )
             self.check_levels(batch)
             return batch["latents"].float()[:, :, :frames], batch["ode_trajectory"].float()[:, :, :, :frames]
         if self.teacher is None:
             raise ValueError(f"objective 'ode' needs teacher trajectories: the batch has no 'ode_trajectory' "
-                             f"(keys: {sorted(batch)}) and model.teacher is unset; read shards written by "
-                             "`cf-data trajectories`, or set model.teacher to integrate on the fly")
+                             f"(keys: {sorted(batch)}) and model.teacher.init_from is unset; read shards "
+                             "written by `cf-data trajectories`, or set model.teacher.init_from to integrate "
+                             "on the fly")
         shape = batch["latents"][:, :, :frames].shape
         noise = torch.randn(shape, generator=self._generator).to(self.device)
         velocity = guided_velocity(

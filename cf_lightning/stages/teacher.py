@@ -1,16 +1,17 @@
 """Stage 0: the flow-matching teacher, short or context-aware, with Error-Recycling Fine-Tuning.
 
 A short teacher learns clips on their own. A context teacher learns to continue a video: its input
-is ``[clean context | noisy target]``, the loss covers the target only, and the context is chosen
-the way the student's memory will choose it (a memory policy over the clip's history) or as the
-last N frames. ERFT banks the model's own prediction errors and re-injects them into the target and
-the recent context, so the teacher stays reliable when the history it is shown has drifted.
+is ``[clean context | noisy target]``, the loss covers the target only, and the context is named in
+the same words distillation uses (:data:`~cf_lightning.models.context.TeacherContext`): ``memory``
+(what a memory policy over the clip's history keeps, as the student's memory will), ``last_n`` (the
+last N frames) or ``none``. ERFT banks the model's own prediction errors and re-injects them into the
+target and the recent context, so the teacher stays reliable when the history it is shown has drifted.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -34,9 +35,11 @@ from cf_lightning.models.context import (
     ContextPositions,
     ContextSequence,
     ContextTimestep,
+    TeacherContext,
     build_context_sequence,
+    check_teacher_contexts,
+    choose_context,
     context_layout,
-    last_frames,
 )
 from cf_lightning.rollout import randn
 from cf_lightning.stages.common import (
@@ -49,8 +52,6 @@ from cf_lightning.stages.common import (
     optimizer_config,
 )
 from memory_policies import MemoryPolicy
-
-ContextMode = Literal["none", "last_n", "policy"]
 
 
 def policy_context(policy: MemoryPolicy, history: torch.Tensor, chunk_frames: int) -> list[list[int]]:
@@ -75,9 +76,12 @@ class TeacherModule(EMAAfterStep):
 
     Args:
         backbone: named model config; ``latent_channels``/``text_dim``/``frame_cond_dim`` come from data.
-        target_frames: latent frames the loss covers (a clip of this length for a short teacher).
-        context_modes: per-sample context choice, drawn uniformly: ``none``, ``last_n``, ``policy``.
-        context_frames: N for ``last_n``. memory: the policy for ``policy`` contexts.
+        target_frames: latent frames the loss covers: a window placed after some history inside a
+            longer data clip when there are contexts (the whole clip for a short teacher). Not the
+            student's ``clip_frames``, which is the whole sequence its masked forward trains on.
+        contexts: the teacher contexts to train with, one drawn uniformly per sample: ``memory``,
+            ``last_n``, ``none`` (the words and type ``teacher.context`` of distillation uses).
+        context_frames: N for ``last_n``. memory: the policy whose kept frames make ``memory`` contexts.
         context_positions: temporal layout of ``[context | target]``: ``student`` (where a student
             streaming with ``memory`` reads each frame; needs ``memory``), ``packed`` or ``absolute``.
         context_timestep: timestep of the clean context, ``zero`` or ``shared`` with the target (the
@@ -102,7 +106,7 @@ class TeacherModule(EMAAfterStep):
         frame_cond_dim: int = 0,
         chunk_frames: int = 2,
         target_frames: int = 8,
-        context_modes: list[ContextMode] | None = None,
+        contexts: list[TeacherContext] | None = None,
         context_frames: int = 8,
         memory: MemoryPolicy | None = None,
         context_positions: ContextPositions = "student",
@@ -127,18 +131,15 @@ class TeacherModule(EMAAfterStep):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        modes = context_modes or ["none"]
-        allowed = ("none", "last_n", "policy")
-        for mode in modes:
-            if mode not in allowed:
-                raise ValueError(f"unknown context mode {mode!r}; allowed: {', '.join(allowed)}")
-        if "policy" in modes and memory is None:
-            raise ValueError("context mode 'policy' needs a memory policy (model.memory)")
+        modes = contexts or ["none"]
+        check_teacher_contexts(modes)
+        if "memory" in modes and memory is None:
+            raise ValueError("teacher context 'memory' needs a memory policy (model.memory)")
         if target_frames % chunk_frames:
             raise ValueError(
                 f"target_frames={target_frames} must be a multiple of chunk_frames={chunk_frames}"
             )
-        self.context_modes = modes
+        self.contexts = modes
         self.layout = context_layout(
             "packed" if modes == ["none"] else context_positions, memory, chunk_frames
         )
@@ -193,7 +194,7 @@ class TeacherModule(EMAAfterStep):
         video_generators: list[torch.Generator] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
         """Pick a target window in the clip and, per video, the context frames before it (video ``b``
-        draws its context mode from ``video_generators[b]`` when given, else from ``generator``).
+        draws its context from ``video_generators[b]`` when given, else from ``generator``).
 
         With ``revisit_targets`` > 0 and ground truth in the batch, that fraction of steps picks a
         window that revisits views first seen before the recent context, so recall from distant
@@ -203,7 +204,7 @@ class TeacherModule(EMAAfterStep):
         if total < target_len:
             raise ValueError(f"clips have {total} latent frames, fewer than target_frames={target_len}")
         starts = list(range(0, total - target_len + 1, chunk))
-        if self.context_modes != ["none"]:
+        if self.contexts != ["none"]:
             starts = [s for s in starts if s > 0] or starts
             least = self.hparams.min_history_frames
             if least and not [s for s in starts if s >= least]:
@@ -220,17 +221,15 @@ class TeacherModule(EMAAfterStep):
         frames = []
         for b in range(latents.shape[0]):
             video_generator = generator if video_generators is None else video_generators[b]
-            mode = self.context_modes[
-                int(torch.randint(len(self.context_modes), (1,), generator=video_generator))
-            ]
-            if mode == "none" or start == 0:
-                frames.append([])
-            elif mode == "last_n":
-                frames.append(last_frames(start, self.hparams.context_frames, 1)[0])
-            else:
-                assert self.memory is not None
-                frames.append(policy_context(self.memory, history[b:b + 1], chunk)[0])
+            source = self.contexts[int(torch.randint(len(self.contexts), (1,), generator=video_generator))]
+            frames.append(choose_context(source, start, self.hparams.context_frames,
+                                         lambda b=b: self.kept_frames(history[b:b + 1])))
         return history, target, frames
+
+    def kept_frames(self, history: torch.Tensor) -> list[int]:
+        """The frames this teacher's memory policy keeps of one video's ``history`` (``memory`` contexts)."""
+        assert self.memory is not None
+        return policy_context(self.memory, history, self.hparams.chunk_frames)[0]
 
     def _revisit_starts(self, first_visit: torch.Tensor, starts: list[int]) -> list[int]:
         """Starts where most videos' targets revisit views first seen before the last-N context."""

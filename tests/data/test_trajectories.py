@@ -207,4 +207,4 @@ def test_student_ode_recipe_trains_on_the_command_output(
             "--trainer.callbacks.init_args.every_n_batches", "2", "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.version", "a"])
     checkpoint = torch.load(tmp_path / "s" / "a" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["teacher"] is None
+    assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["teacher"]["init_from"] is None

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from cf_lightning.models import build_wan
 from cf_lightning.models.checkpoint import save_wan
-from cf_lightning.stages import ContextForcingModule
+from cf_lightning.stages import ContextForcingModule, RolloutConfig
 from memory_policies import SlidingWindow
 from tests.stand_ins import UMT5_DIM, VAE_CHANNELS, write_umt5, write_wan_vae
 
@@ -39,12 +39,10 @@ def student_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         backbone="tiny",
         latent_channels=VAE_CHANNELS,
         text_dim=UMT5_DIM,
-        student_init=str(init),
+        init_from=str(init),
         memory=SlidingWindow(sink=1, window=4),
         chunk_frames=CHUNK,
-        min_rollout_chunks=2,
-        max_rollout_chunks=2,
-        target_chunks=1,
+        rollout=RolloutConfig(min_chunks=2, max_chunks=2, target_chunks=1),
         denoising_steps=2,
     )
     trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -58,8 +56,8 @@ def student_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     saved["hyper_parameters"].update(
         _class_path="cf_lightning.stages.ContextForcingModule",
         memory={"class_path": "sliding_window", "init_args": {"sink": 1, "window": 4}},
-        generator_optimizer=adamw,
-        critic_optimizer=adamw,
+        optimization={**saved["hyper_parameters"]["optimization"], "generator_optimizer": adamw,
+                      "critic_optimizer": adamw},
     )
     torch.save(saved, checkpoint)
     init.unlink()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cf_lightning.data import first_visit_from_views
-from cf_lightning.stages import ContextForcingModule
+from cf_lightning.stages import ContextForcingModule, OptimizationConfig, RolloutConfig, TeacherConfig
 from cf_lightning.stages.distill import StepDraws, curriculum_max_chunks, revisit_rollout_lengths
 from memory_policies import SlowFast
 from tests.stages.conftest import CHANNELS, TEXT_DIM
@@ -19,12 +19,18 @@ def sgd(lr: float):
     return functools.partial(torch.optim.SGD, lr=lr)
 
 
-def make(**overrides) -> ContextForcingModule:
+def make(rollout: dict | None = None, teacher: dict | None = None, optimization: dict | None = None,
+         **overrides) -> ContextForcingModule:
+    """A tiny module; ``rollout`` / ``teacher`` / ``optimization`` change fields of the test's groups."""
     torch.manual_seed(0)
     settings = {"latent_channels": CHANNELS, "text_dim": TEXT_DIM, "frame_cond_dim": 2,
-                    "memory": SlowFast(sink=1, slow=2, fast=4, rope_length=7), "min_rollout_chunks": 3,
-                    "max_rollout_chunks": 3, "target_chunks": 1, "generator_every": 1, "denoising_steps": 2,
-                    "generator_optimizer": sgd(1e-3), "critic_optimizer": sgd(1e-3)}
+                "memory": SlowFast(sink=1, slow=2, fast=4, rope_length=7), "denoising_steps": 2,
+                "rollout": RolloutConfig(**{"min_chunks": 3, "max_chunks": 3, "target_chunks": 1,
+                                            **(rollout or {})}),
+                "teacher": TeacherConfig(**(teacher or {})),
+                "optimization": OptimizationConfig(**{"generator_optimizer": sgd(1e-3),
+                                                      "critic_optimizer": sgd(1e-3), "generator_every": 1,
+                                                      **(optimization or {})})}
     settings.update(overrides)
     return ContextForcingModule(**settings)
 
@@ -49,7 +55,7 @@ def flat(module: torch.nn.Module) -> torch.Tensor:
 
 
 def test_generator_gradient_vanishes_when_critic_equals_teacher(loader):
-    module = make(guidance_scale=1.0)
+    module = make(teacher={"guidance_scale": 1.0})
     student, critic = flat(module.student), flat(module.critic)
     fit(module, loader(num=4, batch_size=4), steps=2)  # one generator + one critic step
     assert int(module.generator_steps) == 1
@@ -60,9 +66,11 @@ def test_generator_gradient_vanishes_when_critic_equals_teacher(loader):
 def test_generator_moves_its_samples_towards_the_teacher(loader):
     torch.manual_seed(0)
     module = FixedDraws(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2,
-                        memory=SlowFast(sink=1, slow=2, fast=4, rope_length=7), min_rollout_chunks=3,
-                        max_rollout_chunks=3, target_chunks=1, generator_every=1, denoising_steps=2,
-                        guidance_scale=1.0, generator_optimizer=sgd(5e-2), critic_optimizer=sgd(0.0))
+                        memory=SlowFast(sink=1, slow=2, fast=4, rope_length=7), denoising_steps=2,
+                        rollout=RolloutConfig(min_chunks=3, max_chunks=3, target_chunks=1),
+                        teacher=TeacherConfig(guidance_scale=1.0),
+                        optimization=OptimizationConfig(generator_optimizer=sgd(5e-2),
+                                                        critic_optimizer=sgd(0.0), generator_every=1))
     torch.manual_seed(1)
     for p in module.teacher.parameters():  # a teacher different from the critic
         p.data.add_(0.05 * torch.randn_like(p))
@@ -106,8 +114,8 @@ def test_generator_moves_its_samples_towards_the_teacher(loader):
 
 def test_accumulation_equals_one_big_batch(loader):
     data = loader(num=4, batch_size=4)
-    whole = FixedDraws(**{**base_settings(), "accumulate": 1})
-    split = FixedDraws(**{**base_settings(), "accumulate": 2})
+    whole = FixedDraws(**base_settings(accumulate=1))
+    split = FixedDraws(**base_settings(accumulate=2))
     split.load_state_dict(whole.state_dict())
     fit(whole, data, steps=2)
     fit(split, data, steps=2)
@@ -116,21 +124,18 @@ def test_accumulation_equals_one_big_batch(loader):
     assert not torch.equal(flat(whole.student), flat(FixedDraws(**base_settings()).student))
 
 
-def base_settings() -> dict:
+def base_settings(accumulate: int = 1) -> dict:
     torch.manual_seed(0)
     return {
         "latent_channels": CHANNELS,
         "text_dim": TEXT_DIM,
         "frame_cond_dim": 2,
         "memory": SlowFast(sink=1, slow=2, fast=4, rope_length=7),
-        "min_rollout_chunks": 3,
-        "max_rollout_chunks": 3,
-        "target_chunks": 1,
-        "generator_every": 1,
         "denoising_steps": 2,
-        "guidance_scale": 2.0,
-        "generator_optimizer": sgd(1e-2),
-        "critic_optimizer": sgd(1e-2),
+        "rollout": RolloutConfig(min_chunks=3, max_chunks=3, target_chunks=1),
+        "teacher": TeacherConfig(guidance_scale=2.0),
+        "optimization": OptimizationConfig(generator_optimizer=sgd(1e-2), critic_optimizer=sgd(1e-2),
+                                           generator_every=1, accumulate=accumulate),
     }
 
 
@@ -153,7 +158,7 @@ def test_revisit_lengths_put_a_return_older_than_the_budget_in_the_targets():
 
 
 def test_revisit_targets_draw_rollouts_whose_targets_hold_a_return():
-    module = make(min_rollout_chunks=2, max_rollout_chunks=10, revisit_targets=1.0)
+    module = make(rollout={"min_chunks": 2, "max_chunks": 10, "revisit_targets": 1.0})
     module.trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", devices=1)
     module.setup("fit")
     views = torch.tensor([[0] * 4 + [1] * 10 + [0] * 6])

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from cf_lightning.lr_schedules import WarmupCosineLR
-from cf_lightning.stages import ContextForcingModule, StudentModule, TeacherModule
+from cf_lightning.stages import (
+    ContextForcingModule,
+    OptimizationConfig,
+    RolloutConfig,
+    StudentModule,
+    TeacherModule,
+)
 from memory_policies import SlowFast
 from tests.stages.conftest import CHANNELS, TEXT_DIM
 
@@ -76,11 +82,12 @@ def test_context_forcing_schedules_each_optimizer_in_its_own_steps(loader, tmp_p
     steps, and a resumed run uses the rates of an uninterrupted one."""
     def module() -> ContextForcingModule:
         return ContextForcingModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2,
-                                    min_rollout_chunks=2, max_rollout_chunks=2, target_chunks=1,
-                                    generator_every=2,
-                                    generator_optimizer=functools.partial(torch.optim.SGD, lr=1.0),
-                                    critic_optimizer=functools.partial(torch.optim.SGD, lr=0.5),
-                                    generator_lr_scheduler=SCHEDULE, critic_lr_scheduler=SCHEDULE)
+                                    rollout=RolloutConfig(min_chunks=2, max_chunks=2, target_chunks=1),
+                                    optimization=OptimizationConfig(
+                                        generator_optimizer=functools.partial(torch.optim.SGD, lr=1.0),
+                                        critic_optimizer=functools.partial(torch.optim.SGD, lr=0.5),
+                                        generator_lr_scheduler=SCHEDULE, critic_lr_scheduler=SCHEDULE,
+                                        generator_every=2))
 
     factor = SCHEDULE(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)).factor
     data = loader(num=4, batch_size=1)

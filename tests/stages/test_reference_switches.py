@@ -62,26 +62,29 @@ def test_schedules_count_trainer_steps_when_asked(loader):
     still copies the student at both; counted in trainer steps (3 at batch 2) it has begun to average."""
     ema_gap = {}
     for unit in ("generator", "trainer"):
-        module = make(schedule_unit=unit, generator_every=2, ema_start=2, ema_decay=0.5)
+        module = make(optimization={"schedule_unit": unit, "generator_every": 2, "ema_start": 2,
+                                    "ema_decay": 0.5})
         fit(module, loader(num=4, batch_size=4), steps=5)  # 3 batches: 2 generator + 3 critic steps
         assert int(module.generator_steps) == 2 and int(module.critic_steps) == 3
         assert module.schedule_step() == (2 if unit == "generator" else 3)
         ema_gap[unit] = max((e - p).abs().max().item() for e, p in
                             zip(module.ema.parameters(), module.student.parameters()))
     assert ema_gap["generator"] == 0.0 and ema_gap["trainer"] > 0.0
-    module = make(schedule_unit="trainer", min_rollout_chunks=3, max_rollout_chunks=7, curriculum_steps=10)
+    module = make(optimization={"schedule_unit": "trainer"},
+                  rollout={"min_chunks": 3, "max_chunks": 7, "curriculum_steps": 10})
     module.critic_steps.fill_(5)
     assert module.schedule_step() == 5  # the curriculum is half way after 5 batches, not 5 generator steps
     with pytest.raises(ValueError, match="allowed: generator, trainer"):
-        make(schedule_unit="epochs")
+        make(optimization={"schedule_unit": "epochs"})
 
 
 def test_dmd_step_with_every_reference_switch(loader, tmp_path):
     negative = save_negative_prompt(
         tmp_path / "negative.safetensors", "blurry", HashTextEncoder(dim=TEXT_DIM)
     )
-    module = make(guidance_scale=4.0, guidance_form="cond", negative_prompt=str(negative),
-                  context_timestep="shared", schedule_unit="trainer")
+    module = make(teacher={"guidance_scale": 4.0, "guidance_form": "cond", "negative_prompt": str(negative),
+                           "context_timestep": "shared"},
+                  optimization={"schedule_unit": "trainer"})
     assert module.negative_prompt.shape[1] == TEXT_DIM
     student = [p.detach().clone() for p in module.student.parameters()]
     fit(module, loader(num=4, batch_size=4), steps=2)
@@ -92,7 +95,7 @@ def test_dmd_step_with_every_reference_switch(loader, tmp_path):
 def test_teacher_draws_contexts_from_at_least_min_history_frames(loader):
     torch.manual_seed(0)
     module = TeacherModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, target_frames=4,
-                           context_modes=["last_n"], context_frames=4, context_positions="packed",
+                           contexts=["last_n"], context_frames=4, context_positions="packed",
                            min_history_frames=8)
     latents = next(iter(loader(num=2, frames=16, batch_size=2)))["latents"]
     generator = torch.Generator().manual_seed(0)

@@ -14,7 +14,7 @@ import torch
 from cf_lightning.data import ShardDataModule
 from cf_lightning.diffusion import denoising_sigmas
 from cf_lightning.stages import StudentModule, TeacherModule
-from cf_lightning.stages.common import Condition, batch_condition, load_backbone
+from cf_lightning.stages.common import Condition, TeacherWeights, batch_condition, load_backbone
 from memory_policies import SlowFast
 from tests.data.trajectory_shards import CHANNELS as SHARD_CHANNELS
 from tests.data.trajectory_shards import TEXT_DIM as SHARD_TEXT_DIM
@@ -66,7 +66,8 @@ def test_ode_objective_integrates_a_teacher_on_the_fly(loader, tmp_path):
     trainer.save_checkpoint(path)
     assert torch.equal(load_backbone(path).blocks[0].ffn[0].weight, teacher.ema.blocks[0].ffn[0].weight)
     student = StudentModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, objective="ode",
-                            teacher=path, clip_frames=4, ode_steps=6, memory=SlowFast(**POLICY))
+                            teacher=TeacherWeights(init_from=path), clip_frames=4, ode_steps=6,
+                            memory=SlowFast(**POLICY))
     assert torch.equal(student.teacher.blocks[0].ffn[0].weight, teacher.ema.blocks[0].ffn[0].weight)
     batch = {"latents": torch.randn(2, CHANNELS, 6, 4, 4)}
     cond = Condition(torch.randn(2, 3, TEXT_DIM), None, torch.zeros(2, 4, 2))
@@ -75,7 +76,8 @@ def test_ode_objective_integrates_a_teacher_on_the_fly(loader, tmp_path):
     assert not torch.equal(x0, trajectory[:, 0])
     fit(student, loader(num=2, batch_size=2), steps=2)
     stored = {**batch, "ode_trajectory": trajectory, "ode_sigmas": student.sigmas.expand(2, 4)}
-    with pytest.raises(ValueError, match="stored teacher trajectories .* and model.teacher=.*teacher.ckpt"):
+    with pytest.raises(ValueError,
+                       match="stored teacher trajectories .* and model.teacher.init_from=.*teacher.ckpt"):
         student.ode_pairs(stored, cond)
 
 
@@ -150,7 +152,8 @@ def test_ode_objective_without_teacher_or_trajectories_is_refused(loader):
     batch = next(iter(loader(num=2, batch_size=2)))
     student = StudentModule(latent_channels=CHANNELS, text_dim=TEXT_DIM, frame_cond_dim=2, objective="ode",
                             clip_frames=4, memory=SlowFast(**POLICY))
-    with pytest.raises(ValueError, match="batch has no 'ode_trajectory' .* and model.teacher is unset"):
+    with pytest.raises(ValueError,
+                       match="batch has no 'ode_trajectory' .* and model.teacher.init_from is unset"):
         student.training_step(batch, 0)
 
 

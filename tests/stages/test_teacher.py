@@ -59,7 +59,7 @@ def test_loss_decreases_on_a_tiny_overfit(loader):
 
 
 def test_context_mode_loss_ignores_context_positions(loader):
-    module = make(context_modes=["last_n"], context_frames=4, context_positions="packed")
+    module = make(contexts=["last_n"], context_frames=4, context_positions="packed")
     batch = next(iter(loader(num=2, batch_size=2)))
     cond = Condition(batch["text_emb"], None, batch["camera"][:, :8])
     history, target = batch["latents"][:, :, :4], batch["latents"][:, :, 4:8]
@@ -81,13 +81,13 @@ def test_context_mode_loss_ignores_context_positions(loader):
 
 
 def test_error_buffers_survive_a_checkpoint_round_trip(loader, tmp_path):
-    module = make(erft=ErrorInjection(), erft_bins=4, erft_capacity=3, context_modes=["none", "last_n"],
+    module = make(erft=ErrorInjection(), erft_bins=4, erft_capacity=3, contexts=["none", "last_n"],
                   context_positions="packed", context_frames=4)
     trainer = fit(module, loader(num=4, batch_size=2), steps=4, root=tmp_path)
     assert len(module.x0_errors) > 0 and len(module.noise_errors) > 0
     path = tmp_path / "teacher.ckpt"
     trainer.save_checkpoint(path)
-    fresh = make(erft=ErrorInjection(), erft_bins=4, erft_capacity=3, context_modes=["none", "last_n"],
+    fresh = make(erft=ErrorInjection(), erft_bins=4, erft_capacity=3, contexts=["none", "last_n"],
                   context_positions="packed", context_frames=4)
     fresh.on_load_checkpoint(torch.load(path, weights_only=False))
     assert torch.equal(fresh.x0_errors.counts, module.x0_errors.counts)
@@ -96,8 +96,8 @@ def test_error_buffers_survive_a_checkpoint_round_trip(loader, tmp_path):
                        module.x0_errors.sample(sigma, torch.Generator().manual_seed(0)))
 
 
-def test_context_modes_with_policy_run(loader):
-    module = make(context_modes=["policy", "last_n", "none"], context_frames=4,
+def test_every_teacher_context_runs(loader):
+    module = make(contexts=["memory", "last_n", "none"], context_frames=4,
                   memory=SlowFast(sink=1, slow=2, fast=4, rope_length=7))
     fit(module, loader(num=2, batch_size=2), steps=3)
 
@@ -119,7 +119,7 @@ def test_lora_merges_back_into_plain_weights(loader):
 
 
 def test_revisit_targets_pick_windows_that_revisit_distant_views():
-    module = make(context_modes=["last_n"], context_frames=4, revisit_targets=1.0, context_positions="packed")
+    module = make(contexts=["last_n"], context_frames=4, revisit_targets=1.0, context_positions="packed")
     first_visit = torch.full((2, 20), -1)
     first_visit[0, 14:18] = torch.tensor([2, 3, 2, 3])  # revisits frames 2-3, before the last 4 frames
     first_visit[1, 14:18] = torch.tensor([1, 2, 1, 2])
