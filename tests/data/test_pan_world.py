@@ -7,16 +7,20 @@ first visit's latent frame.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from cf_lightning.cli.fit import main
 from cf_lightning.codecs import PooledPixelCodec, uint8_to_unit
 from cf_lightning.data.revisit_world import RevisitWorldConfig, generate_video
 from cf_lightning.recipe import load_recipe
 
-OVERLAY = Path(__file__).parents[2] / "recipes" / "pan" / "world.yaml"
+RECIPES = Path(__file__).parents[2] / "recipes"
+OVERLAY = RECIPES / "pan" / "world.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +56,20 @@ def test_pans_move_whole_cells_and_latents_are_exact(world: RevisitWorldConfig) 
         for t in (video.first_visit >= 0).nonzero().flatten().tolist():
             assert torch.equal(latents[0, :, t], latents[0, :, int(video.first_visit[t])])
     assert steps > 100
+
+
+@pytest.mark.parametrize("recipe", ["context_teacher.yaml", "student_init.yaml", "student_recall.yaml",
+                                    "slowfast.yaml", "sliding_window.yaml"])
+def test_overlay_swaps_only_the_world(recipe: str, world: RevisitWorldConfig, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["cf-fit"])
+    printed = []
+    for extra in ([], ["--config", str(OVERLAY)]):
+        with pytest.raises(SystemExit) as done:
+            main(["fit", "--config", str(RECIPES / recipe), *extra, "--print_config"])
+        assert done.value.code == 0
+        printed.append(yaml.safe_load(capsys.readouterr().out))
+    plain, pan = printed
+    pan_world = pan["data"]["init_args"].pop("world")
+    plain["data"]["init_args"].pop("world")
+    assert pan == plain, "the overlay changes the world only"
+    assert RevisitWorldConfig(**pan_world) == world
