@@ -26,6 +26,7 @@ import torch
 from recipe_world import RECIPE, held_out
 from revisit import evaluate
 
+from cf_lightning.metrics import return_frames
 from cf_lightning.recipe import load_recipe
 from cf_lightning.stages import ContextForcingModule
 
@@ -68,9 +69,7 @@ def segment_counts(loader, frames: int, edges: list[int]) -> list[int]:
     counts = [0] * (len(edges) - 1)
     for batch in loader:
         first_visit = batch["first_visit"][:, :frames]
-        views = torch.where(first_visit >= 0, first_visit, torch.arange(first_visit.shape[1]))
-        returns = (first_visit[:, 1:] >= 0) & (views[:, 1:] != views[:, :-1])
-        gaps = (torch.arange(1, first_visit.shape[1]) - first_visit[:, 1:])[returns]
+        gaps = (torch.arange(first_visit.shape[1]) - first_visit)[return_frames(first_visit)]
         for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
             counts[i] += int(((gaps > lo) & (gaps <= hi)).sum())
     return counts

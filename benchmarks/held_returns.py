@@ -18,6 +18,7 @@ import torch
 from recipe_world import add_world_arguments, held_out
 
 from cf_lightning.memory_timeline import TimelineRecorder, chunk_revisits
+from cf_lightning.metrics import view_ids
 from cf_lightning.stages import ContextForcingModule
 from cf_lightning.stages.common import Condition, batch_condition
 
@@ -48,7 +49,7 @@ def held_split(module: ContextForcingModule, loader, edges: list[int]) -> dict[t
         video = video.float()
         visits = batch["first_visit"][:, :frames]
         for b, (snapshots, first_visit) in enumerate(zip(recorder.timelines, visits)):
-            views = [f if v < 0 else v for f, v in enumerate(first_visit.tolist())]
+            views = view_ids(first_visit).tolist()
             for c, snapshot in enumerate(snapshots, start=1):
                 for frame, first, held in chunk_revisits(snapshot, first_visit, c * chunk, chunk):
                     gap = frame - first

@@ -23,6 +23,7 @@ from typing import Self
 import numpy as np
 import torch
 
+from cf_lightning.metrics.revisit import view_ids
 from memory_policies import ARCHIVE, REGIONS, MemoryPolicy, MemoryState
 
 COLOURS = {"sink": "#1f77b4", "slow": "#d62728", "fast": "#2ca02c", ARCHIVE: "#c7c7c7"}
@@ -89,7 +90,7 @@ def chunk_revisits(snapshot: Snapshot, first_visit: torch.Tensor, start: int, ch
     window): the frame, its first visit, and whether the memory the chunk read (``snapshot``) held the
     view in any attended frame (a merged entry counts for every frame it stands for)."""
     visits = first_visit.tolist()
-    views = [f if v < 0 else v for f, v in enumerate(visits)]
+    views = view_ids(first_visit).tolist()
     held = {views[m] for region in REGIONS for entry in snapshot.regions.get(region, [])
             for m in snapshot.members.get(entry, [entry]) if m < len(views)}
     return [(q, visits[q], views[q] in held) for q in range(start, min(start + chunk_frames, len(views)))

@@ -19,7 +19,14 @@ from cf_lightning.metrics.longvideo import (
     score_dense_video,
     score_video,
 )
-from cf_lightning.metrics.revisit import RevisitError, effective_context, recall_auc, recall_scores
+from cf_lightning.metrics.revisit import (
+    RevisitError,
+    effective_context,
+    recall_auc,
+    recall_scores,
+    return_frames,
+    view_ids,
+)
 from cf_lightning.metrics.windows import TimeWindows
 
 __all__ = [
@@ -32,6 +39,8 @@ __all__ = [
     "PixelStatsExtractor",
     "QualityDrift",
     "RevisitError",
+    "return_frames",
+    "view_ids",
     "TextExtractor",
     "TimeWindows",
     "VideoScores",

@@ -80,6 +80,22 @@ def recall_auc(errors: torch.Tensor, controls: torch.Tensor, edges: Sequence[int
     return float((scores * widths).sum() / widths.sum())
 
 
+def view_ids(first_visit: torch.Tensor) -> torch.Tensor:
+    """Canonical view id of every frame ``[..., F]``: the frame of its first visit (itself on a first
+    view), so two frames show the same view exactly when their ids are equal."""
+    index = torch.arange(first_visit.shape[-1], device=first_visit.device)
+    return torch.where(first_visit >= 0, first_visit, index)
+
+
+def return_frames(first_visit: torch.Tensor) -> torch.Tensor:
+    """Boolean ``[..., F]``: the frame *returns* to a view seen before, i.e. shows an earlier view and
+    differs from the frame before (frames that merely continue a view are not returns)."""
+    views = view_ids(first_visit)
+    changed = torch.ones_like(first_visit, dtype=torch.bool)
+    changed[..., 1:] = views[..., 1:] != views[..., :-1]
+    return changed & (first_visit >= 0)
+
+
 def _pair_mse(video: torch.Tensor, target: torch.Tensor, batch: torch.Tensor, first: torch.Tensor,
               second: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between ``video[b, :, i]`` and ``target[b, :, j]`` for each index triple.
@@ -177,7 +193,6 @@ class RevisitError(Metric):
         video = video if video.dtype in (torch.float32, torch.float64) else video.float()
         target = video if reference is None else reference.detach().to(device=video.device, dtype=video.dtype)
         frames = video.shape[2]
-        index = torch.arange(frames, device=video.device)
 
         batch, frame = (fv >= 0).nonzero(as_tuple=True)
         first = fv[batch, frame]
@@ -190,7 +205,7 @@ class RevisitError(Metric):
         self.error_sum.index_add_(0, gap, error)
         self.error_count.index_add_(0, gap, torch.ones_like(gap))
 
-        view = torch.where(fv >= 0, fv, index)  # canonical view id: the frame of its first visit
+        view = view_ids(fv)
         pairs = []
         for g in range(1, min(self.max_gap, frames - 1) + 1):
             b, j = (view[:, g:] != view[:, :-g]).nonzero(as_tuple=True)

@@ -33,7 +33,7 @@ from cf_lightning.diffusion import (
 )
 from cf_lightning.distributed import shard_backbones
 from cf_lightning.ema import EMA
-from cf_lightning.metrics import RevisitError
+from cf_lightning.metrics import RevisitError, return_frames
 from cf_lightning.models.attention import Backend
 from cf_lightning.models.context import (
     build_context_sequence,
@@ -90,15 +90,12 @@ def revisit_rollout_lengths(first_visit: torch.Tensor, lengths: list[int], targe
     ``first_visit``: ``[B, F]``, the earliest frame showing the same view, -1 on a first view.
     """
     frames = first_visit.shape[1]
-    views = torch.where(first_visit >= 0, first_visit, torch.arange(frames))
-    changed = torch.ones_like(first_visit, dtype=torch.bool)
-    changed[:, 1:] = views[:, 1:] != views[:, :-1]
+    returns = return_frames(first_visit)
     scores = []
     for length in lengths:
         start, end = (length - target_chunks) * chunk_frames, min(length * chunk_frames, frames)
-        window = first_visit[:, start:end]
-        returns = changed[:, start:end] & (window >= 0) & (window < start - older_than)
-        scores.append(int(returns.any(dim=1).sum()))
+        older = returns[:, start:end] & (first_visit[:, start:end] < start - older_than)
+        scores.append(int(older.any(dim=1).sum()))
     best = max(scores, default=0)
     return [n for n, score in zip(lengths, scores) if best > 0 and score == best]
 
