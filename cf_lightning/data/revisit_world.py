@@ -153,6 +153,15 @@ class RevisitWorldConfig:
         return self.pan_step * (self.pan_positions - 1)
 
     @property
+    def camera_step(self) -> float:
+        """The smallest move of the normalised camera (``RevisitVideo.camera``) in one pan step, 0 without
+        pans: the finest difference of camera a model must resolve to tell neighbouring views apart."""
+        if not self.pan_extent:
+            return 0.0
+        spans = (self.canvas_height - self.frame_height, self.canvas_width - self.frame_width)
+        return 2.0 * self.pan_step / max(max(spans), 1)
+
+    @property
     def place_grid(self) -> tuple[int, int]:
         """Rows and columns of disjoint place cells on the canvas."""
         return (

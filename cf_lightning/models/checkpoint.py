@@ -325,6 +325,8 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], num_heads: int | None =
 
     Shapes fix everything but the head count and ``eps``; heads default to Wan's 128 channels each and
     ``eps`` to Wan's 1e-6, so pass an explicit config for anything that is not a released Wan size.
+    A frame-condition embedding is read as a raw condition (``frame_cond_frequencies=0``): its input width
+    ``frame_cond_dim * (1 + 2 K)`` cannot be split into the two from shapes alone.
     """
     needed = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
               "blocks.0.ffn.0.weight", "head.head.weight")

@@ -11,7 +11,12 @@ class WanConfig:
 
     ``frame_cond_dim`` adds an optional per-frame condition (e.g. a camera position) to the time
     embedding and to every token of its frame; 0 keeps the exact Wan2.1 architecture, so real checkpoints load
-    unchanged.
+    unchanged. ``frame_cond_frequencies`` (K) feeds that condition's embedding MLP Fourier features of it,
+    ``[c, sin(2^k pi c), cos(2^k pi c)]`` for k < K (``cf_lightning.models.frame_cond``), instead of ``c``
+    alone: a camera normalised to [-1, 1] moves by only ~0.1 per pan step, which a linear first layer
+    barely separates. Choose K from the world's geometry with ``frequencies_to_resolve(step)``, where
+    ``step`` is the normalised camera move of one pan step: the finest period then spans 2-4 steps.
+    0 (the default) is the raw condition, bit-identical to models and checkpoints without the field.
     """
 
     dim: int
@@ -26,6 +31,7 @@ class WanConfig:
     eps: float = 1e-6
     cross_attn_norm: bool = True
     frame_cond_dim: int = 0
+    frame_cond_frequencies: int = 0
     rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
@@ -34,6 +40,12 @@ class WanConfig:
         head_dim = self.dim // self.num_heads
         if head_dim % 2 or head_dim < 6:
             raise ValueError(f"head_dim={head_dim} must be even and >= 6 to split RoPE over (t, h, w)")
+        if self.frame_cond_frequencies < 0:
+            raise ValueError(f"frame_cond_frequencies={self.frame_cond_frequencies} must be >= 0 "
+                             "(0 = the raw per-frame condition, K > 0 = K octaves of Fourier features)")
+        if self.frame_cond_frequencies and not self.frame_cond_dim:
+            raise ValueError(f"frame_cond_frequencies={self.frame_cond_frequencies} encodes the per-frame "
+                             "condition, but frame_cond_dim=0 (this model has none); set it to 0")
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
 
     @property

@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from cf_lightning.models.attention import Backend, BlockMask, Mask, attention
 from cf_lightning.models.attention_stats import capture_attention_input, frame_attention
 from cf_lightning.models.config import WanConfig
+from cf_lightning.models.frame_cond import FrameCondEmbedding
 from cf_lightning.models.kv_memory import KVMemory, MemoryRead
 from cf_lightning.models.rope import apply_rope, rope_angles, rope_cos_sin
 from memory_policies import MemoryPolicy, SummarySpec
@@ -261,7 +262,7 @@ class WanModel(nn.Module):
         self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.frame_cond_embedding = (
-            nn.Sequential(nn.Linear(config.frame_cond_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+            FrameCondEmbedding(config.frame_cond_dim, config.frame_cond_frequencies, dim)
             if config.frame_cond_dim else None
         )
         self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))

@@ -17,10 +17,12 @@ import yaml
 from cf_lightning.cli.fit import main
 from cf_lightning.codecs import PooledPixelCodec, uint8_to_unit
 from cf_lightning.data.revisit_world import RevisitWorldConfig, generate_video
+from cf_lightning.models.frame_cond import frequencies_to_resolve
 from cf_lightning.recipe import load_recipe
 
 RECIPES = Path(__file__).parents[2] / "recipes"
 OVERLAY = RECIPES / "pan" / "world.yaml"
+FOURIER = RECIPES / "pan" / "fourier.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +75,19 @@ def test_overlay_swaps_only_the_world(recipe: str, world: RevisitWorldConfig, ca
     plain["data"]["init_args"].pop("world")
     assert pan == plain, "the overlay changes the world only"
     assert RevisitWorldConfig(**pan_world) == world
+
+
+def test_fourier_overlay_resolves_one_pan_step_and_changes_only_the_camera_input(world, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cf-fit"])
+    printed = []
+    recipe = ["fit", "--config", str(RECIPES / "context_teacher.yaml"), "--config", str(OVERLAY)]
+    for extra in ([], ["--config", str(FOURIER)]):
+        with pytest.raises(SystemExit) as done:
+            main([*recipe, *extra, "--print_config"])
+        assert done.value.code == 0
+        printed.append(yaml.safe_load(capsys.readouterr().out))
+    plain, fourier = printed
+    overrides = fourier["model"]["init_args"].pop("backbone_overrides")
+    plain["model"]["init_args"].pop("backbone_overrides")
+    assert fourier == plain, "the overlay changes the backbone's camera input only"
+    assert overrides == {"frame_cond_frequencies": frequencies_to_resolve(world.camera_step)}
