@@ -6,12 +6,14 @@ error per gap bucket is set against that checkpoint's memoryless control (see be
 Reported per bucket: the error / control ratio (mean over seeds, and the worst seed), the number of
 revisit segments (returns to an earlier view) and of revisit frames; per variant the effective
 context (midpoint criterion) of every seed and the AUC. The last column of each table is each
-variant's effective context relative to the Slow-Fast student's, seed by seed.
+variant's effective context relative to the Slow-Fast student's of the same runs, seed by seed.
 
     python benchmarks/claim.py --runs runs/claim --seeds 0 1 2 --videos 256 --out docs/results/claim
+    python benchmarks/claim.py --runs "recall init=runs/claim" "plain init=runs/claim_plain" ...
 
 Checkpoints are read from ``<runs>/seed<S>/results/<variant>/checkpoints/last.ckpt``, the layout
-``scripts/reproduce_results.py --runs <runs>/seed<S> --seed <S>`` writes.
+``scripts/reproduce_results.py --runs <runs>/seed<S> --seed <S>`` writes. Several ``LABEL=PATH`` roots
+(recipes that differ in one setting) put their students in one table, each row named with its label.
 """
 
 from __future__ import annotations
@@ -58,6 +60,29 @@ WORLDS = {
 }
 
 
+@dataclass(frozen=True)
+class Runs:
+    """One root of training runs; ``label`` tells its rows apart when a table holds several roots."""
+
+    label: str
+    path: Path
+
+    @classmethod
+    def parse(cls, text: str) -> Runs:
+        label, sep, path = text.rpartition("=")
+        return cls(label if sep else "", Path(path))
+
+    def checkpoint(self, seed: int, variant: str) -> Path:
+        return self.path / f"seed{seed}" / "results" / variant / "checkpoints" / "last.ckpt"
+
+    def row(self, variant: str) -> str:
+        return f"{variant} ({self.label})" if self.label else variant
+
+    def cache_key(self, world: str, variant: str, seed: int, videos: int) -> str:
+        prefix = f"{world}_{self.label.replace(' ', '_')}" if self.label else world
+        return f"{prefix}_{variant}_seed{seed}_{videos}.json"
+
+
 def world_arguments(world: World) -> argparse.Namespace:
     data = load_recipe(RECIPE)["data"]["init_args"]
     config = {**data.get("world", {}), **world.overrides}
@@ -75,20 +100,21 @@ def segment_counts(loader, frames: int, edges: list[int]) -> list[int]:
     return counts
 
 
-def world_table(name: str, world: World, results: dict[str, list[dict]], segments: list[int],
-                videos: int) -> str:
+def world_table(name: str, world: World, results: dict[str, list[dict]], reference: dict[str, str],
+                segments: list[int], videos: int) -> str:
+    """``reference`` names, for each row, the Slow-Fast row its effective context is set against."""
     buckets = [f"{lo + 1}-{hi}" for lo, hi in zip(world.edges[:-1], world.edges[1:])]
     frames = results[next(iter(results))][0]["count"]
     lines = [f"**{name}**: {world.about}; {videos} held-out videos per seed.", "",
              "| student | seeds | effective context per seed | AUC (mean) | "
              + " | ".join(f"error/ctl {b}" for b in buckets) + " | effective context / slow_fast |",
              "|---|---|---|---|" + "---|" * (len(buckets) + 1)]
-    reference = [r["effective_context"] for r in results.get("slow_fast", [])]
     for variant, runs in results.items():
+        slow_fast = [r["effective_context"] for r in results.get(reference[variant], [])]
         ratios = [[e / c for e, c in zip(r["error"], r["control"])] for r in runs]
         cells = [f"{statistics.mean(col):.2f} (max {max(col):.2f})" for col in zip(*ratios)]
         contexts = [r["effective_context"] for r in runs]
-        relative = ", ".join(f"{c / ref:.2f}" if ref else "-" for c, ref in zip(contexts, reference))
+        relative = ", ".join(f"{c / ref:.2f}" if ref else "-" for c, ref in zip(contexts, slow_fast))
         lines.append(f"| {variant} | {len(runs)} | {', '.join(map(str, contexts))} | "
                      f"{statistics.mean(r['auc'] for r in runs):.3f} | {' | '.join(cells)} | {relative} |")
     lines.append("| revisit segments (frames) | | | | "
@@ -99,7 +125,8 @@ def world_table(name: str, world: World, results: dict[str, list[dict]], segment
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, required=True)
+    parser.add_argument("--runs", type=Runs.parse, nargs="+", required=True,
+                        help="[LABEL=]PATH: roots of training runs; labelled rows when there are several")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--worlds", nargs="+", choices=list(WORLDS), default=list(WORLDS))
@@ -110,8 +137,8 @@ def main() -> None:
                         help="folder keeping each checkpoint's scores (world, variant, seed), reused when "
                              "present, so seeds can be scored as they finish training")
     args = parser.parse_args()
-    missing = [str(p) for p in (args.runs / f"seed{s}" / "results" / v / "checkpoints" / "last.ckpt"
-                                for s in args.seeds for v in args.variants) if not p.exists()]
+    missing = [str(p) for p in (runs.checkpoint(s, v) for runs in args.runs for s in args.seeds
+                                for v in args.variants) if not p.exists()]
     if missing:
         raise SystemExit("missing checkpoints (train them with scripts/reproduce_results.py):\n  "
                          + "\n  ".join(missing))
@@ -122,24 +149,23 @@ def main() -> None:
         data = held_out(world_arguments(world), args.videos, world.frames, args.batch)
         segments = segment_counts(data.val_dataloader(), world.frames, world.edges)
         results: dict[str, list[dict]] = {}
-        for variant in args.variants:
-            for seed in args.seeds:
-                path = args.runs / f"seed{seed}" / "results" / variant / "checkpoints" / "last.ckpt"
-                key = f"{name}_{variant}_seed{seed}_{args.videos}.json"
-                cached = args.cache / key if args.cache else None
-                if cached is not None and cached.exists():
-                    result = json.loads(cached.read_text())
-                else:
-                    module = ContextForcingModule.load_from_checkpoint(path, map_location="cpu",
-                                                                       weights_only=False)
-                    result = evaluate(module.eval(), data, world.edges)
-                    if cached is not None:
-                        cached.parent.mkdir(parents=True, exist_ok=True)
-                        cached.write_text(json.dumps(result))
-                results.setdefault(variant, []).append(result)
-                print(name, variant, seed, json.dumps(result), flush=True)
+        reference = {runs.row(v): runs.row("slow_fast") for runs in args.runs for v in args.variants}
+        for runs, variant, seed in ((r, v, s) for r in args.runs for v in args.variants for s in args.seeds):
+            path = runs.checkpoint(seed, variant)
+            cached = args.cache / runs.cache_key(name, variant, seed, args.videos) if args.cache else None
+            if cached is not None and cached.exists():
+                result = json.loads(cached.read_text())
+            else:
+                module = ContextForcingModule.load_from_checkpoint(path, map_location="cpu",
+                                                                   weights_only=False)
+                result = evaluate(module.eval(), data, world.edges)
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    cached.write_text(json.dumps(result))
+            results.setdefault(runs.row(variant), []).append(result)
+            print(name, runs.row(variant), seed, json.dumps(result), flush=True)
         raw[name] = {"segments": segments, "results": results}
-        tables.append(world_table(name, world, results, segments, args.videos))
+        tables.append(world_table(name, world, results, reference, segments, args.videos))
         print(tables[-1], flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
