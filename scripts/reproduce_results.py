@@ -9,12 +9,14 @@ videos with benchmarks/revisit.py:
 - ``short_teacher``: Slow-Fast memory, but the teacher only sees its short window (LongLive-style).
 
     python scripts/reproduce_results.py [--steps 1500] [--runs runs/results] [--videos 64] [--seed 0]
-        [--set --model.init_args.teacher.context_positions student ...]
+        [--resume] [--set --model.init_args.teacher.context_positions student ...]
 
 ``--seed`` re-seeds training (rollout lengths, exit steps, noise) and the training videos (world seeds
 ``seed .. seed + num_videos - 1``, in a seed-dependent order); the assets, the held-out videos and the
 evaluation stay the same, so two seeds differ only by training. ``--set`` appends ``cf-fit`` overrides to
 every variant (a different teacher, layout or setting), so a table can be re-measured under one change.
+``--resume`` continues each variant from its last checkpoint (the recipes save one every 100 batches),
+so an interrupted reproduction loses at most those batches and still gives the uninterrupted weights.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ VARIANTS = {
 
 
 def launch(
-    name: str, args: list[str], runs: Path, steps: int, seed: int, extra: list[str]
+    name: str, args: list[str], runs: Path, steps: int, seed: int, extra: list[str], resume: bool
 ) -> subprocess.Popen:
+    last = runs / "results" / name / "checkpoints" / "last.ckpt"
+    resumed = resume and last.exists()
     command = [
         sys.executable,
         "-m",
@@ -57,9 +61,10 @@ def launch(
         name,
         "--trainer.enable_progress_bar",
         "false",
+        *(["--ckpt_path", str(last)] if resumed else []),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = (runs / f"{name}.log").open("w")
+    log = (runs / f"{name}.log").open("a" if resumed else "w")
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -73,6 +78,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0, help="training seed (0: the recipes' own)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue each variant from its last checkpoint under --runs, if it has one")
     parser.add_argument("--set", nargs=argparse.REMAINDER, default=[], dest="extra",
                         help="cf-fit overrides for every variant (last option: everything after it)")
     args = parser.parse_args()
@@ -82,7 +89,8 @@ def main() -> None:
     while pending or running:
         while pending and len(running) < args.parallel:
             name = pending.pop(0)
-            running.append((name, launch(name, VARIANTS[name], args.runs, args.steps, args.seed, args.extra)))
+            running.append((name, launch(name, VARIANTS[name], args.runs, args.steps, args.seed, args.extra,
+                                          args.resume)))
         name, process = running.pop(0)
         if process.wait():
             raise SystemExit(f"{name} failed; see {args.runs / (name + '.log')}")
