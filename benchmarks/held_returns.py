@@ -7,6 +7,11 @@ gap, split by whether the memory the chunk read held the view. A student that re
 has a low ratio in the ``held`` rows; the ``not held`` rows are the policy's share of the loss.
 
     python benchmarks/held_returns.py slow_fast=runs/results/slow_fast/checkpoints/last.ckpt --videos 64
+
+``--cuts_only`` keeps the returns at a cut (the frame before shows another place): on a world that pans
+within segments, the later frames of a revisit segment are returns too (each pan step shows a view first
+seen on the earlier visit), but the revisit's own first frames just showed them, so any recent window
+holds them; only the returns at the cut need the far memory.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ def control_at(video: torch.Tensor, views: list[int], gap: int) -> float:
 
 
 @torch.no_grad()
-def held_split(module: ContextForcingModule, loader, edges: list[int]) -> dict[tuple[str, bool], list[float]]:
-    """Per (gap bucket, held): [returns, summed error, summed control]."""
+def held_split(module: ContextForcingModule, loader, edges: list[int], cuts_only: bool = False
+               ) -> dict[tuple[str, bool], list[float]]:
+    """Per (gap bucket, held): [returns, summed error, summed control]; with ``cuts_only``, only the
+    returns whose frame before shows another place."""
     chunk = module.hparams.chunk_frames
     totals: dict[tuple[str, bool], list[float]] = {}
     for index, batch in enumerate(loader):
@@ -48,10 +55,15 @@ def held_split(module: ContextForcingModule, loader, edges: list[int]) -> dict[t
             video = module.generate(cond, tuple(latents.shape), frames // chunk, seed=1000 * index).video
         video = video.float()
         visits = batch["first_visit"][:, :frames]
+        place = batch["place"][:, :frames]
+        cut = torch.ones_like(place, dtype=torch.bool)
+        cut[:, 1:] = place[:, 1:] != place[:, :-1]
         for b, (snapshots, first_visit) in enumerate(zip(recorder.timelines, visits)):
             views = view_ids(first_visit).tolist()
             for c, snapshot in enumerate(snapshots, start=1):
                 for frame, first, held in chunk_revisits(snapshot, first_visit, c * chunk, chunk):
+                    if cuts_only and not cut[b, frame]:
+                        continue
                     gap = frame - first
                     buckets = [f"{lo + 1}-{hi}" for lo, hi in itertools.pairwise(edges) if lo < gap <= hi]
                     control = control_at(video[b], views, gap)
@@ -71,6 +83,8 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=64)
     parser.add_argument("--frames", type=int, default=96)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--cuts_only", action="store_true",
+                        help="only the returns at a cut (the frame before shows another place)")
     add_world_arguments(parser)
     args = parser.parse_args()
     data = held_out(args, args.videos, args.frames, args.batch)
@@ -80,7 +94,7 @@ def main() -> None:
         name, _, path = spec.partition("=")
         module = ContextForcingModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
         module.eval()
-        totals = held_split(module, data.val_dataloader(), EDGES)
+        totals = held_split(module, data.val_dataloader(), EDGES, args.cuts_only)
         for (bucket, held), (count, error, control) in sorted(
             totals.items(), key=lambda item: (int(item[0][0].split("-")[0]), not item[0][1])
         ):
