@@ -60,17 +60,22 @@ def test_pans_move_whole_cells_and_latents_are_exact(world: RevisitWorldConfig) 
     assert steps > 100
 
 
+def printed_configs(recipe: list[str], overlay: Path, capsys, monkeypatch) -> tuple[dict, dict]:
+    """The configs ``cf-fit fit --print_config`` prints for ``recipe`` without and with ``overlay``."""
+    monkeypatch.setattr(sys, "argv", ["cf-fit"])
+    printed = []
+    for extra in ([], ["--config", str(overlay)]):
+        with pytest.raises(SystemExit) as done:
+            main(["fit", *recipe, *extra, "--print_config"])
+        assert done.value.code == 0
+        printed.append(yaml.safe_load(capsys.readouterr().out))
+    return printed[0], printed[1]
+
+
 @pytest.mark.parametrize("recipe", ["context_teacher.yaml", "student_init.yaml", "student_recall.yaml",
                                     "slowfast.yaml", "sliding_window.yaml"])
 def test_overlay_swaps_only_the_world(recipe: str, world: RevisitWorldConfig, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["cf-fit"])
-    printed = []
-    for extra in ([], ["--config", str(OVERLAY)]):
-        with pytest.raises(SystemExit) as done:
-            main(["fit", "--config", str(RECIPES / recipe), *extra, "--print_config"])
-        assert done.value.code == 0
-        printed.append(yaml.safe_load(capsys.readouterr().out))
-    plain, pan = printed
+    plain, pan = printed_configs(["--config", str(RECIPES / recipe)], OVERLAY, capsys, monkeypatch)
     pan_world = pan["data"]["init_args"].pop("world")
     plain["data"]["init_args"].pop("world")
     assert pan == plain, "the overlay changes the world only"
@@ -78,15 +83,8 @@ def test_overlay_swaps_only_the_world(recipe: str, world: RevisitWorldConfig, ca
 
 
 def test_fourier_overlay_resolves_one_pan_step_and_changes_only_the_camera_input(world, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["cf-fit"])
-    printed = []
-    recipe = ["fit", "--config", str(RECIPES / "context_teacher.yaml"), "--config", str(OVERLAY)]
-    for extra in ([], ["--config", str(FOURIER)]):
-        with pytest.raises(SystemExit) as done:
-            main([*recipe, *extra, "--print_config"])
-        assert done.value.code == 0
-        printed.append(yaml.safe_load(capsys.readouterr().out))
-    plain, fourier = printed
+    recipe = ["--config", str(RECIPES / "context_teacher.yaml"), "--config", str(OVERLAY)]
+    plain, fourier = printed_configs(recipe, FOURIER, capsys, monkeypatch)
     overrides = fourier["model"]["init_args"].pop("backbone_overrides")
     plain["model"]["init_args"].pop("backbone_overrides")
     assert fourier == plain, "the overlay changes the backbone's camera input only"
