@@ -9,12 +9,14 @@ videos with benchmarks/revisit.py:
 - ``short_teacher``: Slow-Fast memory, but the teacher only sees its short window (LongLive-style).
 
     python scripts/reproduce_results.py [--steps 1500] [--runs runs/results] [--videos 64] [--seed 0]
-        [--resume] [--set --model.init_args.teacher.context_positions student ...]
+        [--resume] [--init slow_fast=PATH ...] [--set --model.init_args.teacher.context_positions student ...]
 
 ``--seed`` re-seeds training (rollout lengths, exit steps, noise) and the training videos (world seeds
 ``seed .. seed + num_videos - 1``, in a seed-dependent order); the assets, the held-out videos and the
 evaluation stay the same, so two seeds differ only by training. ``--set`` appends ``cf-fit`` overrides to
 every variant (a different teacher, layout or setting), so a table can be re-measured under one change.
+``--init VARIANT=PATH`` starts one variant from its own student init (e.g. each pipeline's init regressed
+from its own teacher, recipes/student_context_ode.yaml); the others keep the recipe's.
 ``--resume`` continues each variant from its last checkpoint (the recipes save one every 100 batches),
 so an interrupted reproduction loses at most those batches and still gives the uninterrupted weights.
 """
@@ -33,6 +35,19 @@ VARIANTS = {
     "sliding_window": ["--config", "recipes/sliding_window.yaml"],
     "short_teacher": ["--config", "recipes/slowfast.yaml", "--model.teacher.context", "last_n"],
 }
+
+
+def variant_inits(pairs: list[str]) -> dict[str, str]:
+    """``VARIANT=PATH`` pairs of ``--init``, refused by name when malformed or for no variant."""
+    inits = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not path or name not in VARIANTS:
+            raise SystemExit(
+                f"--init {pair!r}: expected VARIANT=PATH with VARIANT one of {', '.join(VARIANTS)}"
+            )
+        inits[name] = path
+    return inits
 
 
 def launch(
@@ -80,17 +95,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed (0: the recipes' own)")
     parser.add_argument("--resume", action="store_true",
                         help="continue each variant from its last checkpoint under --runs, if it has one")
+    parser.add_argument("--init", nargs="+", default=[], metavar="VARIANT=PATH",
+                        help="a variant's own student init (model.init_args.init_from)")
     parser.add_argument("--set", nargs=argparse.REMAINDER, default=[], dest="extra",
                         help="cf-fit overrides for every variant (last option: everything after it)")
     args = parser.parse_args()
+    inits = variant_inits(args.init)
     args.runs.mkdir(parents=True, exist_ok=True)
     pending = list(args.only)
     running: list[tuple[str, subprocess.Popen]] = []
     while pending or running:
         while pending and len(running) < args.parallel:
             name = pending.pop(0)
-            running.append((name, launch(name, VARIANTS[name], args.runs, args.steps, args.seed, args.extra,
-                                          args.resume)))
+            own = ["--model.init_args.init_from", inits[name]] if name in inits else []
+            running.append((name, launch(name, VARIANTS[name], args.runs, args.steps, args.seed,
+                                          args.extra + own, args.resume)))
         name, process = running.pop(0)
         if process.wait():
             raise SystemExit(f"{name} failed; see {args.runs / (name + '.log')}")

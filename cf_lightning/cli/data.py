@@ -40,9 +40,10 @@ from cf_lightning.data.shards import (
     per_frame_truth,
     read_shards,
 )
-from cf_lightning.data.trajectories import OdeSettings, write_trajectories
+from cf_lightning.data.trajectories import ChunkContext, OdeSettings, write_trajectories
 from cf_lightning.data.video_io import probe_size, read_video, resize_center_crop
 from cf_lightning.text import TextEncoder, build_text_encoder
+from memory_policies import MemoryPolicy
 
 __all__ = ["build_parser", "main"]
 
@@ -107,6 +108,23 @@ def _add_trajectory_arguments(parser: ArgumentParser) -> None:
         default=None,
         help="negative prompt embedding (negative_prompt.safetensors from cf-data prompts) for the "
         "unconditional branch instead of the null text",
+    )
+    parser.add_argument(
+        "--chunk_context",
+        type=str | None,
+        default=None,
+        help="integrate a context teacher chunk by chunk after each sample's data frames, seeing the "
+        "frames --memory holds (memory) or the last --context_frames (last_n); unset: the whole clip "
+        "at once",
+    )
+    parser.add_argument("--chunk_frames", type=int, default=2, help="latent frames per chunk (the student's)")
+    parser.add_argument("--context_frames", type=int, default=8, help="frames a last_n teacher sees")
+    parser.add_argument(
+        "--context_positions", type=str, default="student",
+        help="the context layout the teacher was trained in: student, packed, absolute"
+    )
+    parser.add_argument(
+        "--memory", type=MemoryPolicy | None, default=None, help="the memory policy a 'memory' teacher reads"
     )
 
 
@@ -224,6 +242,10 @@ def _trajectories(parser: ArgumentParser, cfg: Namespace) -> int:
         else:
             codec = build_codec(args.codec, **args.codec_options).to(args.device)
             samples, total = _encode(_world_jobs(args, codec), codec, text, args.device), args.num_videos
+        chunk_context = None
+        if args.chunk_context is not None:
+            chunk_context = ChunkContext(args.chunk_context, args.chunk_frames, args.context_frames,
+                                         args.memory, args.context_positions)
         teacher = load_backbone(args.teacher).to(args.device)
         written = write_trajectories(
             samples,
@@ -235,6 +257,7 @@ def _trajectories(parser: ArgumentParser, cfg: Namespace) -> int:
             text=text,
             device=args.device,
             total=total,
+            chunk_context=chunk_context,
         )
     except (ValueError, FileNotFoundError) as exc:
         parser.error(f"cf-data trajectories: {exc}")

@@ -4,7 +4,8 @@ A shard is a plain tar file written by :func:`open_shard_writer` (webdataset's `
 Each sample is a group of members sharing a key:
 
 ==========================  ======================================================================
-``KEY.latents.npy``         float16 ``[C, F, h, w]`` codec latents (the ODE endpoint in trajectory shards)
+``KEY.latents.npy``         float16 ``[C, F, h, w]`` codec latents (the ODE endpoint in trajectory shards
+                            of whole clips, the data the teacher saw in chunk-by-chunk ones)
 ``KEY.txt``                 the prompt (UTF-8)
 ``KEY.json``                metadata: source, codec, frame counts, sizes, text encoder (if any) ...
 ``KEY.camera.npy``          float32 ``[F, 2]`` camera (y, x) in [-1, 1] (revisit world only)
@@ -13,6 +14,8 @@ Each sample is a group of members sharing a key:
 ``KEY.text_emb.npy``        float16 ``[n, D]`` prompt embeddings, valid tokens only (optional)
 ``KEY.ode_trajectory.npy``  float16 ``[S, C, F, h, w]`` teacher ODE states at the sigmas listed in
                             ``json["ode"]["sigmas"]`` (``cf-data trajectories`` only)
+``KEY.ode_endpoint.npy``    float16 ``[C, F, h, w]`` the teacher's endpoint when it was integrated chunk
+                            by chunk after the data frames (``cf-data trajectories --chunk_context``)
 ==========================  ======================================================================
 
 Arrays are ``.npy`` read with ``allow_pickle=False`` and nothing else is decoded: a shard can never
@@ -128,6 +131,7 @@ def encode_sample(
     place: Tensor | None = None,
     text_emb: Tensor | None = None,
     ode_trajectory: Tensor | None = None,
+    ode_endpoint: Tensor | None = None,
 ) -> dict[str, Any]:
     """Serialise one sample (latents ``[C, F, h, w]``) to the tar members described above.
 
@@ -162,6 +166,14 @@ def encode_sample(
             )
         _check_float16(key, "ode_trajectory", ode_trajectory)
         sample["ode_trajectory.npy"] = _npy(ode_trajectory.detach().cpu().to(torch.float16).numpy())
+    if ode_endpoint is not None:
+        if ode_trajectory is None or ode_endpoint.shape != latents.shape:
+            raise ValueError(
+                f"ode_endpoint of {key!r} must come with ode_trajectory and have the latents' shape "
+                f"{tuple(latents.shape)}, got {tuple(ode_endpoint.shape)}"
+            )
+        _check_float16(key, "ode_endpoint", ode_endpoint)
+        sample["ode_endpoint.npy"] = _npy(ode_endpoint.detach().cpu().to(torch.float16).numpy())
     return sample
 
 
@@ -315,6 +327,14 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
             )
         sample["ode_trajectory"] = torch.from_numpy(states.astype(np.float32))
         sample["ode_sigmas"] = torch.tensor(sigmas, dtype=torch.float32)
+    if "ode_endpoint.npy" in raw:
+        endpoint = _load_npy(raw, "ode_endpoint.npy")
+        if endpoint.shape != latents.shape or "ode_trajectory" not in sample:
+            raise CorruptSampleError(
+                f"ode_endpoint.npy {endpoint.shape} does not match latents {latents.shape} or comes "
+                "without ode_trajectory.npy"
+            )
+        sample["ode_endpoint"] = torch.from_numpy(endpoint.astype(np.float32))
     return sample
 
 
@@ -331,11 +351,23 @@ def decode_samples(source: Iterable[dict[str, Any]], skips: SkipLog) -> Iterator
 
 def crop_sample(sample: dict[str, Any], start: int, length: int) -> dict[str, Any]:
     """Latent frames ``[start, start + length)`` of a decoded sample (latents, ODE states, per-frame
-    truth)."""
+    truth).
+
+    Chunk-by-chunk trajectories (``ode_endpoint``) only crop from frame 0: each chunk's endpoint
+    depends on the frames before it, which a later start would hide from the student.
+    """
+    if "ode_endpoint" in sample and start != 0:
+        raise ValueError(
+            f"sample {sample.get('key')!r} holds chunk-by-chunk teacher trajectories, which can only be "
+            f"cropped from frame 0 (asked for start {start}); set data.random_crop: false or train "
+            "on the whole clip"
+        )
     out = dict(sample)
     out["latents"] = sample["latents"][:, start : start + length]
     if "ode_trajectory" in sample:
         out["ode_trajectory"] = sample["ode_trajectory"][:, :, start : start + length]
+    if "ode_endpoint" in sample:
+        out["ode_endpoint"] = sample["ode_endpoint"][:, start : start + length]
     for name in _PER_FRAME:
         if name in sample:
             out[name] = sample[name][start : start + length]
@@ -378,6 +410,10 @@ def collate_samples(samples: list[dict[str, Any]], text_encoder: TextEncoder | N
             )
         batch["ode_trajectory"] = torch.stack([s["ode_trajectory"] for s in samples])
         batch["ode_sigmas"] = torch.stack([s["ode_sigmas"] for s in samples])
+    if any("ode_endpoint" in s for s in samples):
+        if not all("ode_endpoint" in s for s in samples):
+            raise ValueError("batch mixes chunk-by-chunk teacher trajectories (ode_endpoint) with others")
+        batch["ode_endpoint"] = torch.stack([s["ode_endpoint"] for s in samples])
     if all("text_emb" in s for s in samples):
         length = max(s["text_max_length"] for s in samples)
         emb = torch.zeros(len(samples), length, samples[0]["text_emb"].shape[1])

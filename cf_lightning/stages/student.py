@@ -10,7 +10,10 @@ differ in where the (noisy, clean) pairs come from:
   student's denoising levels, so its few steps follow the teacher's deterministic map. The trajectories
   come from shards written once by ``cf-data trajectories`` (batch keys ``ode_trajectory`` and
   ``ode_sigmas``, no teacher needed here), or, as the alternative, are integrated on the fly from
-  ``teacher.init_from`` at ``2 * ode_steps`` teacher forwards per training step.
+  ``teacher.init_from`` at ``2 * ode_steps`` teacher forwards per training step. Shards of a context
+  teacher integrated chunk by chunk (``ode_endpoint``) keep the data latents the teacher saw: the
+  student is forced with that history and regresses the teacher's endpoint, so it learns what the
+  teacher does with the history, e.g. restore a view the memory holds at a return.
 
 One masked full-sequence forward over ``[clean | noisy]`` covers every chunk at once and sees exactly
 what streaming will (``teacher_forcing_mask``). A policy that admits frames by surprisal (slow memory
@@ -137,9 +140,12 @@ class StudentModule(EMAAfterStep):
         self._generator.manual_seed(torch.initial_seed() + self.global_rank)
 
     @torch.no_grad()
-    def ode_pairs(self, batch: dict[str, Any], cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher trajectories of the clip: endpoint ``[B, C, F, H, W]`` and states at every student level
-        ``[B, S, C, F, H, W]``, read from the batch (``cf-data trajectories`` shards) or integrated here."""
+    def ode_pairs(self, batch: dict[str, Any], cond: Condition
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher trajectories of the clip: the clean history the student is forced with, the endpoint
+        ``[B, C, F, H, W]`` and the states at every student level ``[B, S, C, F, H, W]``, read from the
+        batch (``cf-data trajectories`` shards) or integrated here. The history is the endpoint itself
+        unless the shards hold chunk-by-chunk trajectories, whose history is the data the teacher saw."""
         h = self.hparams
         frames = h.clip_frames
         if "ode_trajectory" in batch:
@@ -150,7 +156,11 @@ class StudentModule(EMAAfterStep):
                     "the shards, or train on shards without trajectories to integrate the teacher here"
                 )
             self.check_levels(batch)
-            return batch["latents"].float()[:, :, :frames], batch["ode_trajectory"].float()[:, :, :, :frames]
+            states = batch["ode_trajectory"].float()[:, :, :, :frames]
+            if "ode_endpoint" in batch:
+                return self.clip(batch), batch["ode_endpoint"].float()[:, :, :frames], states
+            endpoint = batch["latents"].float()[:, :, :frames]
+            return endpoint, endpoint, states
         if self.teacher is None:
             raise ValueError(f"objective 'ode' needs teacher trajectories: the batch has no 'ode_trajectory' "
                              f"(keys: {sorted(batch)}) and model.teacher.init_from is unset; read shards "
@@ -161,7 +171,8 @@ class StudentModule(EMAAfterStep):
         velocity = guided_velocity(
             self.teacher, cond.context, cond.context_mask, cond.frame_cond, h.guidance_scale
         )
-        return ode_trajectory(velocity, noise, self.sigmas.cpu(), h.ode_steps, h.shift)
+        endpoint, states = ode_trajectory(velocity, noise, self.sigmas.cpu(), h.ode_steps, h.shift)
+        return endpoint, endpoint, states
 
     def check_levels(self, batch: dict[str, Any]) -> None:
         """Stored trajectory states must sit at this student's levels, or it would learn the wrong steps."""
@@ -186,14 +197,14 @@ class StudentModule(EMAAfterStep):
         cond = Condition(cond.context, cond.context_mask, cond.frames(slice(0, frames)))
         level, sigma = self.draw_levels(latents.shape[0], self._generator)
         if h.objective == "ode":
-            clean, trajectory = self.ode_pairs(batch, cond)
+            history, clean, trajectory = self.ode_pairs(batch, cond)
             index = level.repeat_interleave(h.chunk_frames, dim=1).to(self.device)
             index = index[:, None, None, :, None, None].expand(-1, 1, *trajectory.shape[2:])
             noisy = trajectory.gather(1, index).squeeze(1)
         else:
             noise = torch.randn(latents.shape, generator=self._generator).to(latents)
-            clean, noisy = latents, add_noise(latents, noise, sigma)
-        pred_x0 = self.causal_x0(self.model, clean, noisy, sigma, cond)
+            history, clean, noisy = latents, latents, add_noise(latents, noise, sigma)
+        pred_x0 = self.causal_x0(self.model, history, noisy, sigma, cond)
         loss = (pred_x0.float() - clean.float()).square().mean()
         check_finite(self.global_step, loss=loss)
         self.log("train/loss", loss, prog_bar=True)

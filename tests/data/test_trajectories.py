@@ -20,6 +20,7 @@ from tests.data.trajectory_shards import (
     TEXT_DIM,
     WORLD,
     WORLD_ARGS,
+    fit_on_shards,
     save_tiny_teacher,
     write_trajectory_shards,
 )
@@ -196,15 +197,7 @@ def test_a_teacher_of_other_sizes_is_refused_naming_them(tmp_path: Path, capsys)
 def test_student_ode_recipe_trains_on_the_command_output(
     tmp_path: Path, teacher_path: Path, monkeypatch
 ) -> None:
-    from cf_lightning.cli.fit import main as cf_fit
-    from tests.cli_helpers import RECIPES, logged
-
     monkeypatch.setattr("sys.argv", ["cf-fit"])
     assert write_trajectory_shards(tmp_path / "ode", teacher_path) == 0
-    cf_fit(["fit", "--config", str(RECIPES / "student_ode.yaml"), *logged(tmp_path, "s"),
-            "--data.train_urls", str(tmp_path / "ode"), "--data.batch_size", "2", "--data.clip_frames", "8",
-            "--model.clip_frames", "8", "--model.backbone", "tiny", "--trainer.max_steps", "2",
-            "--trainer.callbacks.init_args.every_n_batches", "2", "--trainer.enable_progress_bar", "false",
-            "--trainer.logger.init_args.version", "a"])
-    checkpoint = torch.load(tmp_path / "s" / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = fit_on_shards("student_ode.yaml", tmp_path / "ode", tmp_path)
     assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["teacher"]["init_from"] is None

@@ -50,3 +50,17 @@ def write_trajectory_shards(output: Path, teacher: Path, *extra: str, num_videos
             *extra,
         ]
     )
+
+
+def fit_on_shards(recipe: str, shards: Path, root: Path, *extra: str) -> dict:
+    """Two steps of a stage-1 ``recipe`` on tiny trajectory ``shards`` (8-frame clips, tiny backbone);
+    returns the saved checkpoint."""
+    from cf_lightning.cli.fit import main as cf_fit
+    from tests.cli_helpers import RECIPES, logged
+
+    cf_fit(["fit", "--config", str(RECIPES / recipe), *logged(root, "s"),
+            "--data.train_urls", str(shards), "--data.batch_size", "2", "--data.clip_frames", "8",
+            "--model.clip_frames", "8", "--model.backbone", "tiny", "--trainer.max_steps", "2",
+            "--trainer.callbacks.init_args.every_n_batches", "2", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.version", "a", *extra])
+    return torch.load(root / "s" / "a" / "checkpoints" / "last.ckpt", weights_only=False)

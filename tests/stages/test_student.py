@@ -71,7 +71,8 @@ def test_ode_objective_integrates_a_teacher_on_the_fly(loader, tmp_path):
     assert torch.equal(student.teacher.blocks[0].ffn[0].weight, teacher.ema.blocks[0].ffn[0].weight)
     batch = {"latents": torch.randn(2, CHANNELS, 6, 4, 4)}
     cond = Condition(torch.randn(2, 3, TEXT_DIM), None, torch.zeros(2, 4, 2))
-    x0, trajectory = student.ode_pairs(batch, cond)
+    history, x0, trajectory = student.ode_pairs(batch, cond)
+    assert history is x0
     assert trajectory.shape == (2, 4, CHANNELS, 4, 4, 4) and x0.shape == (2, CHANNELS, 4, 4, 4)
     assert not torch.equal(x0, trajectory[:, 0])
     fit(student, loader(num=2, batch_size=2), steps=2)
@@ -118,7 +119,7 @@ def test_ode_objective_trains_from_trajectory_shards_without_a_teacher(trajector
         """The ODE-regression loss of one batch with every chunk at each student level in turn."""
         cond = batch_condition(batch)
         cond = type(cond)(cond.context, cond.context_mask, cond.frame_cond[:, :4])
-        clean, trajectory = module.ode_pairs(batch, cond)
+        _, clean, trajectory = module.ode_pairs(batch, cond)
         losses = []
         with torch.no_grad():
             for level, sigma in enumerate(module.sigmas):
