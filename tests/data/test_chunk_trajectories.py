@@ -4,6 +4,7 @@ teacher's ODE after the data frames its context picks, and the student init regr
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,12 @@ def test_context_ode_recipe_trains_on_chunk_trajectories(tmp_path: Path, teacher
     checkpoint = fit_on_shards("student_context_ode.yaml", tmp_path / "ode", tmp_path,
                                "--model.init_from", "null")
     assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["objective"] == "ode"
+
+
+def test_the_benchmark_tells_returns_from_continuations_and_new_views() -> None:
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+    from chunk_trajectories import frame_kinds
+
+    kinds = frame_kinds(torch.tensor([5, 5, 7, 7, 5, 9, 7]))
+    assert kinds == [("new", 0), ("continue", 0), ("new", 0), ("continue", 0), ("return", 3), ("new", 0),
+                     ("return", 3)]
