@@ -53,6 +53,11 @@ WORLDS = {
     "sparse": World({"num_frames": 192, "gap_min": 64, "gap_max": 180, "num_places": 6, "segment_min": 10,
                      "segment_max": 24, "palette_size": 10}, 192, [0, 8, 16, 32, 64, 128, 192],
                     "192 frames, 6 places, segments of 10-24 frames, gaps 64-180, 10 colours"),
+    "returns": World({"num_frames": 192, "gap_min": 12, "gap_max": 48, "num_places": 5, "segment_min": 8,
+                      "segment_max": 14, "palette_size": 4, "revisit_prob": 0.9}, 192,
+                     [0, 8, 16, 32, 64, 128, 192],
+                     "192 frames, 5 places, segments of 8-14 frames, returns 12-48 frames after leaving a "
+                     "place (probability 0.9), 4 colours"),
     "pan": World({"pan_positions": 3, "pan_step": 8, "canvas_height": 192, "canvas_width": 192}, 96,
                  [0, 8, 16, 32, 64, 96],
                  "recipes/pan/world.yaml: the camera pans 3 positions (one latent cell each) and back within "
