@@ -31,7 +31,7 @@ from torch import Tensor
 from cf_lightning.data.prompts import load_negative_prompt
 from cf_lightning.data.shards import collate_samples, encode_sample, open_shard_writer, per_frame_truth
 from cf_lightning.diffusion import denoising_sigmas, guided, guided_velocity, ode_trajectory, sampling_sigmas
-from cf_lightning.models import WanModel
+from cf_lightning.models import WanModel, latent_summaries
 from cf_lightning.models.context import (
     CONTEXT_POSITIONS,
     ContextPositions,
@@ -124,9 +124,8 @@ class ChunkContext:
             chosen = [choose_context("last_n", start, self.context_frames, list) for start in starts]
             return [chosen] * batch
         assert self.memory is not None
-        summaries = clean.detach().float().cpu().transpose(1, 2).flatten(2)  # [B, F, C * h * w]
         out = []
-        for video in summaries:
+        for video in latent_summaries(clean):
             mask = self.memory.frame_mask(frames, chunk, video if self.memory.needs_summaries() else None)
             out.append([[j for j in range(start) if mask[start, j]] for start in starts])
         return out

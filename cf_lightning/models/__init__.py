@@ -2,10 +2,11 @@
 
 from cf_lightning.models.config import CONFIGS, WanConfig
 from cf_lightning.models.kv_memory import KVMemory, MemoryRead
-from cf_lightning.models.masks import teacher_forcing_mask
+from cf_lightning.models.masks import latent_summaries, teacher_forcing_mask
 from cf_lightning.models.wan import WanModel, build_wan
 
-__all__ = ["CONFIGS", "KVMemory", "MemoryRead", "WanConfig", "WanModel", "build_wan", "teacher_forcing_mask"]
+__all__ = ["CONFIGS", "KVMemory", "MemoryRead", "WanConfig", "WanModel", "build_wan", "latent_summaries",
+           "teacher_forcing_mask"]
 
 from cf_lightning.models.checkpoint import (
     WanCheckpoint,

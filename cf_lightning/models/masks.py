@@ -7,6 +7,13 @@ import torch
 from memory_policies import MemoryPolicy
 
 
+def latent_summaries(clean: torch.Tensor) -> torch.Tensor:
+    """``[B, F, C * h * w]``: each clean latent frame flattened, the per-frame summary a surprisal policy
+    reads when it decides from data latents (teacher forcing, a teacher's data context), since the
+    model's keys that streaming uses do not exist before the forward."""
+    return clean.detach().float().cpu().transpose(1, 2).flatten(2)
+
+
 def teacher_forcing_mask(policy: MemoryPolicy, num_frames: int, chunk_frames: int,
                          summaries: torch.Tensor | None = None) -> torch.Tensor:
     """``[2N, 2N]`` mask for the sequence ``[clean frames | noisy frames]`` (both at positions 0..N-1).

@@ -42,7 +42,7 @@ from cf_lightning.diffusion import (
     x0_from_velocity,
 )
 from cf_lightning.ema import EMA
-from cf_lightning.models import WanModel, teacher_forcing_mask
+from cf_lightning.models import WanModel, latent_summaries, teacher_forcing_mask
 from cf_lightning.models.attention import Backend
 from cf_lightning.stages.common import (
     Condition,
@@ -264,8 +264,8 @@ class StudentModule(EMAAfterStep):
         frames, chunk = clean.shape[2], self.hparams.chunk_frames
         if not self.memory.needs_summaries():
             return teacher_forcing_mask(self.memory, frames, chunk)
-        summaries = clean.detach().float().cpu().transpose(1, 2).flatten(2)  # [B, F, C * h * w]
-        return torch.stack([teacher_forcing_mask(self.memory, frames, chunk, video) for video in summaries])
+        return torch.stack([teacher_forcing_mask(self.memory, frames, chunk, video)
+                            for video in latent_summaries(clean)])
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """``cf-fit predict``: stream one video from the EMA student (cf_lightning.inference.predict)."""
