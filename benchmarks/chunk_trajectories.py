@@ -16,24 +16,33 @@ import argparse
 
 import torch
 
+from cf_lightning.data import last_visit_from_views
 from cf_lightning.data.shards import SkipLog, decode_samples, expand_shards, read_shards
 
-BUCKETS = ((1, 8), (9, 16), (17, 10**9))
+BUCKETS = ((1, 8), (9, 16), (17, None))  # return gaps; None: no upper edge
+COLUMNS = ["continue", *(f"return {low}-{high}" if high else f"return {low}+" for low, high in BUCKETS),
+           "new"]
 
 
 def frame_kinds(view: torch.Tensor) -> list[tuple[str, int]]:
     """Per frame: ``continue``, ``return`` (with the gap since the view was last seen) or ``new``."""
-    last_seen: dict[int, int] = {}
     kinds = []
-    for frame, value in enumerate(view.tolist()):
-        if frame and view[frame - 1] == value:
-            kinds.append(("continue", 0))
-        elif value in last_seen:
-            kinds.append(("return", frame - last_seen[value]))
-        else:
+    for frame, last in enumerate(last_visit_from_views(view).tolist()):
+        if last < 0:
             kinds.append(("new", 0))
-        last_seen[value] = frame
+        elif last == frame - 1:
+            kinds.append(("continue", 0))
+        else:
+            kinds.append(("return", frame - last))
     return kinds
+
+
+def column(kind: str, gap: int) -> str:
+    """The table column of a frame: its kind, and for a return its gap bucket."""
+    if kind != "return":
+        return kind
+    bucket = next(i for i, (low, high) in enumerate(BUCKETS) if low <= gap and (high is None or gap <= high))
+    return COLUMNS[1 + bucket]
 
 
 def endpoint_errors(urls: str) -> dict[str, list[float]]:
@@ -47,11 +56,7 @@ def endpoint_errors(urls: str) -> dict[str, list[float]]:
                              "revisit world (view)")
         error = (sample["ode_endpoint"] - sample["latents"]).square().mean(dim=(0, 2, 3))
         for frame, (kind, gap) in enumerate(frame_kinds(sample["view"])):
-            name = kind
-            if kind == "return":
-                low, high = next(b for b in BUCKETS if b[0] <= gap <= b[1])
-                name = f"return {low}-{high}" if high < 10**9 else f"return {low}+"
-            groups.setdefault(name, []).append(float(error[frame]))
+            groups.setdefault(column(kind, gap), []).append(float(error[frame]))
     return groups
 
 
@@ -61,14 +66,13 @@ def main() -> None:
     )
     parser.add_argument("sets", nargs="+", metavar="LABEL=SHARDS")
     args = parser.parse_args()
-    columns = ["continue", *(f"return {a}-{b}" if b < 10**9 else f"return {a}+" for a, b in BUCKETS), "new"]
-    print("| trajectories | " + " | ".join(f"{c} (frames)" for c in columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
+    print("| trajectories | " + " | ".join(f"{c} (frames)" for c in COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 1) + "|")
     for item in args.sets:
         label, _, urls = item.partition("=")
         groups = endpoint_errors(urls)
         cells = [f"{sum(groups[c]) / len(groups[c]):.3f} ({len(groups[c])})" if groups.get(c) else "-"
-                 for c in columns]
+                 for c in COLUMNS]
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 

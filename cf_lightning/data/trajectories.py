@@ -268,6 +268,8 @@ def write_trajectories(
     first = next(batches, None)  # inputs are checked before any shard is opened
     if first is None:
         raise ValueError("no condition samples to integrate (the input shards hold no readable sample)")
+    contextual = chunk_context is not None
+    context_meta = chunk_context.describe() if chunk_context is not None else None
     count, start = 0, time.monotonic()
     with open_shard_writer(output, shard_size) as sink, torch.no_grad():
         for group, conditions in chain([first], batches):
@@ -291,11 +293,10 @@ def write_trajectories(
             stored_text = all("text_emb" in s for s in group)
             for row, (sample, seed) in enumerate(zip(group, seeds)):
                 meta = {**sample["meta"], "ode": settings.describe(seed)}
-                if chunk_context is not None:
-                    meta["ode"]["chunk_context"] = chunk_context.describe()
+                if contextual:
+                    meta["ode"]["chunk_context"] = context_meta
                 if not stored_text and text is not None:
                     meta["text_encoder"] = text.describe()
-                contextual = chunk_context is not None
                 sink.write(
                     encode_sample(
                         sample["key"],
